@@ -1,0 +1,34 @@
+"""zchannels: realtime Python with synchronous consumers.
+
+Everything a consumer author needs is importable from here::
+
+    from runtime import consumer, group_add, group_send
+
+    @consumer("websocket.receive", path="/ws/echo")
+    def echo(message):
+        message.reply_channel.send(text=message.text, bytes=message.bytes)
+"""
+from .exceptions import (BadMessage, ChannelFull, ConfigError, GroupError, NotInConsumer,
+                         UnknownChannel, ZChannelsError)
+from .layer import group_add, group_discard, group_send, reply_channel, send
+from .message import Message, ReplyChannel, Session
+from .routing import consumer
+
+__all__ = [
+    "consumer",
+    "Message",
+    "ReplyChannel",
+    "Session",
+    "send",
+    "group_add",
+    "group_discard",
+    "group_send",
+    "reply_channel",
+    "ZChannelsError",
+    "ChannelFull",
+    "ConfigError",
+    "GroupError",
+    "NotInConsumer",
+    "UnknownChannel",
+    "BadMessage",
+]

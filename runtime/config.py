@@ -1,0 +1,308 @@
+"""Runtime configuration: one TOML file with documented defaults, plus environment overrides.
+
+Every process reads the same file (``conf/zchannels.toml`` unless ``--config`` or
+``ZCHANNELS_CONFIG`` names another), so endpoints and limits always agree between
+the interface, router, forwarder, queues and workers. Relative paths are taken
+from the directory the process runs in (supervisord runs everything from the
+project root). Unknown keys are errors, so a typo never silently becomes a default.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+import tomllib
+from dataclasses import dataclass, replace
+from typing import Any, Mapping
+
+from .exceptions import ConfigError
+
+DEFAULT_CONFIG_PATH = "conf/zchannels.toml"
+
+# Linux keeps AF_UNIX paths in a 108-byte sun_path, NUL included.
+MAX_IPC_PATH_BYTES = 107
+
+WEBSOCKET_CHANNELS = ("websocket.connect", "websocket.receive", "websocket.disconnect")
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """A set of worker processes that serve the channels matching `channels` (glob patterns)."""
+
+    name: str
+    channels: tuple[str, ...]
+    capacity: int = 1000  # messages queued for the pool before new work is refused
+    endpoint_in: str = ""  # senders PUSH here (the pool queue's frontend)
+    endpoint_out: str = ""  # workers PULL from here (the pool queue's backend)
+
+    def serves(self, channel: str) -> bool:
+        return any(fnmatch.fnmatchcase(channel, pattern) for pattern in self.channels)
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    run_dir: str = "run"
+    consumers: tuple[str, ...] = ("consumers",)
+    static_dir: str = "consumers/static"
+    allowed_origins: tuple[str, ...] = ()  # empty: only the page's own host may connect
+    max_message_bytes: int = 1024 * 1024  # larger incoming frames close with 1009
+    handshake_timeout: float = 10.0  # seconds the connect consumer has to accept or reject
+    event_timeout: float = 60.0  # seconds a consumer may hold one event before 1011
+    max_queued_events: int = 64  # per connection; beyond it the socket stops being read
+    max_pending_bytes: int = 4 * 1024 * 1024  # sent to a socket before its handshake ends
+    group_timeout: float = 5.0  # seconds group_add/group_discard wait for confirmation
+    send_timeout: float = 5.0  # seconds a consumer's send may block before ChannelFull
+    ping_interval: float = 20.0  # seconds between WebSocket pings; 0 disables
+    ping_timeout: float = 30.0  # seconds without a pong before the socket is closed
+    router_hwm: int = 100_000  # messages buffered per peer on the router's sockets
+    forwarder_hwm: int = 100_000  # group messages buffered per subscriber
+    stats_interval: float = 2.0  # seconds between writes of each process's counters
+    pools: tuple[PoolConfig, ...] = ()
+    router_workers: str = ""  # workers' DEALERs connect here
+    router_interfaces: str = ""  # interfaces' DEALERs connect here
+    forwarder_in: str = ""  # group sends are PUSHed here
+    forwarder_out: str = ""  # interfaces SUBscribe here
+    source: str = "<defaults>"
+
+    def pool_for(self, channel: str) -> PoolConfig | None:
+        """The first pool, in file order, whose patterns match `channel`."""
+        for pool in self.pools:
+            if pool.serves(channel):
+                return pool
+        return None
+
+    def pool(self, name: str) -> PoolConfig:
+        for pool in self.pools:
+            if pool.name == name:
+                return pool
+        raise ConfigError(
+            f"{self.source}: no pool named {name!r}; "
+            f"configured pools: {', '.join(p.name for p in self.pools)}"
+        )
+
+
+_SCALARS: dict[str, tuple[type, ...]] = {
+    "host": (str,),
+    "port": (int,),
+    "run_dir": (str,),
+    "static_dir": (str,),
+    "max_message_bytes": (int,),
+    "handshake_timeout": (int, float),
+    "event_timeout": (int, float),
+    "max_queued_events": (int,),
+    "max_pending_bytes": (int,),
+    "group_timeout": (int, float),
+    "send_timeout": (int, float),
+    "ping_interval": (int, float),
+    "ping_timeout": (int, float),
+    "router_hwm": (int,),
+    "forwarder_hwm": (int,),
+    "stats_interval": (int, float),
+}
+_LISTS = ("consumers", "allowed_origins")
+_ENDPOINTS = ("router_workers", "router_interfaces", "forwarder_in", "forwarder_out")
+_POSITIVE = (
+    "max_message_bytes",
+    "handshake_timeout",
+    "event_timeout",
+    "max_queued_events",
+    "max_pending_bytes",
+    "group_timeout",
+    "send_timeout",
+    "router_hwm",
+    "forwarder_hwm",
+    "stats_interval",
+)
+_POOL_KEYS = ("channels", "capacity", "endpoint_in", "endpoint_out")
+
+DEFAULT_POOLS: Mapping[str, Mapping[str, Any]] = {"default": {"channels": ["*"]}}
+
+
+def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read the config file (if it exists) and apply environment overrides.
+
+    `path` None means ``ZCHANNELS_CONFIG`` or ``conf/zchannels.toml``; a path that
+    was asked for explicitly must exist, the default one may be missing.
+    """
+    environ = os.environ if environ is None else environ
+    explicit = path or environ.get("ZCHANNELS_CONFIG")
+    path = explicit or DEFAULT_CONFIG_PATH
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"config file {path!r} does not exist") from None
+        data = {}
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse(data, source=path, environ=environ)
+
+
+def parse(
+    data: Mapping[str, Any], source: str = "<config>", environ: Mapping[str, str] | None = None
+) -> Config:
+    """Build a validated Config from parsed TOML (the ``[server]``, ``[endpoints]``
+    and ``[pools.NAME]`` tables) and environment overrides."""
+    environ = {} if environ is None else environ
+    unknown = set(data) - {"server", "endpoints", "pools"}
+    if unknown:
+        raise ConfigError(f"{source}: unknown table(s) {sorted(unknown)}; "
+                          "expected [server], [endpoints], [pools.NAME]")
+    server = dict(_table(data, "server", source))
+    values: dict[str, Any] = {}
+    for key, raw in server.items():
+        where = f"{source}: [server] {key}"
+        if key in _SCALARS:
+            values[key] = _check_type(raw, _SCALARS[key], where)
+        elif key in _LISTS:
+            values[key] = _string_list(raw, where)
+        else:
+            raise ConfigError(f"{source}: [server] has no key {key!r}; known keys: "
+                              f"{', '.join(sorted([*_SCALARS, *_LISTS]))}")
+    for key, raw in _table(data, "endpoints", source).items():
+        if key not in _ENDPOINTS:
+            raise ConfigError(f"{source}: [endpoints] has no key {key!r}; "
+                              f"known keys: {', '.join(_ENDPOINTS)}")
+        values[key] = _check_type(raw, (str,), f"{source}: [endpoints] {key}")
+
+    _apply_environment(values, environ, source)
+    config = Config(source=source, **values)
+    _check_ranges(config)
+    pools = _parse_pools(data.get("pools", DEFAULT_POOLS), config, source)
+    config = replace(config, pools=pools, **_default_endpoints(config))
+    _check_endpoints(config)
+    return config
+
+
+def _table(data: Mapping[str, Any], name: str, source: str) -> Mapping[str, Any]:
+    table = data.get(name, {})
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{source}: {name} must be a table ([{name}])")
+    return table
+
+
+def _check_type(value: Any, types: tuple[type, ...], where: str) -> Any:
+    # bool is an int in Python, but `port = true` is a mistake, not port 1.
+    if isinstance(value, bool) or not isinstance(value, types):
+        names = " or ".join("number" if t is float else t.__name__ for t in types)
+        raise ConfigError(f"{where} must be a {names}, not {value!r}")
+    return float(value) if float in types else value
+
+
+def _string_list(value: Any, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where} must be a list of strings, not {value!r}")
+    return tuple(value)
+
+
+def _apply_environment(values: dict[str, Any], environ: Mapping[str, str], source: str) -> None:
+    port = environ.get("ZCHANNELS_PORT")
+    if port is not None:
+        try:
+            values["port"] = int(port)
+        except ValueError:
+            raise ConfigError(f"ZCHANNELS_PORT must be a whole number, not {port!r}") from None
+    if environ.get("ZCHANNELS_HOST"):
+        values["host"] = environ["ZCHANNELS_HOST"]
+    if environ.get("ZCHANNELS_RUN_DIR"):
+        values["run_dir"] = environ["ZCHANNELS_RUN_DIR"]
+    if environ.get("ZCHANNELS_CONSUMERS"):
+        values["consumers"] = tuple(p for p in environ["ZCHANNELS_CONSUMERS"].split(os.pathsep) if p)
+
+
+def _check_ranges(config: Config) -> None:
+    if not 0 <= config.port <= 65535:
+        raise ConfigError(f"{config.source}: port must be 0..65535, not {config.port}")
+    for key in _POSITIVE:
+        if getattr(config, key) <= 0:
+            raise ConfigError(f"{config.source}: [server] {key} must be greater than 0, "
+                              f"not {getattr(config, key)}")
+    for key in ("ping_interval", "ping_timeout"):
+        if getattr(config, key) < 0:
+            raise ConfigError(f"{config.source}: [server] {key} must be 0 (off) or more")
+    if not config.consumers:
+        raise ConfigError(f"{config.source}: [server] consumers must name at least one directory")
+
+
+def _parse_pools(raw: Any, config: Config, source: str) -> tuple[PoolConfig, ...]:
+    if not isinstance(raw, Mapping) or not raw:
+        raise ConfigError(f"{source}: [pools] must contain at least one [pools.NAME] table")
+    pools = []
+    for name, table in raw.items():
+        where = f"{source}: [pools.{name}]"
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"{where}: pool names may use letters, digits, - and _ only")
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{where} must be a table")
+        unknown = set(table) - set(_POOL_KEYS)
+        if unknown:
+            raise ConfigError(f"{where} has no key(s) {sorted(unknown)}; "
+                              f"known keys: {', '.join(_POOL_KEYS)}")
+        if "channels" not in table:
+            raise ConfigError(f"{where} needs channels = [\"glob\", ...]")
+        channels = _string_list(table["channels"], f"{where} channels")
+        if not channels:
+            raise ConfigError(f"{where} channels must not be empty")
+        capacity = _check_type(table.get("capacity", 1000), (int,), f"{where} capacity")
+        if capacity <= 0:
+            raise ConfigError(f"{where} capacity must be greater than 0, not {capacity}")
+        ipc = f"ipc://{config.run_dir}/pool-{name}"
+        pools.append(PoolConfig(
+            name=name,
+            channels=channels,
+            capacity=capacity,
+            endpoint_in=_check_type(table.get("endpoint_in", ipc + ".in"), (str,),
+                                    f"{where} endpoint_in"),
+            endpoint_out=_check_type(table.get("endpoint_out", ipc + ".out"), (str,),
+                                     f"{where} endpoint_out"),
+        ))
+    result = tuple(pools)
+    probe = Config(pools=result)
+    for channel in WEBSOCKET_CHANNELS:
+        if probe.pool_for(channel) is None:
+            raise ConfigError(f"{source}: no pool serves {channel!r}; add a pattern such as "
+                              "\"websocket.*\" to a pool's channels")
+    return result
+
+
+def _default_endpoints(config: Config) -> dict[str, str]:
+    names = {
+        "router_workers": "router-workers",
+        "router_interfaces": "router-interfaces",
+        "forwarder_in": "forwarder.in",
+        "forwarder_out": "forwarder.out",
+    }
+    return {key: getattr(config, key) or f"ipc://{config.run_dir}/{name}"
+            for key, name in names.items()}
+
+
+def all_endpoints(config: Config) -> dict[str, str]:
+    endpoints = {key: getattr(config, key) for key in _ENDPOINTS}
+    for pool in config.pools:
+        endpoints[f"pool {pool.name} in"] = pool.endpoint_in
+        endpoints[f"pool {pool.name} out"] = pool.endpoint_out
+    return endpoints
+
+
+def _check_endpoints(config: Config) -> None:
+    seen: dict[str, str] = {}
+    for what, endpoint in all_endpoints(config).items():
+        if not endpoint.startswith(("ipc://", "tcp://")):
+            raise ConfigError(f"{config.source}: endpoint {what} = {endpoint!r} must start "
+                              "with ipc:// or tcp://")
+        if endpoint.startswith("ipc://"):
+            path = os.path.abspath(endpoint[len("ipc://"):])
+            if len(path.encode()) > MAX_IPC_PATH_BYTES:
+                raise ConfigError(
+                    f"{config.source}: IPC path for {what} is {len(path.encode())} bytes "
+                    f"({path}); the limit is {MAX_IPC_PATH_BYTES}: use a shorter run_dir "
+                    "(ZCHANNELS_RUN_DIR)")
+        if endpoint in seen:
+            raise ConfigError(f"{config.source}: {what} and {seen[endpoint]} share "
+                              f"the endpoint {endpoint}")
+        seen[endpoint] = what
+

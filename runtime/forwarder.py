@@ -1,0 +1,123 @@
+"""The forwarder: group broadcast. Workers PUSH group sends in, every interface SUBscribes.
+
+One ZeroMQ message per ``group_send`` whatever the group's size; each interface
+keeps the table of its own members and fans the message out locally, framing the
+WebSocket message once.
+
+Senders PUSH rather than PUB: a PUB socket drops everything sent before its
+subscriptions arrive (the slow-joiner problem), so a worker that had just
+started would lose its first group sends. PUSH queues instead, bounded by the
+high-water mark. The outgoing side is an XPUB with XPUB_NODROP: when a
+subscriber's buffer is full, the forwarder stops reading its input rather than
+dropping, so the pressure reaches senders as `ChannelFull`, never as silent loss.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import zmq
+
+from .config import Config
+from .process import announce_ready, on_stop_signals, withdraw_ready
+from .stats import counters
+
+log = logging.getLogger("runtime.forwarder")
+
+POLL_INTERVAL_MS = 200
+BATCH = 512
+BLOCKED_RETRY = 0.001  # seconds between attempts while a subscriber is full
+SUBSCRIBERS_LOG_INTERVAL = 10.0  # seconds between "still blocked" warnings
+
+
+class Forwarder:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.stopping = False
+        self.subscribers = 0
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    def run(self) -> None:
+        context = zmq.Context()
+        incoming = context.socket(zmq.PULL)
+        incoming.rcvhwm = self.config.forwarder_hwm
+        incoming.bind(self.config.forwarder_in)
+        outgoing = context.socket(zmq.XPUB)
+        outgoing.sndhwm = self.config.forwarder_hwm
+        outgoing.setsockopt(zmq.XPUB_NODROP, 1)
+        outgoing.bind(self.config.forwarder_out)
+        poller = zmq.Poller()
+        poller.register(incoming, zmq.POLLIN)
+        poller.register(outgoing, zmq.POLLIN)
+        on_stop_signals(self.stop)
+        counters.setup(self.config.run_dir, "forwarder")
+        counters.gauges["subscribers"] = lambda: self.subscribers
+        announce_ready(self.config.run_dir, "forwarder")
+        log.info("forwarder up: in %s, out %s", self.config.forwarder_in,
+                 self.config.forwarder_out)
+        try:
+            while not self.stopping:
+                ready = dict(poller.poll(POLL_INTERVAL_MS))
+                if outgoing in ready:
+                    self.read_subscriptions(outgoing)
+                if incoming in ready:
+                    self.forward(incoming, outgoing)
+                if counters.due(self.config.stats_interval):
+                    counters.write(force=True)
+        finally:
+            withdraw_ready(self.config.run_dir, "forwarder")
+            counters.write(force=True)
+            incoming.close(linger=0)
+            outgoing.close(linger=0)
+            context.term()
+
+    def read_subscriptions(self, outgoing: zmq.Socket) -> None:
+        while True:
+            try:
+                event = outgoing.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event[:1] == b"\x01":
+                self.subscribers += 1
+            elif event[:1] == b"\x00":
+                self.subscribers -= 1
+
+    def forward(self, incoming: zmq.Socket, outgoing: zmq.Socket) -> None:
+        for _ in range(BATCH):
+            try:
+                frames = incoming.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 3 or not frames[0]:
+                counters.incr("garbage")
+                log.warning("dropped a malformed group message (%d frames, expected 3)",
+                            len(frames))
+                continue
+            self.publish(outgoing, frames)
+
+    def publish(self, outgoing: zmq.Socket, frames: list[bytes]) -> None:
+        blocked_since = None
+        warned_at = 0.0
+        while True:
+            try:
+                outgoing.send_multipart(frames, zmq.NOBLOCK)
+                counters.incr("group_messages")
+                return
+            except zmq.Again:
+                # A subscriber (an interface) is full. Wait, keep reading its
+                # subscription changes (it may be gone), stop taking new input.
+                now = time.monotonic()
+                if blocked_since is None:
+                    blocked_since = now
+                    counters.incr("blocked")
+                if now - warned_at > SUBSCRIBERS_LOG_INTERVAL:
+                    warned_at = now
+                    log.warning("a subscriber is not keeping up; group sends wait "
+                                "(blocked for %.1fs)", now - blocked_since)
+                if self.stopping:
+                    counters.incr("dropped_at_stop")
+                    return
+                self.read_subscriptions(outgoing)
+                time.sleep(BLOCKED_RETRY)

@@ -1,0 +1,438 @@
+"""The interface server: Tornado HTTP + WebSocket in front, ZeroMQ behind.
+
+Several interface processes share one port (SO_REUSEPORT). Each has a random
+id, and each connection a reply channel ``<interface id>!<number>``, so
+replies find their way back through the stateless router. Per connection the
+interface keeps the event queue (one event in flight: promise 1), the group
+memberships of its own sockets (promise 2: a ``group_add`` is answered only
+after the table has changed), and writes group messages to local members,
+framing each WebSocket message once.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import secrets
+import signal
+import time
+from typing import Any, Awaitable
+from urllib.parse import urlsplit
+
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+import zmq
+
+from . import wire
+from .config import WEBSOCKET_CHANNELS, Config
+from .process import announce_ready, withdraw_ready
+from .stats import counters
+from .websocket import (CLOSE_CONSUMER_ERROR, CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN_LATER,
+                        OPCODE_BINARY, OPCODE_TEXT, OPCODES, Connection, ConsumerSocket,
+                        Decision, State, frame)
+from .zmqio import SocketReader
+
+log = logging.getLogger("runtime.interface")
+
+POOL_SEND_HWM = 100  # events buffered towards a pool queue before new work is refused
+SWEEP_INTERVAL = 1.0  # seconds between checks for consumers that overran event_timeout
+LAYER_CHECK_INTERVAL = 0.05  # seconds between probes of the router and forwarder at start
+LAYER_WAIT_LOG = 5.0  # seconds between "still waiting for router/forwarder" lines
+DISCONNECT_RETRY = 0.1  # seconds before re-offering a disconnect event to a full pool
+SHUTDOWN_GRACE = 3.0  # seconds to hand disconnect events to the pool at shutdown
+PROBE_GROUP = b"\x00probe"  # group messages used to check the forwarder path
+
+
+class Interface:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.id = "i" + secrets.token_hex(4)
+        self.conns: dict[int, Connection] = {}
+        self.groups: dict[bytes, set[Connection]] = {}
+        self.busy: set[Connection] = set()  # connections with an event in flight
+        self._conn_ids = itertools.count(1)
+        self.stopping = False
+        self.probe_seen = False
+        self.router_answered = False
+        self.port = 0
+
+    # -- start and stop ------------------------------------------------------
+
+    async def run(self, port: int | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self.context = zmq.Context()
+        self.router = self.context.socket(zmq.DEALER)
+        self.router.routing_id = self.id.encode()
+        self.router.linger = 0
+        self.router.connect(self.config.router_interfaces)
+        self.sub = self.context.socket(zmq.SUB)
+        self.sub.rcvhwm = self.config.forwarder_hwm
+        self.sub.linger = 0
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")  # members are filtered here, locally
+        self.sub.connect(self.config.forwarder_out)
+        self.pool_sockets: dict[str, zmq.Socket] = {}
+        by_pool: dict[str, zmq.Socket] = {}
+        for channel in WEBSOCKET_CHANNELS:
+            pool = self.config.pool_for(channel)
+            assert pool is not None  # config validation guarantees it
+            if pool.name not in by_pool:
+                sock = by_pool[pool.name] = self.context.socket(zmq.PUSH)
+                sock.sndhwm = POOL_SEND_HWM
+                sock.linger = 0
+                sock.connect(pool.endpoint_in)
+            self.pool_sockets[channel] = by_pool[pool.name]
+        self.router_reader = SocketReader(self.router, self.on_router, loop)
+        self.sub_reader = SocketReader(self.sub, self.on_group, loop)
+
+        counters.setup(self.config.run_dir, "interface")
+        counters.gauges.update(connections=lambda: len(self.conns),
+                               groups=lambda: len(self.groups),
+                               group_members=lambda: sum(map(len, self.groups.values())))
+        await self.wait_for_layer()
+
+        app = tornado.web.Application(
+            [
+                (r"/()", tornado.web.StaticFileHandler,
+                 {"path": self.config.static_dir, "default_filename": "index.html"}),
+                (r"/static/(.*)", tornado.web.StaticFileHandler,
+                 {"path": self.config.static_dir}),
+                (r"/.*", ConsumerSocket, {"server": self}),
+            ],
+            websocket_max_message_size=self.config.max_message_bytes,
+            websocket_ping_interval=self.config.ping_interval or None,
+            websocket_ping_timeout=self.config.ping_timeout or None,
+        )
+        self.http = tornado.httpserver.HTTPServer(app)
+        sockets = tornado.netutil.bind_sockets(
+            self.config.port if port is None else port, self.config.host, reuse_port=True)
+        self.http.add_sockets(sockets)
+        self.port = sockets[0].getsockname()[1]
+
+        self.stopped = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stop)
+        sweeper = asyncio.create_task(self.sweep())
+        announce_ready(self.config.run_dir, "interface", id=self.id, port=self.port)
+        log.info("interface %s listening on %s:%d", self.id, self.config.host, self.port)
+        await self.stopped.wait()
+        sweeper.cancel()
+        await self.shutdown()
+
+    async def wait_for_layer(self) -> None:
+        """Accept no client before the router knows this interface's routing id and the
+        forwarder delivers group messages to it: otherwise the first replies or group
+        sends could be lost at start."""
+        probe = self.context.socket(zmq.PUSH)
+        probe.linger = 0
+        probe.connect(self.config.forwarder_in)
+        started = logged = time.monotonic()
+        while not (self.router_answered and self.probe_seen):
+            if not self.router_answered:
+                self.router.send_multipart([wire.PING, b"{}"], zmq.NOBLOCK)
+                self.router_reader.kick()
+            if not self.probe_seen:
+                try:
+                    probe.send_multipart([PROBE_GROUP, b"{}", self.id.encode()], zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
+            await asyncio.sleep(LAYER_CHECK_INTERVAL)
+            if time.monotonic() - logged > LAYER_WAIT_LOG:
+                logged = time.monotonic()
+                log.warning("still waiting for the %s after %.0fs",
+                            " and ".join(name for name, ok in (
+                                ("router", self.router_answered),
+                                ("forwarder", self.probe_seen)) if not ok),
+                            logged - started)
+        probe.close()
+
+    def stop(self) -> None:
+        if not self.stopping:
+            log.info("interface %s stopping", self.id)
+            self.stopping = True
+            self.stopped.set()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, close every socket with 1001, hand the disconnect events to
+        the workers, then close the ZeroMQ sockets."""
+        self.http.stop()
+        for conn in list(self.conns.values()):
+            conn.close(CLOSE_GOING_AWAY, "server shutting down")
+        deadline = time.monotonic() + SHUTDOWN_GRACE
+        while any(c.queue or c.state is not State.CLOSED for c in self.conns.values()):
+            if time.monotonic() > deadline:
+                counters.incr("shutdown_undelivered", sum(len(c.queue) for c in self.conns.values()))
+                break
+            await asyncio.sleep(0.05)
+        withdraw_ready(self.config.run_dir, "interface")
+        counters.write(force=True)
+        self.router_reader.close()
+        self.sub_reader.close()
+        self.context.destroy(linger=500)  # flush the disconnect events already queued
+        log.info("interface %s stopped", self.id)
+
+    async def sweep(self) -> None:
+        """Close connections whose consumer overran event_timeout; write the counters."""
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            limit = time.monotonic() - self.config.event_timeout
+            for conn in [c for c in self.busy if c.in_flight_since < limit]:
+                counters.incr("event_timeouts")
+                log.error("%s: consumer for %s did not finish within %gs; closing with 1011",
+                          conn.reply_channel, conn.in_flight, self.config.event_timeout)
+                self.finished(conn)
+                conn.close(CLOSE_CONSUMER_ERROR, "consumer timed out")
+                self.dispatch_next(conn)
+            if counters.due(self.config.stats_interval):
+                counters.write(force=True)
+
+    # -- connections -------------------------------------------------------
+
+    def origin_allowed(self, origin: str, host: str) -> bool:
+        if origin in self.config.allowed_origins or "*" in self.config.allowed_origins:
+            return True
+        return urlsplit(origin).netloc.lower() == host.lower()
+
+    def open_connection(self, handler: ConsumerSocket, subprotocols: list[str]) -> Connection:
+        conn_id = next(self._conn_ids)
+        conn = Connection(conn_id, wire.reply_channel_name(self.id, conn_id), handler,
+                          subprotocols)
+        self.conns[conn_id] = conn
+        request = handler.request
+        client = [request.remote_ip, _peer_port(request)]
+        header = wire.encode({
+            "channel": "websocket.connect", "reply_channel": conn.reply_channel,
+            "path": request.path, "query_string": request.query,
+            "headers": [[k, v] for k, v in request.headers.get_all()],
+            "client": client, "subprotocols": subprotocols, "ack": True,
+        })
+        conn.queue.append(("websocket.connect", [header, b""]))
+        self.dispatch_next(conn)
+        return conn
+
+    def receive(self, conn: Connection, message: str | bytes) -> Awaitable[None] | None:
+        if isinstance(message, str):
+            frames = [conn.receive_header(wire.KIND_TEXT), message.encode()]
+        else:
+            frames = [conn.receive_header(wire.KIND_BYTES), message]
+        conn.queue.append(("websocket.receive", frames))
+        self.dispatch_next(conn)
+        if len(conn.queue) >= self.config.max_queued_events:
+            # Stop reading this socket until its consumers catch up (Tornado does not
+            # read the next frame until this future is done).
+            counters.incr("paused_reading")
+            conn.resume = asyncio.get_running_loop().create_future()
+            return conn.resume
+        return None
+
+    def connection_closed(self, conn: Connection, code: int | None) -> None:
+        """The socket is gone: leave every group now, then tell the consumers, in order."""
+        if conn.state is State.CLOSED:
+            return
+        conn.state = State.CLOSED
+        conn.decide(Decision.REJECT)
+        for group in conn.groups:
+            members = self.groups.get(group)
+            if members is not None:
+                members.discard(conn)
+                if not members:
+                    del self.groups[group]
+        conn.groups.clear()
+        conn.handler = None
+        conn.stream = None
+        if conn.resume is not None and not conn.resume.done():
+            conn.resume.set_result(None)
+        if conn.connect_delivered:
+            content: dict[str, Any] = {
+                "channel": "websocket.disconnect", "reply_channel": conn.reply_channel,
+                "path": conn.path, "code": code if code is not None else 1006, "ack": True,
+            }
+            if conn.session:
+                content["session"] = conn.session
+            conn.queue.append(("websocket.disconnect", [wire.encode(content), b""]))
+        else:
+            conn.queue.clear()  # nothing reached a consumer, nothing to clean up
+        self.dispatch_next(conn)
+
+    def dispatch_next(self, conn: Connection) -> None:
+        """Hand the connection's next event to its pool, if none is in flight."""
+        while conn.in_flight is None and conn.queue:
+            channel, frames = conn.queue[0]
+            try:
+                self.pool_sockets[channel].send_multipart(frames, zmq.NOBLOCK)
+            except zmq.Again:
+                if self.refused(conn, channel):
+                    return  # retried later
+                continue
+            conn.queue.popleft()
+            conn.in_flight = channel
+            conn.in_flight_since = time.monotonic()
+            self.busy.add(conn)
+            if channel == "websocket.connect":
+                conn.connect_delivered = True
+        if conn.resume is not None and len(conn.queue) < self.config.max_queued_events:
+            resume, conn.resume = conn.resume, None
+            if not resume.done():
+                resume.set_result(None)
+        if conn.state is State.CLOSED and conn.in_flight is None and not conn.queue:
+            self.conns.pop(conn.id, None)
+
+    def refused(self, conn: Connection, channel: str) -> bool:
+        """The pool would not take an event. True if it will be offered again later."""
+        counters.incr("refused_pool_full")
+        if channel == "websocket.disconnect" and not self.stopping:
+            # The disconnect consumer is how applications clean up: keep offering it,
+            # as long as the event timeout allows.
+            if time.monotonic() - conn.in_flight_since < self.config.event_timeout:
+                asyncio.get_running_loop().call_later(DISCONNECT_RETRY, self.dispatch_next,
+                                                      conn)
+                return True
+        conn.queue.popleft()
+        log.warning("%s: pool for %s is full; refused the event", conn.reply_channel, channel)
+        if channel == "websocket.connect":
+            conn.decide(Decision.UNAVAILABLE)
+        elif channel == "websocket.receive":
+            conn.close(CLOSE_TRY_AGAIN_LATER, "server busy, try again later")
+        else:
+            counters.incr("disconnects_lost")
+        return False
+
+    def finished(self, conn: Connection) -> None:
+        conn.in_flight = None
+        self.busy.discard(conn)
+
+    # -- messages from workers (via the router) ---------------------------
+
+    def on_router(self, frames: list[bytes]) -> None:
+        if len(frames) == 2 and frames[0] == wire.PING and frames[1] == wire.PONG:
+            self.router_answered = True
+            return
+        if len(frames) not in (2, 3):
+            counters.incr("garbage")
+            log.warning("dropped a malformed message from the router (%d frames)", len(frames))
+            return
+        try:
+            header = wire.decode(frames[1])
+            op = header["op"]
+            conn_id = header["conn"]
+        except (ValueError, KeyError) as e:
+            counters.incr("garbage")
+            log.warning("dropped a malformed message from worker %r: %s", frames[0], e)
+            return
+        conn = self.conns.get(conn_id)
+        if op == wire.OP_SEND:
+            if conn is None:
+                counters.incr("dropped_to_closed")
+                return
+            opcode = OPCODES.get(header.get("kind"), OPCODE_BINARY)
+            conn.write(frame(opcode, frames[2] if len(frames) == 3 else b""))
+        elif op == wire.OP_DONE:
+            if conn is None or conn.in_flight is None:
+                counters.incr("late_acks")
+                return
+            self.acknowledged(conn, header)
+        elif op in (wire.OP_GROUP_ADD, wire.OP_GROUP_DISCARD):
+            ok = self.membership(conn, op, header.get("group"))
+            self.router.send_multipart([frames[0], wire.encode({"req": header.get("req"),
+                                                                "ok": ok})])
+            self.router_reader.kick()
+        elif conn is None:
+            counters.incr("dropped_to_closed")
+        elif op == wire.OP_ACCEPT:
+            subprotocol = header.get("subprotocol")
+            if subprotocol is not None and subprotocol not in conn.subprotocols:
+                log.warning("%s: consumer chose subprotocol %r, which the client did not "
+                            "offer (%s); ignored", conn.reply_channel, subprotocol,
+                            conn.subprotocols)
+                subprotocol = None
+            conn.subprotocol = subprotocol
+            conn.decide(Decision.ACCEPT)
+        elif op == wire.OP_REJECT:
+            conn.decide(Decision.REJECT)
+        elif op == wire.OP_CLOSE:
+            code = header.get("code", 1000)
+            conn.close(code if isinstance(code, int) else 1000, str(header.get("reason", "")))
+        else:
+            counters.incr("garbage")
+            log.warning("dropped a message with unknown op %r", op)
+
+    def acknowledged(self, conn: Connection, header: dict[str, Any]) -> None:
+        channel = conn.in_flight
+        self.finished(conn)
+        session = header.get("session")
+        if isinstance(session, dict):
+            conn.set_session(session)
+        if header.get("error"):
+            conn.close(CLOSE_CONSUMER_ERROR, "consumer failed")
+        elif channel == "websocket.connect":
+            conn.decide(Decision.ACCEPT)  # a connect consumer that returns accepts
+        self.dispatch_next(conn)
+
+    def membership(self, conn: Connection | None, op: str, group: Any) -> bool:
+        if not isinstance(group, str) or not group:
+            counters.incr("garbage")
+            return False
+        if conn is None or conn.state is State.CLOSED:
+            return False  # it has left every group already
+        key = group.encode()
+        if op == wire.OP_GROUP_ADD:
+            self.groups.setdefault(key, set()).add(conn)
+            conn.groups.add(key)
+            return True
+        members = self.groups.get(key)
+        if members is None or conn not in members:
+            return False
+        members.discard(conn)
+        conn.groups.discard(key)
+        if not members:
+            del self.groups[key]
+        return True
+
+    # -- group messages (via the forwarder) ----------------------------------
+
+    def on_group(self, frames: list[bytes]) -> None:
+        if len(frames) != 3:
+            counters.incr("garbage")
+            log.warning("dropped a malformed group message (%d frames)", len(frames))
+            return
+        group, raw_header, payload = frames
+        if group == PROBE_GROUP:
+            if payload == self.id.encode():
+                self.probe_seen = True
+            return
+        members = self.groups.get(group)
+        if not members:
+            return
+        try:
+            header = wire.decode(raw_header)
+        except ValueError as e:
+            counters.incr("garbage")
+            log.warning("dropped a malformed group message for %r: %s", group, e)
+            return
+        counters.incr("group_deliveries", len(members))
+        if header.get("op") == wire.OP_CLOSE:
+            code = header.get("code")
+            for conn in list(members):
+                conn.close(code if isinstance(code, int) else 1000, "")
+            return
+        data = frame(OPCODES.get(header.get("kind"), OPCODE_BINARY), payload)
+        for conn in members:
+            conn.write(data)
+
+
+def _peer_port(request: Any) -> int | None:
+    stream = getattr(request.connection, "stream", None)
+    try:
+        address = stream.socket.getpeername() if stream is not None else None
+    except OSError:
+        return None
+    return address[1] if isinstance(address, tuple) and len(address) > 1 else None
+
+
+def main(config: Config, port: int | None = None) -> None:
+    log.info("starting interface (pid %d)", os.getpid())
+    asyncio.run(Interface(config).run(port))
+
+
+__all__ = ["Interface", "main", "OPCODE_TEXT"]

@@ -1,0 +1,104 @@
+"""Counters every process keeps, written to ``<run_dir>/stats/<role>.<pid>.json``.
+
+Nothing is lost silently: each refusal, drop and garbage message bumps a named
+counter here. Each process rewrites its file (atomically) every
+``stats_interval`` seconds when something changed, and once more at exit;
+``zchannels stats`` sums the files of the processes that are still running.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, Callable
+
+log = logging.getLogger("runtime.stats")
+
+
+class Counters(dict[str, int]):
+    """A dict of named counts; `gauges` are callables read at write time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gauges: dict[str, Callable[[], Any]] = {}
+        self.role = "process"
+        self.path: str | None = None
+        self._written: dict[str, int] = {}
+        self._written_at = 0.0
+
+    def incr(self, name: str, n: int = 1) -> None:
+        self[name] = self.get(name, 0) + n
+
+    def setup(self, run_dir: str, role: str) -> None:
+        self.role = role
+        directory = os.path.join(run_dir, "stats")
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self.path = os.path.join(directory, f"{role}.{os.getpid()}.json")
+
+    def snapshot(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"role": self.role, "pid": os.getpid(), "time": time.time()}
+        data["counters"] = dict(self)
+        data["gauges"] = {name: read() for name, read in self.gauges.items()}
+        return data
+
+    def write(self, force: bool = False) -> None:
+        """Write the file if anything changed (gauges always count as changed when forced)."""
+        if self.path is None or (not force and dict(self) == self._written and not self.gauges):
+            return
+        tmp = f"{self.path}.tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(self.snapshot(), f)
+            os.replace(tmp, self.path)
+        except OSError as e:  # a full disk must not take the process down
+            log.warning("cannot write stats to %s: %s", self.path, e)
+            return
+        self._written = dict(self)
+        self._written_at = time.monotonic()
+
+    def due(self, interval: float) -> bool:
+        return time.monotonic() - self._written_at >= interval
+
+    def remove(self) -> None:
+        if self.path:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+
+counters = Counters()
+
+
+def collect(run_dir: str) -> list[dict[str, Any]]:
+    """Read the stats files of processes that are still alive."""
+    directory = os.path.join(run_dir, "stats")
+    result = []
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return result
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(directory, name)) as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if _alive(data.get("pid")):
+            result.append(data)
+    return result
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,230 @@
+"""One client WebSocket inside the interface: its Tornado handler and its state.
+
+The handshake waits for the ``websocket.connect`` consumer's decision (accept,
+reject, or close), so a consumer can refuse a connection with a real HTTP 403.
+Messages a consumer sends before the handshake has finished are kept (bounded)
+and written once it has. Each connection has a small queue of events and at
+most one in flight; when the queue is full the socket is not read any further
+(TCP pushes back on the client) until the workers catch up.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+import logging
+import struct
+from typing import TYPE_CHECKING, Any, Awaitable
+
+import tornado.web
+import tornado.websocket
+from tornado.iostream import IOStream, StreamClosedError
+
+from . import wire
+from .stats import counters
+
+if TYPE_CHECKING:
+    from .interface import Interface
+
+log = logging.getLogger("runtime.interface")
+
+OPCODE_TEXT = 0x1
+OPCODE_BINARY = 0x2
+OPCODES = {wire.KIND_TEXT: OPCODE_TEXT, wire.KIND_BYTES: OPCODE_BINARY}
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_CONSUMER_ERROR = 1011
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_POLICY = 1008
+
+
+def frame(opcode: int, payload: bytes) -> bytes:
+    """A complete, unmasked, uncompressed server-to-client WebSocket frame.
+
+    Built once per message, so a group send writes the same bytes to every member.
+    """
+    n = len(payload)
+    if n < 126:
+        return bytes((0x80 | opcode, n)) + payload
+    if n < 65536:
+        return struct.pack("!BBH", 0x80 | opcode, 126, n) + payload
+    return struct.pack("!BBQ", 0x80 | opcode, 127, n) + payload
+
+
+class State(enum.Enum):
+    CONNECTING = "connecting"  # handshake waiting for the connect consumer
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class Decision(enum.Enum):
+    ACCEPT = "accept"
+    REJECT = "reject"  # HTTP 403
+    UNAVAILABLE = "unavailable"  # HTTP 503: the pool refused the connect event
+
+
+class Connection:
+    __slots__ = (
+        "id", "reply_channel", "handler", "path", "state", "decision", "subprotocols",
+        "subprotocol", "close_after_open", "stream", "queue", "in_flight", "in_flight_since",
+        "connect_delivered", "groups", "session", "pending", "pending_bytes", "resume",
+        "_receive_headers", "__weakref__",
+    )
+
+    def __init__(self, conn_id: int, reply_channel: str, handler: "ConsumerSocket",
+                 subprotocols: list[str]) -> None:
+        self.id = conn_id
+        self.reply_channel = reply_channel
+        self.handler: ConsumerSocket | None = handler
+        self.path: str = handler.request.path
+        self.state = State.CONNECTING
+        self.decision: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        self.subprotocols = subprotocols
+        self.subprotocol: str | None = None
+        self.close_after_open: tuple[int, str] | None = None
+        self.stream: IOStream | None = None
+        self.queue: collections.deque[tuple[str, list[bytes]]] = collections.deque()
+        self.in_flight: str | None = None  # channel of the event a consumer is running
+        self.in_flight_since = 0.0
+        self.connect_delivered = False
+        self.groups: set[bytes] = set()
+        self.session: dict[str, Any] | None = None
+        self.pending: list[bytes] = []  # frames sent before the handshake finished
+        self.pending_bytes = 0
+        self.resume: asyncio.Future[None] | None = None  # set while reading is paused
+        self._receive_headers: dict[str, bytes] = {}
+
+    def decide(self, decision: Decision) -> None:
+        if not self.decision.done():
+            self.decision.set_result(decision)
+
+    def receive_header(self, kind: str) -> bytes:
+        """The header of this connection's receive events, encoded once and reused."""
+        header = self._receive_headers.get(kind)
+        if header is None:
+            content: dict[str, Any] = {
+                "channel": "websocket.receive", "reply_channel": self.reply_channel,
+                "path": self.path, "kind": kind, "ack": True,
+            }
+            if self.session:
+                content["session"] = self.session
+            header = self._receive_headers[kind] = wire.encode(content)
+        return header
+
+    def set_session(self, session: dict[str, Any]) -> None:
+        self.session = session
+        self._receive_headers.clear()
+
+    def write(self, data: bytes) -> None:
+        """Write one complete frame, or keep it until the handshake is done."""
+        if self.state is State.OPEN:
+            ws = self.handler.ws_connection if self.handler else None
+            if self.stream is None or ws is None or ws.server_terminated:
+                counters.incr("dropped_to_closing")
+                return
+            try:
+                self.stream.write(data)
+            except StreamClosedError:
+                counters.incr("dropped_to_closing")
+        elif self.state is State.CONNECTING:
+            self.pending_bytes += len(data)
+            if self.pending_bytes > self.handler_limit():
+                counters.incr("pending_overflow")
+                log.warning("%s: more than %d bytes sent before the handshake finished; "
+                            "closing", self.reply_channel, self.handler_limit())
+                self.close(CLOSE_POLICY, "too much data before the handshake finished")
+                return
+            self.pending.append(data)
+        else:
+            counters.incr("dropped_to_closed")
+
+    def handler_limit(self) -> int:
+        return self.handler.server.config.max_pending_bytes if self.handler else 0
+
+    def close(self, code: int, reason: str = "") -> None:
+        if self.state is State.CONNECTING:
+            # The client can only see a close code on an open socket: finish the
+            # handshake, then close.
+            if self.close_after_open is None:
+                self.close_after_open = (code, reason)
+            self.decide(Decision.ACCEPT)
+        elif self.state is State.OPEN and self.handler is not None:
+            self.handler.close(code, reason)
+
+    def opened(self) -> None:
+        assert self.handler is not None and self.handler.ws_connection is not None
+        self.state = State.OPEN
+        self.stream = self.handler.ws_connection.stream
+        pending, self.pending, self.pending_bytes = self.pending, [], 0
+        for data in pending:
+            self.write(data)
+        if self.close_after_open is not None:
+            self.handler.close(*self.close_after_open)
+
+
+class ConsumerSocket(tornado.websocket.WebSocketHandler):
+    """Every WebSocket path goes here; consumers in the workers decide what happens."""
+
+    server: "Interface"
+    conn: Connection | None
+
+    def initialize(self, server: "Interface") -> None:
+        self.server = server
+        self.conn = None
+
+    async def prepare(self) -> None:
+        if self.request.headers.get("Upgrade", "").lower() != "websocket":
+            raise tornado.web.HTTPError(404)
+        origin = self.request.headers.get("Origin")
+        if origin is not None and not self.check_origin(origin):
+            counters.incr("refused_origin")
+            log.info("refused WebSocket from origin %r to %s", origin, self.request.path)
+            raise tornado.web.HTTPError(403, "origin not allowed")
+        header = self.request.headers.get("Sec-WebSocket-Protocol", "")
+        subprotocols = [s.strip() for s in header.split(",") if s.strip()]
+        self.conn = conn = self.server.open_connection(self, subprotocols)
+        try:
+            decision = await asyncio.wait_for(asyncio.shield(conn.decision),
+                                              self.server.config.handshake_timeout)
+        except asyncio.TimeoutError:
+            counters.incr("handshake_timeouts")
+            log.warning("%s: connect consumer did not decide within %gs; answering 504",
+                        conn.reply_channel, self.server.config.handshake_timeout)
+            decision = None
+        if conn.state is State.CLOSED:  # the client went away while we waited
+            raise tornado.web.Finish()
+        if decision is Decision.ACCEPT:
+            return
+        self.server.connection_closed(conn, None)
+        if decision is Decision.REJECT:
+            raise tornado.web.HTTPError(403, "connection rejected by consumer")
+        if decision is Decision.UNAVAILABLE:
+            self.set_header("Retry-After", "1")
+            raise tornado.web.HTTPError(503, "worker pool is full")
+        raise tornado.web.HTTPError(504, "connect consumer did not answer in time")
+
+    def check_origin(self, origin: str) -> bool:
+        return self.server.origin_allowed(origin, self.request.host)
+
+    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        return self.conn.subprotocol if self.conn else None
+
+    def open(self, *args: Any, **kwargs: Any) -> None:
+        assert self.conn is not None
+        self.conn.opened()
+
+    def on_message(self, message: str | bytes) -> Awaitable[None] | None:
+        assert self.conn is not None
+        return self.server.receive(self.conn, message)
+
+    def on_close(self) -> None:
+        if self.conn is not None:
+            self.server.connection_closed(self.conn, self.close_code)
+
+    def on_finish(self) -> None:
+        # A handshake that ended in an HTTP error never reaches on_close.
+        if self.conn is not None and self.get_status() != 101:
+            self.server.connection_closed(self.conn, None)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.finish(f"{status_code} {self._reason}\n")

@@ -1,0 +1,108 @@
+"""The wire format between processes: multipart ZeroMQ messages.
+
+Every message is a small ujson header frame plus, where there is one, a raw
+payload frame, so binary WebSocket data and large bodies are never base64'd or
+JSON-escaped, and nothing is ever unpickled. The frames of each hop:
+
+==========================  ==============================================
+event to a pool (PUSH)       ``[header, payload]``
+worker -> router (DEALER)    ``[interface id, header, payload?]``
+router -> interface          ``[worker id, header, payload?]``
+interface -> router          ``[worker id, header]``  (answers to requests)
+router -> worker             ``[interface id, header]``
+router bounce to a worker    ``[interface id, UNREACHABLE, original header]``
+interface -> router ping     ``[PING, header]``, answered ``[PING, PONG]``
+group send (PUSH, then PUB)  ``[group, header, payload]``
+==========================  ==============================================
+
+Header keys: ``op`` says what a router or group message asks of an interface
+(`OP_*` below); ``conn`` is the connection number inside the interface;
+``kind`` says whether the payload is ``text`` (UTF-8) or ``bytes``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import ujson
+
+from .exceptions import BadMessage
+
+# Operations a worker asks of the interface that owns a socket.
+OP_ACCEPT = "accept"
+OP_REJECT = "reject"
+OP_SEND = "send"
+OP_CLOSE = "close"
+OP_DONE = "done"  # the consumer for the connection's in-flight event has returned
+OP_GROUP_ADD = "group_add"
+OP_GROUP_DISCARD = "group_discard"
+
+KIND_TEXT = "text"
+KIND_BYTES = "bytes"
+
+UNREACHABLE = b"unreachable"
+PING = b""
+PONG = b"pong"
+
+# RFC 6455 section 7.4: the registered codes an endpoint may put in a close frame.
+SENDABLE_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011,
+                                  1012, 1013, 1014})
+
+REPLY_SEPARATOR = "!"
+MAX_NAME_BYTES = 200  # channel and group names
+
+
+def encode(header: dict[str, Any]) -> bytes:
+    return ujson.dumps(header, ensure_ascii=False, escape_forward_slashes=False).encode()
+
+
+def decode(frame: bytes) -> dict[str, Any]:
+    """Parse a header frame; anything but a JSON object is a BadMessage."""
+    try:
+        header = ujson.loads(frame)
+    except (ValueError, TypeError) as e:
+        raise BadMessage(f"header is not JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise BadMessage(f"header is a JSON {type(header).__name__}, not an object")
+    return header
+
+
+def reply_channel_name(interface_id: str, conn_id: int) -> str:
+    return f"{interface_id}{REPLY_SEPARATOR}{conn_id}"
+
+
+def split_reply_channel(name: str) -> tuple[bytes, int]:
+    """``"i3f9a!17"`` -> ``(b"i3f9a", 17)``: the owning interface's routing id and
+    the connection number. The interface id is part of the name, so routing a
+    reply needs no table that could go stale."""
+    if not isinstance(name, str):
+        raise ValueError(f"a reply channel is a string, not {name!r}")
+    interface_id, sep, conn = name.partition(REPLY_SEPARATOR)
+    if not sep or not interface_id or not conn.isdigit():
+        raise ValueError(f"{name!r} is not a reply channel (expected '<interface>!<number>')")
+    return interface_id.encode(), int(conn)
+
+
+def check_name(name: Any, what: str) -> str:
+    """Validate a channel or group name: a non-empty string of printable characters."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{what} name must be a non-empty string, not {name!r}")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise ValueError(f"{what} name is longer than {MAX_NAME_BYTES} bytes: {name[:40]!r}...")
+    if not name.isprintable():
+        raise ValueError(f"{what} name {name!r} contains control characters")
+    return name
+
+
+def payload_of(text: str | None, data: bytes | None) -> tuple[str, bytes]:
+    """The (kind, payload frame) for a message given as text or as bytes (exactly one)."""
+    if text is not None and data is not None:
+        raise ValueError("give text or bytes, not both")
+    if text is not None:
+        if not isinstance(text, str):
+            raise TypeError(f"text must be str, not {type(text).__name__}")
+        return KIND_TEXT, text.encode()
+    if data is not None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"bytes must be bytes-like, not {type(data).__name__}")
+        return KIND_BYTES, bytes(data)
+    raise ValueError("give text= or bytes=")

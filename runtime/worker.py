@@ -1,0 +1,148 @@
+"""A worker process: takes messages from its pool's queue and runs consumers, one at a time.
+
+Consumers are ordinary synchronous functions. Each call is isolated: an
+exception is logged with its traceback and ends that event (a WebSocket client
+gets close 1011), never the worker. For WebSocket events the worker sends a
+"done" acknowledgement to the owning interface after the consumer returns; the
+interface releases the connection's next event only then, which is what keeps
+per-connection order across workers.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import zmq
+
+from . import routing, wire
+from .config import WEBSOCKET_CHANNELS, Config
+from .exceptions import ZChannelsError
+from .layer import Layer, set_current
+from .message import Message
+from .process import announce_ready, on_stop_signals, withdraw_ready
+from .stats import counters
+
+log = logging.getLogger("runtime.worker")
+
+POLL_INTERVAL_MS = 200  # how often an idle worker checks for a stop request
+PREFETCH = 1  # messages a worker takes off its queue beyond the one it runs
+
+CLOSE_NO_CONSUMER = 4404  # WebSocket close code: nothing handles this path
+
+
+class Worker:
+    def __init__(self, config: Config, pool_name: str,
+                 registry: routing.Registry = routing.registry) -> None:
+        self.config = config
+        self.pool = config.pool(pool_name)
+        self.registry = registry
+        self.stopping = False
+        self.layer: Layer | None = None
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    def run(self) -> None:
+        context = zmq.Context()
+        events = context.socket(zmq.PULL)
+        events.rcvhwm = PREFETCH
+        events.linger = 0
+        events.connect(self.pool.endpoint_out)
+        self.layer = layer = Layer(self.config, context)
+        set_current(layer)
+        poller = zmq.Poller()
+        poller.register(events, zmq.POLLIN)
+        poller.register(layer.router, zmq.POLLIN)
+        on_stop_signals(self.stop)
+        counters.setup(self.config.run_dir, f"worker-{self.pool.name}")
+        announce_ready(self.config.run_dir, f"worker-{self.pool.name}",
+                       identity=layer.identity.decode(), routes=len(self.registry.routes))
+        log.info("worker %s serving pool %s (%s) with %d route(s)", layer.identity.decode(),
+                 self.pool.name, ", ".join(self.pool.channels), len(self.registry.routes))
+        try:
+            while not self.stopping:
+                ready = dict(poller.poll(POLL_INTERVAL_MS))
+                if layer.router in ready:
+                    layer.drain_router()
+                if events in ready:
+                    self.handle(events.recv_multipart())
+                if counters.due(self.config.stats_interval):
+                    counters.write()
+        finally:
+            withdraw_ready(self.config.run_dir, f"worker-{self.pool.name}")
+            counters.write(force=True)
+            events.close()
+            layer.close()
+            set_current(None)
+            context.term()
+            log.info("worker %s stopped", layer.identity.decode())
+
+    def handle(self, frames: list[bytes]) -> None:
+        """Run the consumer for one message from the queue."""
+        assert self.layer is not None
+        if len(frames) != 2:
+            counters.incr("garbage")
+            log.warning("dropped a malformed event (%d frames, expected 2)", len(frames))
+            return
+        try:
+            header = wire.decode(frames[0])
+            message = Message(header, frames[1], self.layer)
+        except (ValueError, KeyError, TypeError) as e:
+            counters.incr("garbage")
+            log.warning("dropped a malformed event: %s", e)
+            return
+        counters.incr("events")
+        error = False
+        started = time.monotonic()
+        try:
+            self.dispatch(message)
+        except Exception:
+            error = True
+            counters.incr("consumer_errors")
+            log.exception("consumer for %s %s failed (%s)", message.channel,
+                          message.path or "", message.reply_channel or "no reply channel")
+        finally:
+            if header.get("ack") and message.reply_channel is not None:
+                self.acknowledge(message, error, time.monotonic() - started)
+
+    def dispatch(self, message: Message) -> None:
+        path = message.path
+        found = self.registry.match(message.channel, path)
+        if found is not None:
+            func, kwargs = found
+            func(message, **kwargs)
+            return
+        if message.channel == "websocket.connect" and message.reply_channel is not None:
+            if not self.registry.handles_path(path, WEBSOCKET_CHANNELS):
+                counters.incr("no_consumer_for_path")
+                log.warning("no consumer for WebSocket path %r: closing %s with %d",
+                            path, message.reply_channel, CLOSE_NO_CONSUMER)
+                message.reply_channel.close(CLOSE_NO_CONSUMER, "no consumer for this path")
+            # A path with receive consumers but no connect consumer is accepted as is.
+            return
+        counters.incr("unhandled")
+        log.debug("no consumer for %s %s; message dropped", message.channel, path or "")
+
+    def acknowledge(self, message: Message, error: bool, elapsed: float) -> None:
+        assert self.layer is not None and message.reply_channel is not None
+        header: dict[str, Any] = {"op": wire.OP_DONE}
+        if error:
+            header["error"] = True
+        if message.session.modified:
+            header["session"] = dict(message.session)
+        try:
+            try:
+                self.layer.to_interface(message.reply_channel.name, header)
+            except (TypeError, ValueError, OverflowError) as e:
+                counters.incr("consumer_errors")
+                log.error("session of %s cannot be stored (not JSON-serialisable: %s); "
+                          "closing the connection", message.reply_channel, e)
+                header.pop("session")
+                header["error"] = True
+                self.layer.to_interface(message.reply_channel.name, header)
+        except ZChannelsError as e:
+            # The interface will close the connection when its event timeout passes.
+            counters.incr("ack_failures")
+            log.error("could not acknowledge %s on %s after %.3fs: %s", message.channel,
+                      message.reply_channel, elapsed, e)
