@@ -207,16 +207,15 @@ class Interface:
             "headers": [[k, v] for k, v in request.headers.get_all()],
             "client": client, "subprotocols": subprotocols, "ack": True,
         })
-        conn.queue.append(("websocket.connect", [header, b""]))
+        conn.queue.append(("websocket.connect", "", b"", header))
         self.dispatch_next(conn)
         return conn
 
     def receive(self, conn: Connection, message: str | bytes) -> Awaitable[None] | None:
         if isinstance(message, str):
-            frames = [conn.receive_header(wire.KIND_TEXT), message.encode()]
+            conn.queue.append(("websocket.receive", wire.KIND_TEXT, message.encode(), None))
         else:
-            frames = [conn.receive_header(wire.KIND_BYTES), message]
-        conn.queue.append(("websocket.receive", frames))
+            conn.queue.append(("websocket.receive", wire.KIND_BYTES, message, None))
         self.dispatch_next(conn)
         if len(conn.queue) >= self.config.max_queued_events:
             # Stop reading this socket until its consumers catch up (Tornado does not
@@ -243,14 +242,10 @@ class Interface:
         conn.stream = None
         if conn.resume is not None and not conn.resume.done():
             conn.resume.set_result(None)
+        if code is not None:
+            conn.close_code = code
         if conn.connect_delivered:
-            content: dict[str, Any] = {
-                "channel": "websocket.disconnect", "reply_channel": conn.reply_channel,
-                "path": conn.path, "code": code if code is not None else 1006, "ack": True,
-            }
-            if conn.session:
-                content["session"] = conn.session
-            conn.queue.append(("websocket.disconnect", [wire.encode(content), b""]))
+            conn.queue.append(("websocket.disconnect", "", b"", None))
         else:
             conn.queue.clear()  # nothing reached a consumer, nothing to clean up
         self.dispatch_next(conn)
@@ -258,9 +253,12 @@ class Interface:
     def dispatch_next(self, conn: Connection) -> None:
         """Hand the connection's next event to its pool, if none is in flight."""
         while conn.in_flight is None and conn.queue:
-            channel, frames = conn.queue[0]
+            channel, kind, payload, header = conn.queue[0]
+            if header is None:
+                header = (conn.receive_header(kind) if channel == "websocket.receive"
+                          else conn.disconnect_header())
             try:
-                self.pool_sockets[channel].send_multipart(frames, zmq.NOBLOCK)
+                self.pool_sockets[channel].send_multipart([header, payload], zmq.NOBLOCK)
             except zmq.Again:
                 if self.refused(conn, channel):
                     return  # retried later

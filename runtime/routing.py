@@ -112,6 +112,11 @@ def load_consumers(directories: Iterable[str], into: Registry = registry) -> lis
     for directory in directories:
         if not os.path.isdir(directory):
             raise FileNotFoundError(f"consumers directory {directory!r} does not exist")
+        # Helper modules (``_name.py``, never loaded as consumers) are importable
+        # from the consumer modules beside them.
+        directory = os.path.abspath(directory)
+        if directory not in sys.path:
+            sys.path.append(directory)
         for name in sorted(os.listdir(directory)):
             if not name.endswith(".py") or name.startswith(("_", ".")):
                 continue

@@ -67,8 +67,8 @@ class Connection:
     __slots__ = (
         "id", "reply_channel", "handler", "path", "state", "decision", "subprotocols",
         "subprotocol", "close_after_open", "stream", "queue", "in_flight", "in_flight_since",
-        "connect_delivered", "groups", "session", "pending", "pending_bytes", "resume",
-        "_receive_headers", "__weakref__",
+        "connect_delivered", "close_code", "groups", "session", "pending", "pending_bytes",
+        "resume", "_receive_headers", "__weakref__",
     )
 
     def __init__(self, conn_id: int, reply_channel: str, handler: "ConsumerSocket",
@@ -83,10 +83,15 @@ class Connection:
         self.subprotocol: str | None = None
         self.close_after_open: tuple[int, str] | None = None
         self.stream: IOStream | None = None
-        self.queue: collections.deque[tuple[str, list[bytes]]] = collections.deque()
+        # (channel, kind, payload, header): receive and disconnect headers are built
+        # only when the event is dispatched, so they carry the session as the
+        # previous event's consumer left it.
+        self.queue: collections.deque[tuple[str, str, bytes, bytes | None]] = \
+            collections.deque()
         self.in_flight: str | None = None  # channel of the event a consumer is running
         self.in_flight_since = 0.0
         self.connect_delivered = False
+        self.close_code = 1006  # what the client sent when it closed; 1006: no close frame
         self.groups: set[bytes] = set()
         self.session: dict[str, Any] | None = None
         self.pending: list[bytes] = []  # frames sent before the handshake finished
@@ -110,6 +115,15 @@ class Connection:
                 content["session"] = self.session
             header = self._receive_headers[kind] = wire.encode(content)
         return header
+
+    def disconnect_header(self) -> bytes:
+        content: dict[str, Any] = {
+            "channel": "websocket.disconnect", "reply_channel": self.reply_channel,
+            "path": self.path, "code": self.close_code, "ack": True,
+        }
+        if self.session:
+            content["session"] = self.session
+        return wire.encode(content)
 
     def set_session(self, session: dict[str, Any]) -> None:
         self.session = session
@@ -162,6 +176,46 @@ class Connection:
             self.handler.close(*self.close_after_open)
 
 
+class LingeringClose(tornado.websocket.WebSocketProtocol13):
+    """Tornado closes an over-size message with 1009 and tears the TCP connection
+    down at once. The rest of the big frame is then unread input, so the kernel
+    answers with a reset that destroys the close frame: the client sees 1006, not
+    1009. Here the connection instead lingers, reading and discarding, until the
+    client closes or LINGER seconds pass."""
+
+    LINGER = 2.0  # seconds
+    _close_code: int | None = None
+    _lingering = False
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        if self._close_code is None:
+            self._close_code = code
+        super().close(code, reason)
+
+    def _abort(self) -> None:
+        if self._lingering:
+            return
+        stream = self.stream
+        if self._close_code == 1009 and stream is not None and not stream.closed():
+            self._lingering = True
+            self.client_terminated = self.server_terminated = True
+            asyncio.ensure_future(self._discard_then_abort(stream))
+            return
+        super()._abort()
+
+    async def _discard_then_abort(self, stream: IOStream) -> None:
+        deadline = asyncio.get_running_loop().time() + self.LINGER
+        try:
+            while True:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                await asyncio.wait_for(stream.read_bytes(65536, partial=True), remaining)
+        except (StreamClosedError, asyncio.TimeoutError):
+            pass
+        stream.close()
+
+
 class ConsumerSocket(tornado.websocket.WebSocketHandler):
     """Every WebSocket path goes here; consumers in the workers decide what happens."""
 
@@ -202,6 +256,12 @@ class ConsumerSocket(tornado.websocket.WebSocketHandler):
             self.set_header("Retry-After", "1")
             raise tornado.web.HTTPError(503, "worker pool is full")
         raise tornado.web.HTTPError(504, "connect consumer did not answer in time")
+
+    def get_websocket_protocol(self) -> tornado.websocket.WebSocketProtocol | None:
+        protocol = super().get_websocket_protocol()
+        if isinstance(protocol, tornado.websocket.WebSocketProtocol13):
+            return LingeringClose(self, False, protocol.params)
+        return protocol
 
     def check_origin(self, origin: str) -> bool:
         return self.server.origin_allowed(origin, self.request.host)

@@ -1,0 +1,22 @@
+"""Shared fixtures. End-to-end tests get a real system (see harness.py)."""
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from harness import System  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def system():
+    """One real system per test module: router, forwarder, queue, 2 workers, 2 interfaces.
+
+    At the end, any ERROR line or traceback in any process's log that a test did
+    not declare with ``system.expect_error(...)`` fails the module's last test.
+    """
+    with System() as running:
+        yield running
+        unexpected = running.unexpected_errors()
+    assert not unexpected, "processes logged unexpected errors:\n" + "\n".join(unexpected)

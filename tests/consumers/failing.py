@@ -1,0 +1,35 @@
+"""/test/fail: consumers that go wrong on purpose."""
+from runtime import consumer
+
+
+class ConsumerBoom(RuntimeError):
+    pass
+
+
+@consumer("websocket.receive", path="/test/fail")
+def explode(message):
+    if message.text == "boom":
+        raise ConsumerBoom("boom requested by the test")
+    message.reply_channel.send(text="fine")
+
+
+@consumer("websocket.connect", path="/test/fail-connect")
+def explode_on_connect(message):
+    raise ConsumerBoom("connect failed on purpose")
+
+
+@consumer("websocket.connect", path="/test/reject")
+def reject(message):
+    message.reply_channel.reject()
+
+
+@consumer("websocket.connect", path="/test/subprotocol")
+def choose_subprotocol(message):
+    offered = message["subprotocols"]
+    message.reply_channel.accept(subprotocol=offered[-1] if offered else None)
+
+
+@consumer("websocket.receive", path="/test/session")
+def count_in_session(message):
+    message.session["count"] = message.session.get("count", 0) + 1
+    message.reply_channel.send(text=str(message.session["count"]))

@@ -1,0 +1,37 @@
+"""/test/member/<group>: join a group, then at once send to it (immediate membership).
+
+The connect consumer first tells the client its reply channel, then does
+group_add followed immediately by group_send from the same consumer call. With
+immediate membership the new member always receives that message.
+/test/send/<group>: every text frame is sent to the group.
+"""
+from runtime import consumer, group_add, group_discard, group_send
+from _record import record
+
+
+@consumer("websocket.connect", path="/test/member/<group>")
+def join(message, group):
+    rc = message.reply_channel
+    rc.send(text="rc:" + rc.name)
+    added = group_add(group, rc)
+    group_send(group, text=f"hello {rc.name} {added}")
+
+
+@consumer("websocket.receive", path="/test/member/<group>")
+def leave_on_request(message, group):
+    if message.text == "discard":
+        removed = group_discard(group, message.reply_channel)
+        message.reply_channel.send(text=f"discarded {removed}")
+
+
+@consumer("websocket.disconnect", path="/test/member/<group>")
+def gone(message, group):
+    # Discarding a closed connection is harmless and answers False.
+    removed = group_discard(group, message.reply_channel)
+    record("D", message.reply_channel.name, group, removed)
+
+
+@consumer("websocket.receive", path="/test/send/<group>")
+def send_to_group(message, group):
+    group_send(group, text=message.text)
+    message.reply_channel.send(text="sent")

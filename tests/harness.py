@@ -1,0 +1,251 @@
+"""Start a real zchannels system for a test: real processes, real ZeroMQ sockets.
+
+`System` starts the router, forwarder, pool queue, workers and interfaces with
+``python -m runtime <role>`` (the same command supervisord runs), each with its
+own log file, in a private run directory with its own config. It stops every
+process it started, by PID, and can check that no process logged an error the
+test did not expect.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Awaitable, Callable, TypeVar
+
+from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEST_CONSUMERS = os.path.join(ROOT, "tests", "consumers")
+DEMO_CONSUMERS = os.path.join(ROOT, "consumers")
+
+START_TIMEOUT = 20.0  # seconds for every process to announce it is ready
+STOP_TIMEOUT = 10.0  # seconds for a process to exit after SIGTERM before SIGKILL
+ERROR_LINE = re.compile(r" (ERROR|CRITICAL) |^Traceback ", re.MULTILINE)
+
+T = TypeVar("T")
+
+
+def run(coro: Awaitable[T], timeout: float = 30.0) -> T:
+    """Run a coroutine to completion in a fresh event loop, failing after `timeout` seconds."""
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, timeout)
+    return asyncio.run(bounded())
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
+               interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def reserve_port() -> socket.socket:
+    """A bound, non-listening SO_REUSEPORT socket on a free loopback port.
+
+    Interfaces bind the same port with SO_REUSEPORT; the kernel hands
+    connections only to listening sockets, so holding this one costs nothing and
+    keeps any other program from taking the port before the interfaces are up.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+class System:
+    def __init__(self, *, workers: int = 2, interfaces: int = 2,
+                 consumers: tuple[str, ...] = (DEMO_CONSUMERS, TEST_CONSUMERS),
+                 server: dict[str, Any] | None = None, pools: str | None = None) -> None:
+        # IPC paths must fit in 107 bytes: keep the run directory short.
+        self.run_dir = tempfile.mkdtemp(prefix="zc", dir="/tmp")
+        self.config_path = os.path.join(self.run_dir, "zchannels.toml")
+        self.record_path = os.path.join(self.run_dir, "record.log")
+        settings = {"stats_interval": 0.2, **(server or {})}
+        lines = ["[server]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+        lines.append(pools or '[pools.default]\nchannels = ["*"]')
+        with open(self.config_path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        self.env = dict(os.environ,
+                        ZCHANNELS_CONFIG=self.config_path,
+                        ZCHANNELS_RUN_DIR=self.run_dir,
+                        ZCHANNELS_CONSUMERS=os.pathsep.join(consumers),
+                        ZCHANNELS_TEST_RECORD=self.record_path,
+                        PYTHONUNBUFFERED="1")
+        self.env.pop("ZCHANNELS_PORT", None)
+        self.workers = workers
+        self.interfaces = interfaces
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.expected_errors: list[re.Pattern[str]] = []
+        self.port = 0
+
+    # -- processes ---------------------------------------------------------
+
+    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = open(os.path.join(self.run_dir, f"{name}.log"), "ab")
+        proc = subprocess.Popen([sys.executable, "-m", "runtime", *args], cwd=ROOT,
+                                env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.processes[name] = proc
+        return proc
+
+    def ready_info(self, role: str, proc: subprocess.Popen[bytes]) -> dict[str, Any] | None:
+        if proc.poll() is not None:
+            raise AssertionError(f"{role} (pid {proc.pid}) exited with {proc.returncode}:\n"
+                                 + self.log_of_pid(proc.pid))
+        try:
+            with open(os.path.join(self.run_dir, "ready", f"{role}.{proc.pid}")) as f:
+                return json.load(f)
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def wait_ready(self, role: str, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+        return wait_until(lambda: self.ready_info(role, proc), START_TIMEOUT,
+                          f"{role} pid {proc.pid} to be ready")
+
+    def start(self) -> "System":
+        try:
+            started = [("router", self.spawn("router", "router")),
+                       ("forwarder", self.spawn("forwarder", "forwarder")),
+                       ("queue-default", self.spawn("queue-default", "queue"))]
+            for i in range(self.workers):
+                started.append(("worker-default", self.start_worker(i, wait=False)))
+            for role, proc in started:
+                self.wait_ready(role, proc)
+            for i in range(self.interfaces):
+                self.start_interface(i)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def start_worker(self, index: int, wait: bool = True) -> subprocess.Popen[bytes]:
+        proc = self.spawn(f"worker-{index}", "worker", "--pool", "default")
+        if wait:
+            self.wait_ready("worker-default", proc)
+        return proc
+
+    def start_interface(self, index: int) -> subprocess.Popen[bytes]:
+        # The first interface picks a free port; the others share it (SO_REUSEPORT).
+        proc = self.spawn(f"interface-{index}", "interface", "--port", str(self.port))
+        info = self.wait_ready("interface", proc)
+        self.port = info["port"]
+        return proc
+
+    def stop(self) -> None:
+        """SIGTERM every process, interfaces first; SIGKILL any still there after the timeout."""
+        for name in sorted(self.processes, key=lambda n: not n.startswith("interface")):
+            proc = self.processes[name]
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for proc in self.processes.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def __enter__(self) -> "System":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+    # -- observing -----------------------------------------------------------
+
+    def url(self, path: str) -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    async def connect(self, path: str, **kwargs: Any) -> WebSocketClientConnection:
+        return await websocket_connect(self.url(path), **kwargs)
+
+    def logs(self) -> dict[str, str]:
+        result = {}
+        for name in self.processes:
+            with open(os.path.join(self.run_dir, f"{name}.log"), errors="replace") as f:
+                result[name] = f.read()
+        return result
+
+    def all_logs(self) -> str:
+        return "\n".join(self.logs().values())
+
+    def log_of_pid(self, pid: int) -> str:
+        for name, proc in self.processes.items():
+            if proc.pid == pid:
+                return self.logs()[name]
+        return ""
+
+    def expect_error(self, pattern: str) -> None:
+        """Declare an ERROR line (or traceback) a test provokes on purpose."""
+        self.expected_errors.append(re.compile(pattern))
+
+    def unexpected_errors(self) -> list[str]:
+        found = []
+        for name, text in self.logs().items():
+            lines = text.splitlines()
+            for i, line in enumerate(lines):
+                if not ERROR_LINE.search(line):
+                    continue
+                context = "\n".join(lines[i:i + 30])
+                if not any(p.search(context) for p in self.expected_errors):
+                    found.append(f"{name}: {line}")
+        return found
+
+    def counters(self, role: str) -> dict[str, int]:
+        """The sum of one role's counters and gauges over its running processes."""
+        total: dict[str, int] = {}
+        stats_dir = os.path.join(self.run_dir, "stats")
+        pids = {p.pid for p in self.processes.values() if p.poll() is None}
+        for name in os.listdir(stats_dir) if os.path.isdir(stats_dir) else ():
+            if not name.startswith(role + ".") or not name.endswith(".json"):
+                continue
+            try:
+                with open(os.path.join(stats_dir, name)) as f:
+                    data = json.load(f)
+            except (OSError, ValueError):
+                continue
+            if data.get("pid") not in pids:
+                continue
+            for key, value in {**data.get("counters", {}), **data.get("gauges", {})}.items():
+                total[key] = total.get(key, 0) + value
+        return total
+
+    def records(self) -> list[list[str]]:
+        """Lines the test consumers appended to the record file, split into fields."""
+        try:
+            with open(self.record_path) as f:
+                return [line.split() for line in f.read().splitlines() if line]
+        except FileNotFoundError:
+            return []
+
+
+async def read(ws: WebSocketClientConnection, timeout: float = 5.0) -> str | bytes | None:
+    """The next message, or None once the server has closed the socket."""
+    return await asyncio.wait_for(ws.read_message(), timeout)
+
+
+async def read_until_closed(ws: WebSocketClientConnection, timeout: float = 5.0) -> list[Any]:
+    messages = []
+    while True:
+        message = await read(ws, timeout)
+        if message is None:
+            return messages
+        messages.append(message)

@@ -1,0 +1,215 @@
+"""End to end: real processes, real ZeroMQ sockets, a real WebSocket client."""
+import asyncio
+import collections
+import json
+
+import pytest
+from tornado.httpclient import HTTPClientError
+from tornado.websocket import websocket_connect
+
+from harness import read, read_until_closed, run, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def test_echo_text_and_binary_in_order(system):
+    async def scenario():
+        ws = await system.connect("/ws/echo")
+        sent = []
+        for i in range(300):
+            if i % 3 == 2:
+                message = bytes([i % 256]) * (i + 1)
+                ws.write_message(message, binary=True)
+            else:
+                message = f"message {i} ✓"
+                ws.write_message(message)
+            sent.append(message)
+        received = [await read(ws) for _ in sent]
+        ws.close()
+        return sent, received
+
+    sent, received = run(scenario())
+    assert received == sent  # same order, text stays str, binary stays bytes
+
+
+def test_chat_broadcasts_to_every_member_including_sender(system):
+    async def scenario():
+        alice = await system.connect("/ws/chat/room1?name=alice")
+        assert json.loads(await read(alice)) == {"type": "join", "user": "alice",
+                                                 "text": "alice joined"}
+        bob = await system.connect("/ws/chat/room1?name=bob")
+        assert json.loads(await read(bob))["user"] == "bob"
+        assert json.loads(await read(alice)) == {"type": "join", "user": "bob",
+                                                 "text": "bob joined"}
+        # JSON {"text": ...} or a plain string; the sender hears itself too.
+        for sender, user, frame, text in ((alice, "alice", json.dumps({"text": "hi bob"}),
+                                           "hi bob"),
+                                          (bob, "bob", "plain hello", "plain hello")):
+            sender.write_message(frame)
+            for ws in (alice, bob):
+                assert json.loads(await read(ws)) == {"type": "message", "user": user,
+                                                      "text": text}
+        other = await system.connect("/ws/chat/elsewhere?name=carol")
+        await read(other)  # carol's own join
+        bob.close()
+        assert json.loads(await read(alice)) == {"type": "leave", "user": "bob",
+                                                 "text": "bob left"}
+        other.write_message("only here")
+        assert json.loads(await read(other))["text"] == "only here"
+        alice.write_message("still here")
+        assert json.loads(await read(alice))["text"] == "still here"  # not "only here"
+        alice.close()
+        other.close()
+
+    run(scenario())
+
+
+def test_invalid_json_in_chat_closes_1007_and_the_room_goes_on(system):
+    async def scenario():
+        good = await system.connect("/ws/chat/json?name=good")
+        await read(good)
+        bad = await system.connect("/ws/chat/json?name=bad")
+        await read(bad)
+        await read(good)  # bad joined
+        bad.write_message('{"text": "unterminated')
+        assert await read_until_closed(bad) == []
+        assert bad.close_code == 1007
+        assert "invalid JSON" in bad.close_reason
+        assert json.loads(await read(good))["type"] == "leave"
+        good.write_message(json.dumps({"text": "anyone?"}))
+        assert json.loads(await read(good))["text"] == "anyone?"
+        good.close()
+
+    run(scenario())
+    wait_until(lambda: "invalid JSON from" in system.all_logs(), 5, "the chat's log line")
+
+
+def test_unknown_path_closes_4404_with_a_log_line(system):
+    async def scenario():
+        ws = await system.connect("/no/such/path")
+        assert await read_until_closed(ws) == []
+        return ws.close_code, ws.close_reason
+
+    code, reason = run(scenario())
+    assert code == 4404
+    assert reason == "no consumer for this path"
+    wait_until(lambda: "no consumer for WebSocket path '/no/such/path'" in system.all_logs(),
+               5, "the worker's log line")
+
+
+def test_consumer_exception_closes_1011_logs_traceback_and_worker_lives(system):
+    system.expect_error("ConsumerBoom: boom requested by the test")
+    workers = {name: proc.pid for name, proc in system.processes.items()
+               if name.startswith("worker")}
+
+    async def scenario():
+        bystander = await system.connect("/ws/echo")
+        ws = await system.connect("/test/fail")
+        ws.write_message("ok?")
+        assert await read(ws) == "fine"
+        ws.write_message("boom")
+        ws.write_message("never answered")
+        assert await read_until_closed(ws) == []
+        assert ws.close_code == 1011
+        for i in range(20):  # both workers keep serving other connections
+            bystander.write_message(f"after {i}")
+            assert await read(bystander) == f"after {i}"
+        bystander.close()
+
+    run(scenario())
+    assert "ConsumerBoom: boom requested by the test" in system.all_logs()
+    assert "Traceback (most recent call last)" in system.all_logs()
+    for name, pid in workers.items():
+        assert system.processes[name].poll() is None, f"{name} died"
+        assert system.processes[name].pid == pid
+
+
+def test_exception_in_connect_consumer_closes_1011(system):
+    system.expect_error("ConsumerBoom: connect failed on purpose")
+
+    async def scenario():
+        ws = await system.connect("/test/fail-connect")
+        assert await read_until_closed(ws) == []
+        return ws.close_code
+
+    assert run(scenario()) == 1011
+
+
+def test_reject_answers_403_at_the_handshake(system):
+    async def scenario():
+        with pytest.raises(HTTPClientError) as raised:
+            await system.connect("/test/reject")
+        return raised.value.code
+
+    assert run(scenario()) == 403
+
+
+def test_foreign_origin_is_refused_403(system):
+    async def scenario():
+        from tornado.httpclient import HTTPRequest
+        request = HTTPRequest(system.url("/ws/echo"), headers={"Origin": "http://evil.example"})
+        with pytest.raises(HTTPClientError) as raised:
+            await websocket_connect(request)
+        same = HTTPRequest(system.url("/ws/echo"),
+                           headers={"Origin": f"http://127.0.0.1:{system.port}"})
+        ws = await websocket_connect(same)
+        ws.write_message("same origin")
+        assert await read(ws) == "same origin"
+        ws.close()
+        return raised.value.code
+
+    assert run(scenario()) == 403
+
+
+def test_subprotocol_chosen_by_connect_consumer(system):
+    async def scenario():
+        ws = await system.connect("/test/subprotocol", subprotocols=["v1.chat", "v2.chat"])
+        chosen = ws.selected_subprotocol
+        ws.close()
+        return chosen
+
+    assert run(scenario()) == "v2.chat"
+
+
+def test_session_travels_with_the_connection_across_workers(system):
+    async def scenario():
+        ws = await system.connect("/test/session")
+        # All sent at once: each event must still see the session as the previous
+        # event's consumer left it, whichever worker ran that one.
+        for _ in range(30):
+            ws.write_message("count")
+        counts = [await read(ws) for _ in range(30)]
+        ws.close()
+        return counts
+
+    assert run(scenario()) == [str(i) for i in range(1, 31)]
+
+
+def test_oversized_message_closes_1009(system):
+    async def scenario():
+        ws = await system.connect("/ws/echo")
+        ws.write_message(b"x" * (1024 * 1024 + 1), binary=True)
+        assert await read_until_closed(ws) == []
+        code = ws.close_code
+        ok = await system.connect("/ws/echo")
+        ok.write_message("still serving")
+        assert await read(ok) == "still serving"
+        ok.close()
+        return code
+
+    assert run(scenario()) == 1009
+
+
+def test_plain_http_to_a_websocket_path_is_404_and_index_is_served(system):
+    from tornado.httpclient import AsyncHTTPClient
+
+    async def scenario():
+        client = AsyncHTTPClient()
+        with pytest.raises(HTTPClientError) as raised:
+            await client.fetch(f"http://127.0.0.1:{system.port}/ws/echo")
+        index = await client.fetch(f"http://127.0.0.1:{system.port}/")
+        return raised.value.code, index.body.decode()
+
+    code, body = run(scenario())
+    assert code == 404
+    assert "new WebSocket(" in body and "/ws/chat/" in body
