@@ -1,0 +1,119 @@
+"""The real thing: scripts/run starts conf/supervisord.conf, which starts every process."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from harness import ROOT, read, reserve_port, run, wait_until
+
+pytestmark = pytest.mark.e2e
+
+PROGRAMS = {"router", "forwarder", "queue-default", "worker-default:worker-default-0",
+            "worker-default:worker-default-1", "interface:interface-0", "interface:interface-1"}
+
+
+def supervisorctl(run_dir, *args):
+    return subprocess.run(
+        [os.path.join(ROOT, ".venv", "bin", "supervisorctl"), "-c",
+         os.path.join(ROOT, "conf", "supervisord.conf"),
+         "-s", f"unix://{run_dir}/supervisor.sock", *args],
+        capture_output=True, text=True, timeout=30)
+
+
+def statuses(run_dir):
+    result = supervisorctl(run_dir, "status")
+    rows = [line.split() for line in result.stdout.splitlines() if line.strip()]
+    return {row[0]: (row[1], int(row[3].rstrip(","))) for row in rows if len(row) > 3
+            and row[2] == "pid"}
+
+
+@pytest.fixture
+def supervised():
+    run_dir = tempfile.mkdtemp(prefix="zcs", dir="/tmp")
+    reservation = reserve_port()
+    port = reservation.getsockname()[1]
+    env = dict(os.environ, ZCHANNELS_PORT=str(port), ZCHANNELS_RUN_DIR=run_dir)
+    for key in ("ZCHANNELS_CONFIG", "ZCHANNELS_CONSUMERS"):
+        env.pop(key, None)
+    log = open(os.path.join(run_dir, "scripts-run.out"), "wb")
+    children = {}
+    proc = subprocess.Popen([os.path.join(ROOT, "scripts", "run")], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def all_running():
+            found = statuses(run_dir) if os.path.exists(f"{run_dir}/supervisor.sock") else {}
+            return found if set(found) == PROGRAMS and all(
+                state == "RUNNING" for state, _ in found.values()) else None
+        children = wait_until(all_running, 60, "supervisord to start every program",
+                              interval=0.2)
+        ready_dir = os.path.join(run_dir, "ready")
+        wait_until(lambda: len([n for n in os.listdir(ready_dir)
+                                if n.startswith("interface.")]) == 2,
+                   20, "both interfaces to accept clients")
+        reservation.close()
+        yield proc, port, run_dir
+    finally:
+        reservation.close()
+        # Only reached with something still running when the test failed early.
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        for _, pid in children.values():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        log.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def test_scripts_run_serves_chat_and_stops_everything_on_sigterm(supervised):
+    proc, port, run_dir = supervised
+    children = {name: pid for name, (_, pid) in statuses(run_dir).items()}
+
+    async def chat():
+        from tornado.websocket import websocket_connect
+        alice = await websocket_connect(f"ws://127.0.0.1:{port}/ws/chat/sv?name=alice")
+        await read(alice)
+        bob = await websocket_connect(f"ws://127.0.0.1:{port}/ws/chat/sv?name=bob")
+        await read(bob)
+        await read(alice)
+        bob.write_message("hello from bob")
+        for ws in (alice, bob):
+            assert json.loads(await read(ws))["text"] == "hello from bob"
+        echo = await websocket_connect(f"ws://127.0.0.1:{port}/ws/echo")
+        echo.write_message(b"\xff\x00", binary=True)
+        assert await read(echo) == b"\xff\x00"
+        for ws in (alice, bob, echo):
+            ws.close()
+
+    run(chat())
+
+    started = time.monotonic()
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=15)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0
+    assert elapsed < 10, f"stopping took {elapsed:.1f}s"
+    for name, pid in children.items():
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    log = open(os.path.join(run_dir, "supervisord.log")).read()
+    assert "stopped: interface-0 (exit status 0)" in log
+    assert "stopped: worker-default-0 (exit status 0)" in log
+
+
+def test_supervisorctl_finds_the_default_copy_without_options():
+    """`supervisorctl -c conf/supervisord.conf status` talks to the copy that
+    scripts/run starts with the default run directory (./run)."""
+    from supervisor.options import ClientOptions
+    options = ClientOptions()
+    options.realize(args=["-c", os.path.join(ROOT, "conf", "supervisord.conf")])
+    assert options.serverurl == f"unix://{ROOT}/run/supervisor.sock"
+    script = open(os.path.join(ROOT, "scripts", "run")).read()
+    assert '${ZCHANNELS_RUN_DIR:-$root/run}' in script
