@@ -9,6 +9,7 @@ project root). Unknown keys are errors, so a typo never silently becomes a defau
 from __future__ import annotations
 
 import fnmatch
+import math
 import os
 import tomllib
 from dataclasses import dataclass, replace
@@ -135,8 +136,10 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
         if explicit:
             raise ConfigError(f"config file {path!r} does not exist") from None
         data = {}
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path!r}: {e.strerror}") from None
     return parse(data, source=path, environ=environ)
 
 
@@ -188,6 +191,8 @@ def _check_type(value: Any, types: tuple[type, ...], where: str) -> Any:
     if isinstance(value, bool) or not isinstance(value, types):
         names = " or ".join("number" if t is float else t.__name__ for t in types)
         raise ConfigError(f"{where} must be a {names}, not {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, not {value!r}")
     return float(value) if float in types else value
 
 
@@ -234,7 +239,7 @@ def _parse_pools(raw: Any, config: Config, source: str) -> tuple[PoolConfig, ...
     pools = []
     for name, table in raw.items():
         where = f"{source}: [pools.{name}]"
-        if not name.replace("-", "").replace("_", "").isalnum():
+        if not name.isascii() or not name.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"{where}: pool names may use letters, digits, - and _ only")
         if not isinstance(table, Mapping):
             raise ConfigError(f"{where} must be a table")

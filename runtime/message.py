@@ -43,6 +43,14 @@ class Session(dict[str, Any]):
         self.modified = True
         super().clear()
 
+    def popitem(self) -> tuple[str, Any]:
+        self.modified = True
+        return super().popitem()
+
+    def __ior__(self, other: Any) -> "Session":  # type: ignore[override]
+        self.modified = True
+        return super().__ior__(other)
+
 
 class ReplyChannel:
     """The channel of one client connection. Sends go to the interface that owns it."""

@@ -38,7 +38,10 @@ def compile_path(path: str) -> re.Pattern[str]:
         parts.append(f"(?P<{m.group(1)}>[^/]+)")
         end = m.end()
     parts.append(re.escape(path[end:]))
-    return re.compile("^" + "".join(parts) + "$")
+    try:
+        return re.compile("^" + "".join(parts) + "$")
+    except re.error as e:  # e.g. the same <name> twice
+        raise ValueError(f"bad path template {path!r}: {e}") from None
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,7 @@ def split_reply_channel(name: str) -> tuple[bytes, int]:
     if not isinstance(name, str):
         raise ValueError(f"a reply channel is a string, not {name!r}")
     interface_id, sep, conn = name.partition(REPLY_SEPARATOR)
-    if not sep or not interface_id or not conn.isdigit():
+    if not sep or not interface_id or not (conn.isascii() and conn.isdigit()):
         raise ValueError(f"{name!r} is not a reply channel (expected '<interface>!<number>')")
     return interface_id.encode(), int(conn)
 
