@@ -175,7 +175,7 @@ class Interface:
     async def sweep(self) -> None:
         """Close connections whose consumer overran event_timeout; write the counters."""
         while True:
-            await asyncio.sleep(SWEEP_INTERVAL)
+            await asyncio.sleep(min(SWEEP_INTERVAL, self.config.stats_interval))
             limit = time.monotonic() - self.config.event_timeout
             for conn in [c for c in self.busy if c.in_flight_since < limit]:
                 counters.incr("event_timeouts")

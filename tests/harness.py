@@ -209,22 +209,35 @@ class System:
                     found.append(f"{name}: {line}")
         return found
 
-    def counters(self, role: str) -> dict[str, int]:
-        """The sum of one role's counters and gauges over its running processes."""
-        total: dict[str, int] = {}
+    def settled_counters(self, prefix: str, timeout: float = 5.0) -> dict[str, int]:
+        """Counters as they are now: wait until every running process whose name
+        starts with `prefix` has written its stats file after this call began."""
+        since = time.time()
+        found = wait_until(lambda: (self.counters(prefix, since=since),)
+                           if self.counters(prefix, since=since) is not None else None,
+                           timeout, f"{prefix} processes to write their stats")
+        return found[0]
+
+    def counters(self, prefix: str, since: float = 0.0) -> dict[str, int] | None:
+        """The sum of the counters and gauges of the running processes whose name
+        starts with `prefix`; None if one has not written its stats after `since`."""
         stats_dir = os.path.join(self.run_dir, "stats")
-        pids = {p.pid for p in self.processes.values() if p.poll() is None}
-        for name in os.listdir(stats_dir) if os.path.isdir(stats_dir) else ():
-            if not name.startswith(role + ".") or not name.endswith(".json"):
+        files = os.listdir(stats_dir) if os.path.isdir(stats_dir) else []
+        total: dict[str, int] = {}
+        for name, proc in self.processes.items():
+            if not name.startswith(prefix) or proc.poll() is not None:
                 continue
-            try:
-                with open(os.path.join(stats_dir, name)) as f:
-                    data = json.load(f)
-            except (OSError, ValueError):
-                continue
-            if data.get("pid") not in pids:
-                continue
-            for key, value in {**data.get("counters", {}), **data.get("gauges", {})}.items():
+            data = None
+            for filename in files:
+                if filename.endswith(f".{proc.pid}.json"):
+                    try:
+                        with open(os.path.join(stats_dir, filename)) as f:
+                            data = json.load(f)
+                    except (OSError, ValueError):  # being replaced right now
+                        pass
+            if data is None or data.get("time", 0) <= since:
+                return None
+            for key, value in {**data["counters"], **data["gauges"]}.items():
                 total[key] = total.get(key, 0) + value
         return total
 
