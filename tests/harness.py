@@ -69,14 +69,19 @@ def reserve_port() -> socket.socket:
 class System:
     def __init__(self, *, workers: int = 2, interfaces: int = 2,
                  consumers: tuple[str, ...] = (DEMO_CONSUMERS, TEST_CONSUMERS),
-                 server: dict[str, Any] | None = None, pools: str | None = None) -> None:
+                 server: dict[str, Any] | None = None,
+                 pools: dict[str, tuple[list[str], int]] | None = None) -> None:
+        """`pools`: name -> (channel patterns, number of workers), in routing order;
+        default: one pool "default" serving "*" with `workers` workers."""
         # IPC paths must fit in 107 bytes: keep the run directory short.
         self.run_dir = tempfile.mkdtemp(prefix="zc", dir="/tmp")
         self.config_path = os.path.join(self.run_dir, "zchannels.toml")
         self.record_path = os.path.join(self.run_dir, "record.log")
         settings = {"stats_interval": 0.2, **(server or {})}
         lines = ["[server]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
-        lines.append(pools or '[pools.default]\nchannels = ["*"]')
+        self.pools = pools or {"default": (["*"], workers)}
+        for name, (channels, _) in self.pools.items():
+            lines += [f"[pools.{name}]", f"channels = {json.dumps(channels)}"]
         with open(self.config_path, "w") as f:
             f.write("\n".join(lines) + "\n")
         self.env = dict(os.environ,
@@ -86,7 +91,6 @@ class System:
                         ZCHANNELS_TEST_RECORD=self.record_path,
                         PYTHONUNBUFFERED="1")
         self.env.pop("ZCHANNELS_PORT", None)
-        self.workers = workers
         self.interfaces = interfaces
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.expected_errors: list[re.Pattern[str]] = []
@@ -119,10 +123,12 @@ class System:
     def start(self) -> "System":
         try:
             started = [("router", self.spawn("router", "router")),
-                       ("forwarder", self.spawn("forwarder", "forwarder")),
-                       ("queue-default", self.spawn("queue-default", "queue"))]
-            for i in range(self.workers):
-                started.append(("worker-default", self.start_worker(i, wait=False)))
+                       ("forwarder", self.spawn("forwarder", "forwarder"))]
+            for pool, (_, workers) in self.pools.items():
+                started.append((f"queue-{pool}",
+                                self.spawn(f"queue-{pool}", "queue", "--pool", pool)))
+                for i in range(workers):
+                    started.append((f"worker-{pool}", self.start_worker(i, pool, wait=False)))
             for role, proc in started:
                 self.wait_ready(role, proc)
             for i in range(self.interfaces):
@@ -132,10 +138,11 @@ class System:
             raise
         return self
 
-    def start_worker(self, index: int, wait: bool = True) -> subprocess.Popen[bytes]:
-        proc = self.spawn(f"worker-{index}", "worker", "--pool", "default")
+    def start_worker(self, index: int, pool: str = "default",
+                     wait: bool = True) -> subprocess.Popen[bytes]:
+        proc = self.spawn(f"worker-{pool}-{index}", "worker", "--pool", pool)
         if wait:
-            self.wait_ready("worker-default", proc)
+            self.wait_ready(f"worker-{pool}", proc)
         return proc
 
     def start_interface(self, index: int) -> subprocess.Popen[bytes]:
@@ -213,10 +220,11 @@ class System:
         """Counters as they are now: wait until every running process whose name
         starts with `prefix` has written its stats file after this call began."""
         since = time.time()
-        found = wait_until(lambda: (self.counters(prefix, since=since),)
-                           if self.counters(prefix, since=since) is not None else None,
-                           timeout, f"{prefix} processes to write their stats")
-        return found[0]
+
+        def written() -> tuple[dict[str, int]] | None:
+            counts = self.counters(prefix, since=since)
+            return None if counts is None else (counts,)
+        return wait_until(written, timeout, f"{prefix} processes to write their stats")[0]
 
     def counters(self, prefix: str, since: float = 0.0) -> dict[str, int] | None:
         """The sum of the counters and gauges of the running processes whose name

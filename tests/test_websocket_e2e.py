@@ -213,3 +213,44 @@ def test_plain_http_to_a_websocket_path_is_404_and_index_is_served(system):
     code, body = run(scenario())
     assert code == 404
     assert "new WebSocket(" in body and "/ws/chat/" in body
+
+
+def test_connect_message_carries_path_query_headers_client_subprotocols(system):
+    async def scenario():
+        from tornado.httpclient import HTTPRequest
+        request = HTTPRequest(system.url("/test/inspect?a=1&b=two"),
+                              headers={"X-Custom": "yes", "User-Agent": "zc-test"})
+        ws = await websocket_connect(request, subprotocols=["p1"])
+        seen = json.loads(await read(ws))
+        local_port = ws.protocol.stream.socket.getsockname()[1]
+        ws.close()
+        return seen, local_port
+
+    seen, local_port = run(scenario())
+    assert seen["path"] == "/test/inspect"
+    assert seen["query_string"] == "a=1&b=two"
+    assert seen["client"] == ["127.0.0.1", local_port]
+    assert seen["subprotocols"] == ["p1"]
+    assert seen["headers"]["x-custom"] == "yes"
+    assert seen["headers"]["user-agent"] == "zc-test"
+    interface_id, conn = seen["reply_channel"].split("!")
+    assert interface_id.startswith("i") and conn.isdigit()
+
+
+def test_many_sends_from_one_consumer_call_arrive_in_order(system):
+    """Promise 3: to its own socket and to a group, in the order sent."""
+    async def scenario():
+        member = await system.connect("/test/member/burst")
+        rc = (await read(member))[3:]
+        assert await read(member) == f"hello {rc} True"
+        sender = await system.connect("/test/burst/burst")
+        sender.write_message("300")
+        replies = [await read(sender) for _ in range(300)]
+        grouped = [await read(member) for _ in range(300)]
+        sender.close()
+        member.close()
+        return replies, grouped
+
+    replies, grouped = run(scenario())
+    assert replies == [f"r{i}" for i in range(300)]
+    assert grouped == [f"g{i}" for i in range(300)]

@@ -33,3 +33,14 @@ def choose_subprotocol(message):
 def count_in_session(message):
     message.session["count"] = message.session.get("count", 0) + 1
     message.reply_channel.send(text=str(message.session["count"]))
+
+
+@consumer("websocket.connect", path="/test/inspect")
+def inspect(message):
+    import json
+    message.reply_channel.accept()
+    message.reply_channel.send(text=json.dumps({
+        "path": message.path, "query_string": message["query_string"],
+        "client": message["client"], "subprotocols": message["subprotocols"],
+        "headers": message.headers, "reply_channel": message.reply_channel.name,
+    }))

@@ -35,3 +35,12 @@ def gone(message, group):
 def send_to_group(message, group):
     group_send(group, text=message.text)
     message.reply_channel.send(text="sent")
+
+
+@consumer("websocket.receive", path="/test/burst/<group>")
+def burst(message, group):
+    """One consumer call sends N messages to its group and N to its own socket."""
+    count = int(message.text)
+    for i in range(count):
+        group_send(group, text=f"g{i}")
+        message.reply_channel.send(text=f"r{i}")
