@@ -35,6 +35,7 @@ from .websocket import (CLOSE_CONSUMER_ERROR, CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN_
 from .zmqio import SocketReader
 
 log = logging.getLogger("runtime.interface")
+access_log = logging.getLogger("runtime.access")
 
 POOL_SEND_HWM = 100  # events buffered towards a pool queue before new work is refused
 SWEEP_INTERVAL = 1.0  # seconds between checks for consumers that overran event_timeout
@@ -100,6 +101,7 @@ class Interface:
                  {"path": self.config.static_dir}),
                 (r"/.*", ConsumerSocket, {"server": self}),
             ],
+            log_function=_log_request,
             websocket_max_message_size=self.config.max_message_bytes,
             websocket_ping_interval=self.config.ping_interval or None,
             websocket_ping_timeout=self.config.ping_timeout or None,
@@ -230,6 +232,7 @@ class Interface:
         if conn.state is State.CLOSED:
             return
         conn.state = State.CLOSED
+        conn.closed_at = time.monotonic()
         conn.decide(Decision.REJECT)
         for group in conn.groups:
             members = self.groups.get(group)
@@ -257,13 +260,16 @@ class Interface:
             if header is None:
                 header = (conn.receive_header(kind) if channel == "websocket.receive"
                           else conn.disconnect_header())
+            sequence = conn.sequence + 1
             try:
-                self.pool_sockets[channel].send_multipart([header, payload], zmq.NOBLOCK)
+                self.pool_sockets[channel].send_multipart(
+                    [header, payload, b"%d" % sequence], zmq.NOBLOCK)
             except zmq.Again:
                 if self.refused(conn, channel):
                     return  # retried later
                 continue
             conn.queue.popleft()
+            conn.sequence = sequence
             conn.in_flight = channel
             conn.in_flight_since = time.monotonic()
             self.busy.add(conn)
@@ -282,9 +288,10 @@ class Interface:
         if channel == "websocket.disconnect" and not self.stopping:
             # The disconnect consumer is how applications clean up: keep offering it,
             # as long as the event timeout allows.
-            if time.monotonic() - conn.in_flight_since < self.config.event_timeout:
-                asyncio.get_running_loop().call_later(DISCONNECT_RETRY, self.dispatch_next,
-                                                      conn)
+            if time.monotonic() - conn.closed_at < self.config.event_timeout:
+                if not conn.retry_scheduled:
+                    conn.retry_scheduled = True
+                    asyncio.get_running_loop().call_later(DISCONNECT_RETRY, self.retry, conn)
                 return True
         conn.queue.popleft()
         log.warning("%s: pool for %s is full; refused the event", conn.reply_channel, channel)
@@ -295,6 +302,10 @@ class Interface:
         else:
             counters.incr("disconnects_lost")
         return False
+
+    def retry(self, conn: Connection) -> None:
+        conn.retry_scheduled = False
+        self.dispatch_next(conn)
 
     def finished(self, conn: Connection) -> None:
         conn.in_flight = None
@@ -326,7 +337,9 @@ class Interface:
             opcode = OPCODES.get(header.get("kind"), OPCODE_BINARY)
             conn.write(frame(opcode, frames[2] if len(frames) == 3 else b""))
         elif op == wire.OP_DONE:
-            if conn is None or conn.in_flight is None:
+            if conn is None or conn.in_flight is None or header.get("seq") != conn.sequence:
+                # The connection is gone, or its event timed out and a later one is
+                # in flight: this ack must not release that one.
                 counters.incr("late_acks")
                 return
             self.acknowledged(conn, header)
@@ -417,6 +430,18 @@ class Interface:
         data = frame(OPCODES.get(header.get("kind"), OPCODE_BINARY), payload)
         for conn in members:
             conn.write(data)
+
+
+def _log_request(handler: tornado.web.RequestHandler) -> None:
+    """Like Tornado's access log, but a 503 or 504 is a refusal the interface has
+    already explained and counted: a warning, not an error."""
+    status = handler.get_status()
+    if status < 400:
+        return  # successful requests (and every WebSocket upgrade) are not logged
+    level = logging.INFO if status < 500 else logging.WARNING
+    request = handler.request
+    access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, request.uri,
+                   request.remote_ip, 1000.0 * request.request_time())
 
 
 def _peer_port(request: Any) -> int | None:

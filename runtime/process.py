@@ -16,8 +16,6 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
 
 def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(stream=sys.stderr, level=level.upper(), format=LOG_FORMAT)
-    # Tornado's access log would print a line per request: too much at load.
-    logging.getLogger("tornado.access").setLevel(logging.WARNING)
 
 
 def prepare_run_dir(path: str) -> None:

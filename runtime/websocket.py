@@ -67,8 +67,9 @@ class Connection:
     __slots__ = (
         "id", "reply_channel", "handler", "path", "state", "decision", "subprotocols",
         "subprotocol", "close_after_open", "stream", "queue", "in_flight", "in_flight_since",
-        "connect_delivered", "close_code", "groups", "session", "pending", "pending_bytes",
-        "resume", "_receive_headers", "__weakref__",
+        "connect_delivered", "close_code", "closed_at", "retry_scheduled", "sequence",
+        "groups", "session", "pending", "pending_bytes", "resume", "_receive_headers",
+        "__weakref__",
     )
 
     def __init__(self, conn_id: int, reply_channel: str, handler: "ConsumerSocket",
@@ -90,8 +91,11 @@ class Connection:
             collections.deque()
         self.in_flight: str | None = None  # channel of the event a consumer is running
         self.in_flight_since = 0.0
+        self.sequence = 0  # number of the last event dispatched; acks must name it
         self.connect_delivered = False
         self.close_code = 1006  # what the client sent when it closed; 1006: no close frame
+        self.closed_at = 0.0
+        self.retry_scheduled = False
         self.groups: set[bytes] = set()
         self.session: dict[str, Any] | None = None
         self.pending: list[bytes] = []  # frames sent before the handshake finished

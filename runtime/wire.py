@@ -5,7 +5,7 @@ payload frame, so binary WebSocket data and large bodies are never base64'd or
 JSON-escaped, and nothing is ever unpickled. The frames of each hop:
 
 ==========================  ==============================================
-event to a pool (PUSH)       ``[header, payload]``
+event to a pool (PUSH)       ``[header, payload]``; WebSocket events add ``seq``
 worker -> router (DEALER)    ``[interface id, header, payload?]``
 router -> interface          ``[worker id, header, payload?]``
 interface -> router          ``[worker id, header]``  (answers to requests)
@@ -18,6 +18,9 @@ group send (PUSH, then PUB)  ``[group, header, payload]``
 Header keys: ``op`` says what a router or group message asks of an interface
 (`OP_*` below); ``conn`` is the connection number inside the interface;
 ``kind`` says whether the payload is ``text`` (UTF-8) or ``bytes``.
+A WebSocket event's third frame, ``seq``, numbers it within its connection (ASCII
+digits); the worker's ``done`` names it, so the acknowledgement of an event that
+timed out can never release the event after it.
 """
 from __future__ import annotations
 

@@ -81,13 +81,14 @@ class Worker:
     def handle(self, frames: list[bytes]) -> None:
         """Run the consumer for one message from the queue."""
         assert self.layer is not None
-        if len(frames) != 2:
+        if len(frames) not in (2, 3):
             counters.incr("garbage")
-            log.warning("dropped a malformed event (%d frames, expected 2)", len(frames))
+            log.warning("dropped a malformed event (%d frames, expected 2 or 3)", len(frames))
             return
         try:
             header = wire.decode(frames[0])
             message = Message(header, frames[1], self.layer)
+            sequence = int(frames[2]) if len(frames) == 3 else None
         except (ValueError, KeyError, TypeError) as e:
             counters.incr("garbage")
             log.warning("dropped a malformed event: %s", e)
@@ -104,7 +105,7 @@ class Worker:
                           message.path or "", message.reply_channel or "no reply channel")
         finally:
             if header.get("ack") and message.reply_channel is not None:
-                self.acknowledge(message, error, time.monotonic() - started)
+                self.acknowledge(message, sequence, error, time.monotonic() - started)
 
     def dispatch(self, message: Message) -> None:
         path = message.path
@@ -124,9 +125,10 @@ class Worker:
         counters.incr("unhandled")
         log.debug("no consumer for %s %s; message dropped", message.channel, path or "")
 
-    def acknowledge(self, message: Message, error: bool, elapsed: float) -> None:
+    def acknowledge(self, message: Message, sequence: int | None, error: bool,
+                    elapsed: float) -> None:
         assert self.layer is not None and message.reply_channel is not None
-        header: dict[str, Any] = {"op": wire.OP_DONE}
+        header: dict[str, Any] = {"op": wire.OP_DONE, "seq": sequence}
         if error:
             header["error"] = True
         if message.session.modified:
