@@ -13,7 +13,8 @@ from harness import ROOT, read, reserve_port, run, wait_until
 
 pytestmark = pytest.mark.e2e
 
-PROGRAMS = {"router", "forwarder", "queue-default", "worker-default:worker-default-0",
+PROGRAMS = {"layer:router", "layer:forwarder", "layer:queue-default",
+            "worker-default:worker-default-0",
             "worker-default:worker-default-1", "interface:interface-0", "interface:interface-1"}
 
 
