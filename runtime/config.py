@@ -55,7 +55,8 @@ class Config:
     group_timeout: float = 5.0  # seconds group_add/group_discard wait for confirmation
     send_timeout: float = 5.0  # seconds a consumer's send may block before ChannelFull
     ping_interval: float = 20.0  # seconds between WebSocket pings; 0 disables
-    ping_timeout: float = 30.0  # seconds without a pong before the socket is closed
+    ping_timeout: float = 20.0  # seconds without a pong before closing; 0 off; default:
+    # the same as ping_interval, which it may not exceed
     router_hwm: int = 100_000  # messages buffered per peer on the router's sockets
     forwarder_hwm: int = 100_000  # group messages buffered per subscriber
     stats_interval: float = 2.0  # seconds between writes of each process's counters
@@ -171,6 +172,8 @@ def parse(
         values[key] = _check_type(raw, (str,), f"{source}: [endpoints] {key}")
 
     _apply_environment(values, environ, source)
+    # As in Tornado, the pong may take as long as the interval unless told otherwise.
+    values.setdefault("ping_timeout", values.get("ping_interval", Config.ping_interval))
     config = Config(source=source, **values)
     _check_ranges(config)
     pools = _parse_pools(data.get("pools", DEFAULT_POOLS), config, source)
@@ -229,6 +232,10 @@ def _check_ranges(config: Config) -> None:
     for key in ("ping_interval", "ping_timeout"):
         if getattr(config, key) < 0:
             raise ConfigError(f"{config.source}: [server] {key} must be 0 (off) or more")
+    if config.ping_interval and config.ping_timeout > config.ping_interval:
+        # Tornado waits for a pong only until the next ping is due.
+        raise ConfigError(f"{config.source}: [server] ping_timeout ({config.ping_timeout:g}) "
+                          f"must not be longer than ping_interval ({config.ping_interval:g})")
     if not config.consumers:
         raise ConfigError(f"{config.source}: [server] consumers must name at least one directory")
 

@@ -47,6 +47,9 @@ class Forwarder:
         outgoing = context.socket(zmq.XPUB)
         outgoing.sndhwm = self.config.forwarder_hwm
         outgoing.setsockopt(zmq.XPUB_NODROP, 1)
+        # Pass every (un)subscription, not only a topic's first and last: the
+        # subscribers gauge counts interfaces (each subscribes to everything).
+        outgoing.setsockopt(zmq.XPUB_VERBOSER, 1)
         outgoing.bind(self.config.forwarder_out)
         poller = zmq.Poller()
         poller.register(incoming, zmq.POLLIN)

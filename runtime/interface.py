@@ -42,7 +42,7 @@ SWEEP_INTERVAL = 1.0  # seconds between checks for consumers that overran event_
 LAYER_CHECK_INTERVAL = 0.05  # seconds between probes of the router and forwarder at start
 LAYER_WAIT_LOG = 5.0  # seconds between "still waiting for router/forwarder" lines
 DISCONNECT_RETRY = 0.1  # seconds before re-offering a disconnect event to a full pool
-SHUTDOWN_GRACE = 3.0  # seconds to hand disconnect events to the pool at shutdown
+SHUTDOWN_GRACE = 2.0  # seconds to hand disconnect events to the pool at shutdown
 PROBE_GROUP = b"\x00probe"  # group messages used to check the forwarder path
 
 
@@ -103,8 +103,8 @@ class Interface:
             ],
             log_function=_log_request,
             websocket_max_message_size=self.config.max_message_bytes,
-            websocket_ping_interval=self.config.ping_interval or None,
-            websocket_ping_timeout=self.config.ping_timeout or None,
+            websocket_ping_interval=self.config.ping_interval,
+            websocket_ping_timeout=self.config.ping_timeout,
         )
         self.http = tornado.httpserver.HTTPServer(app)
         sockets = tornado.netutil.bind_sockets(
@@ -132,7 +132,10 @@ class Interface:
         started = logged = time.monotonic()
         while not (self.router_answered and self.probe_seen):
             if not self.router_answered:
-                self.router.send_multipart([wire.PING, b"{}"], zmq.NOBLOCK)
+                try:
+                    self.router.send_multipart([wire.PING, b"{}"], zmq.NOBLOCK)
+                except zmq.Again:  # the router has been away long enough to fill the pipe
+                    pass
                 self.router_reader.kick()
             if not self.probe_seen:
                 try:
@@ -175,17 +178,33 @@ class Interface:
         log.info("interface %s stopped", self.id)
 
     async def sweep(self) -> None:
-        """Close connections whose consumer overran event_timeout; write the counters."""
+        """Deal with consumers that overran event_timeout; write the counters.
+
+        An overdue event closes its connection with 1011 at once and drops the
+        events queued behind it, but the disconnect still waits for the overdue
+        consumer to return (promise 1). Only after a second event_timeout is
+        the event presumed lost (its worker died) and the disconnect released.
+        """
         while True:
             await asyncio.sleep(min(SWEEP_INTERVAL, self.config.stats_interval))
-            limit = time.monotonic() - self.config.event_timeout
-            for conn in [c for c in self.busy if c.in_flight_since < limit]:
-                counters.incr("event_timeouts")
-                log.error("%s: consumer for %s did not finish within %gs; closing with 1011",
-                          conn.reply_channel, conn.in_flight, self.config.event_timeout)
-                self.finished(conn)
-                conn.close(CLOSE_CONSUMER_ERROR, "consumer timed out")
-                self.dispatch_next(conn)
+            now = time.monotonic()
+            for conn in [c for c in self.busy
+                         if now - c.in_flight_since > self.config.event_timeout]:
+                if not conn.overdue:
+                    conn.overdue = True
+                    counters.incr("event_timeouts")
+                    log.error("%s: consumer for %s did not finish within %gs; closing with "
+                              "1011", conn.reply_channel, conn.in_flight,
+                              self.config.event_timeout)
+                    self.drop_queued_receives(conn)
+                    conn.close(CLOSE_CONSUMER_ERROR, "consumer timed out")
+                elif now - conn.in_flight_since > 2 * self.config.event_timeout:
+                    counters.incr("events_abandoned")
+                    log.error("%s: no answer for %s after %gs; presumed lost with its "
+                              "worker", conn.reply_channel, conn.in_flight,
+                              2 * self.config.event_timeout)
+                    self.finished(conn)
+                    self.dispatch_next(conn)
             if counters.due(self.config.stats_interval):
                 counters.write(force=True)
 
@@ -298,10 +317,20 @@ class Interface:
         if channel == "websocket.connect":
             conn.decide(Decision.UNAVAILABLE)
         elif channel == "websocket.receive":
+            # The events behind it must not reach a consumer without it: drop them
+            # too, and tell the client to come back.
+            self.drop_queued_receives(conn)
             conn.close(CLOSE_TRY_AGAIN_LATER, "server busy, try again later")
         else:
             counters.incr("disconnects_lost")
         return False
+
+    def drop_queued_receives(self, conn: Connection) -> None:
+        kept = [event for event in conn.queue if event[0] != "websocket.receive"]
+        if len(kept) != len(conn.queue):
+            counters.incr("receives_dropped_on_close", len(conn.queue) - len(kept))
+            conn.queue.clear()
+            conn.queue.extend(kept)
 
     def retry(self, conn: Connection) -> None:
         conn.retry_scheduled = False
@@ -309,6 +338,7 @@ class Interface:
 
     def finished(self, conn: Connection) -> None:
         conn.in_flight = None
+        conn.overdue = False
         self.busy.discard(conn)
 
     # -- messages from workers (via the router) ---------------------------
@@ -345,8 +375,12 @@ class Interface:
             self.acknowledged(conn, header)
         elif op in (wire.OP_GROUP_ADD, wire.OP_GROUP_DISCARD):
             ok = self.membership(conn, op, header.get("group"))
-            self.router.send_multipart([frames[0], wire.encode({"req": header.get("req"),
-                                                                "ok": ok})])
+            try:
+                self.router.send_multipart(
+                    [frames[0], wire.encode({"req": header.get("req"), "ok": ok})],
+                    zmq.NOBLOCK)
+            except zmq.Again:  # the worker gives up after group_timeout and says so
+                counters.incr("dropped_answers")
             self.router_reader.kick()
         elif conn is None:
             counters.incr("dropped_to_closed")

@@ -100,7 +100,7 @@ class Layer:
         with ``close=CODE``, a close. One ZeroMQ message, whatever the group's size."""
         wire.check_name(group, "group")
         if close is not None:
-            header, payload = {"op": wire.OP_CLOSE, "code": close}, b""
+            header, payload = {"op": wire.OP_CLOSE, "code": wire.check_close(close)}, b""
         else:
             kind, payload = wire.payload_of(text, bytes)
             header = {"op": wire.OP_SEND, "kind": kind}

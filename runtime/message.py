@@ -80,11 +80,9 @@ class ReplyChannel:
         self._layer.to_interface(self.name, {"op": wire.OP_REJECT})
 
     def close(self, code: int = 1000, reason: str = "") -> None:
-        """Close the connection with a WebSocket close code (1000, or 3000-4999 for your own)."""
-        if code not in wire.SENDABLE_CLOSE_CODES and not 3000 <= code <= 4999:
-            raise ValueError(f"close code {code} cannot be sent; use 1000 or 3000-4999")
-        if len(reason.encode()) > 123:
-            raise ValueError("close reason must fit in 123 bytes of UTF-8")
+        """Close the connection with a WebSocket close code: 1000 (normal), a registered
+        code such as 1008 or 1011, or 3000-4999 for your application's own."""
+        wire.check_close(code, reason)
         self._layer.to_interface(self.name, {"op": wire.OP_CLOSE, "code": code, "reason": reason})
 
     def __str__(self) -> str:

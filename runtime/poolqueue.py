@@ -4,7 +4,10 @@ It is a ZeroMQ streamer device (``zmq.proxy`` between a PULL and a PUSH
 socket), so messages cross it at C speed with no Python per message. Its
 capacity is the high-water mark of its input side: when it is full, senders'
 non-blocking sends fail and the work is refused visibly (WebSocket close 1013,
-HTTP 503, `ChannelFull`), never queued without bound.
+HTTP 503, `ChannelFull`), never queued without bound. The bound is approximate:
+besides the high-water marks, each IPC hop's kernel socket buffer holds some
+messages (about 170 small ones), so a worker stuck in a slow consumer can have
+that many events waiting behind it while other workers are idle.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from .process import announce_ready, withdraw_ready
 
 log = logging.getLogger("runtime.poolqueue")
 
-WORKER_SIDE_HWM = 1  # messages queued towards each worker: the rest wait here, in order
+WORKER_SIDE_HWM = 1  # messages queued towards each worker beyond the kernel's buffer
 
 
 def run(config: Config, pool_name: str) -> None:

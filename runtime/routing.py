@@ -104,11 +104,12 @@ registry = Registry()
 consumer = registry.consumer
 
 
-def load_consumers(directories: Iterable[str], into: Registry = registry) -> list[str]:
+def load_consumers(directories: Iterable[str]) -> list[str]:
     """Import every ``*.py`` (not starting with ``_``) in `directories`, in name order.
 
-    An import error is not swallowed: a worker that cannot load its consumers
-    must fail loudly at start, not serve half an application.
+    The modules' ``@consumer`` decorators fill the global `registry`. An import
+    error is not swallowed: a worker that cannot load its consumers must fail
+    loudly at start, not serve half an application.
     """
     loaded = []
     seen: dict[str, str] = {}
@@ -133,8 +134,8 @@ def load_consumers(directories: Iterable[str], into: Registry = registry) -> lis
             assert spec is not None and spec.loader is not None
             module = importlib.util.module_from_spec(spec)
             sys.modules[module_name] = module
-            before = len(into.routes)
+            before = len(registry.routes)
             spec.loader.exec_module(module)
-            log.info("loaded %s: %d consumer(s)", path, len(into.routes) - before)
+            log.info("loaded %s: %d consumer(s)", path, len(registry.routes) - before)
             loaded.append(path)
     return loaded

@@ -3,7 +3,9 @@
 Nothing is lost silently: each refusal, drop and garbage message bumps a named
 counter here. Each process rewrites its file (atomically) every
 ``stats_interval`` seconds when something changed, and once more at exit;
-``zchannels stats`` sums the files of the processes that are still running.
+``zchannels stats`` prints the files of the processes that are still running, a
+line each. A process removes the files of dead processes when it starts, so a
+restarted process starts from zero (the supervisord log says it restarted).
 """
 from __future__ import annotations
 
@@ -35,6 +37,13 @@ class Counters(dict[str, int]):
         directory = os.path.join(run_dir, "stats")
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self.path = os.path.join(directory, f"{role}.{os.getpid()}.json")
+        for name in os.listdir(directory):
+            pid = name.split(".")[-2] if name.endswith(".json") else ""
+            if pid.isdigit() and not _alive(int(pid)):
+                try:
+                    os.unlink(os.path.join(directory, name))
+                except FileNotFoundError:  # another process pruned it first
+                    pass
 
     def snapshot(self) -> dict[str, Any]:
         data: dict[str, Any] = {"role": self.role, "pid": os.getpid(), "time": time.time()}

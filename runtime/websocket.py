@@ -68,6 +68,7 @@ class Connection:
         "id", "reply_channel", "handler", "path", "state", "decision", "subprotocols",
         "subprotocol", "close_after_open", "stream", "queue", "in_flight", "in_flight_since",
         "connect_delivered", "close_code", "closed_at", "retry_scheduled", "sequence",
+        "overdue",
         "groups", "session", "pending", "pending_bytes", "resume", "_receive_headers",
         "__weakref__",
     )
@@ -92,6 +93,7 @@ class Connection:
         self.in_flight: str | None = None  # channel of the event a consumer is running
         self.in_flight_since = 0.0
         self.sequence = 0  # number of the last event dispatched; acks must name it
+        self.overdue = False  # the in-flight event has overrun event_timeout
         self.connect_delivered = False
         self.close_code = 1006  # what the client sent when it closed; 1006: no close frame
         self.closed_at = 0.0
@@ -257,7 +259,6 @@ class ConsumerSocket(tornado.websocket.WebSocketHandler):
         if decision is Decision.REJECT:
             raise tornado.web.HTTPError(403, "connection rejected by consumer")
         if decision is Decision.UNAVAILABLE:
-            self.set_header("Retry-After", "1")
             raise tornado.web.HTTPError(503, "worker pool is full")
         raise tornado.web.HTTPError(504, "connect consumer did not answer in time")
 
@@ -291,4 +292,6 @@ class ConsumerSocket(tornado.websocket.WebSocketHandler):
             self.server.connection_closed(self.conn, None)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code == 503:
+            self.set_header("Retry-After", "1")  # send_error cleared the headers
         self.finish(f"{status_code} {self._reason}\n")

@@ -96,6 +96,16 @@ def check_name(name: Any, what: str) -> str:
     return name
 
 
+def check_close(code: Any, reason: str = "") -> int:
+    """A close code a server may send: 1000, another registered one, or 3000-4999."""
+    if isinstance(code, bool) or not isinstance(code, int) or (
+            code not in SENDABLE_CLOSE_CODES and not 3000 <= code <= 4999):
+        raise ValueError(f"close code {code!r} cannot be sent; use 1000 or 3000-4999")
+    if len(reason.encode()) > 123:
+        raise ValueError("close reason must fit in 123 bytes of UTF-8")
+    return code
+
+
 def payload_of(text: str | None, data: bytes | None) -> tuple[str, bytes]:
     """The (kind, payload frame) for a message given as text or as bytes (exactly one)."""
     if text is not None and data is not None:

@@ -39,6 +39,7 @@ class Worker:
         self.registry = registry
         self.stopping = False
         self.layer: Layer | None = None
+        self.unhandled_seen: set[str] = set()
 
     def stop(self) -> None:
         self.stopping = True
@@ -123,7 +124,12 @@ class Worker:
             # A path with receive consumers but no connect consumer is accepted as is.
             return
         counters.incr("unhandled")
-        log.debug("no consumer for %s %s; message dropped", message.channel, path or "")
+        if message.channel not in self.unhandled_seen:
+            # Once per channel: a missing consumer is a deployment mistake, and a
+            # line per message would flood the log.
+            self.unhandled_seen.add(message.channel)
+            log.warning("no consumer for channel %s (path %s); dropped, and counted as "
+                        "'unhandled' from now on", message.channel, path)
 
     def acknowledge(self, message: Message, sequence: int | None, error: bool,
                     elapsed: float) -> None:

@@ -263,6 +263,9 @@ PARSE_ERRORS = [
     pytest.param(_server(ping_timeout=-0.5), ["ping_timeout", "0 (off) or more"],
                  id="ping-timeout-negative"),
     pytest.param(_server(ping_timeout=NAN), ["ping_timeout"], id="ping-timeout-nan"),
+    pytest.param(_server(ping_interval=10, ping_timeout=15),
+                 ["ping_timeout (15) must not be longer than ping_interval (10)"],
+                 id="ping-timeout-over-interval"),
     pytest.param(_server(send_timeout=float("inf")), ["send_timeout", "finite"],
                  id="timeout-infinite"),
     pytest.param(_server(max_message_bytes=0), ["max_message_bytes", "greater than 0"],
@@ -397,7 +400,9 @@ def test_invalid_port_is_rejected(port):
 @given(key=st.sampled_from(FLOAT_KEYS),
        value=st.floats(min_value=0, exclude_min=True, allow_nan=False, allow_infinity=False))
 def test_valid_positive_float_round_trips_through_toml(key, value):
-    config = parse(tomllib.loads(f"[server]\n{key} = {value!r}\n"), environ={})
+    # ping_timeout may not exceed ping_interval: give it an interval at least as long.
+    extra = f"ping_interval = {value!r}\n" if key == "ping_timeout" else ""
+    config = parse(tomllib.loads(f"[server]\n{key} = {value!r}\n{extra}"), environ={})
     assert getattr(config, key) == value
 
 

@@ -246,13 +246,6 @@ def test_load_consumers_across_directories_in_given_order(tmp_path, global_regis
     assert [r.channel for r in global_registry.routes] == ["zz", "aa"]
 
 
-def test_load_consumers_into_another_registry(tmp_path, global_registry):
-    _module(tmp_path, "plain.py", "VALUE = 1\n")
-    other = Registry()
-    assert load_consumers([str(tmp_path)], into=other) == [str(tmp_path / "plain.py")]
-    assert other.routes == [] and global_registry.routes == []
-
-
 def test_empty_directory_loads_nothing(tmp_path, global_registry):
     assert load_consumers([str(tmp_path)]) == []
 

@@ -116,5 +116,5 @@ def test_supervisorctl_finds_the_default_copy_without_options():
     options = ClientOptions()
     options.realize(args=["-c", os.path.join(ROOT, "conf", "supervisord.conf")])
     assert options.serverurl == f"unix://{ROOT}/run/supervisor.sock"
-    script = open(os.path.join(ROOT, "scripts", "run")).read()
-    assert '${ZCHANNELS_RUN_DIR:-$root/run}' in script
+    from runtime.config import load
+    assert load(os.path.join(ROOT, "conf", "zchannels.toml"), environ={}).run_dir == "run"

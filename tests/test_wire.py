@@ -152,3 +152,21 @@ def test_payload_of_empty_values_are_still_given():
 def test_payload_of_errors(text, data, error, message):
     with pytest.raises(error, match=message):
         wire.payload_of(text, data)
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 1003, 1007, 1008, 1011, 1013, 3000, 4404, 4999])
+def test_check_close_accepts_sendable_codes(code):
+    assert wire.check_close(code, "why") == code
+
+
+@pytest.mark.parametrize("code", [999, 1004, 1005, 1006, 1015, 2000, 2999, 5000, True, "1000",
+                                  None, 1000.0])
+def test_check_close_rejects_codes_a_server_may_not_send(code):
+    with pytest.raises(ValueError, match="cannot be sent"):
+        wire.check_close(code)
+
+
+def test_check_close_limits_the_reason_to_123_bytes():
+    wire.check_close(1000, "é" * 61)
+    with pytest.raises(ValueError, match="123 bytes"):
+        wire.check_close(1000, "é" * 62)

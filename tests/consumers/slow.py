@@ -2,12 +2,19 @@
 import time
 
 from runtime import consumer
+from _record import record
 
 
 @consumer("websocket.receive", path="/test/slow")
 def slow(message):
     time.sleep(float(message.text))
+    record("slow-end", message.reply_channel.name)
     message.reply_channel.send(text="done")
+
+
+@consumer("websocket.disconnect", path="/test/slow")
+def slow_gone(message):
+    record("slow-disconnect", message.reply_channel.name)
 
 
 @consumer("websocket.connect", path="/test/slow-connect")
