@@ -1,59 +1,127 @@
-"""A pool's queue: the one place every sender PUSHes to and every worker of the pool PULLs from.
+"""A pool's queue: every sender PUSHes to it, and it hands each message to a free worker.
 
-It is a ZeroMQ streamer device (``zmq.proxy`` between a PULL and a PUSH
-socket), so messages cross it at C speed with no Python per message. Its
-capacity is the high-water mark of its input side: when it is full, senders'
-non-blocking sends fail and the work is refused visibly (WebSocket close 1013,
-HTTP 503, `ChannelFull`), never queued without bound. The bound is approximate:
-besides the high-water marks, each IPC hop's kernel socket buffer holds some
-messages (about 170 small ones), so a worker stuck in a slow consumer can have
-that many events waiting behind it while other workers are idle.
+Dispatch is credit-based (the ZeroMQ guide's load-balancing broker): a worker
+connects a DEALER to the queue's ROUTER and says READY whenever it is free, and
+each message goes to the worker that has been free longest, one at a time. A
+worker busy in a slow consumer is never handed more, so no message waits behind
+it while another worker is idle -- which plain PUSH/PULL round-robin cannot
+promise, since every IPC hop's kernel buffer holds a hundred or more small
+messages whatever the high-water marks say.
+
+When no worker is free the queue stops reading its input, so messages wait in
+the input socket, up to ``capacity``; beyond it senders' non-blocking sends fail
+and the work is refused visibly (WebSocket close 1013, HTTP 503, `ChannelFull`).
 """
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 
 import zmq
 
 from .config import Config
-from .process import announce_ready, withdraw_ready
+from .process import announce_ready, on_stop_signals, withdraw_ready
+from .stats import counters
 
 log = logging.getLogger("runtime.poolqueue")
 
-WORKER_SIDE_HWM = 1  # messages queued towards each worker beyond the kernel's buffer
+READY = b"R"  # a worker's request for one message
+POLL_INTERVAL_MS = 200
+BATCH = 512
+
+
+class PoolQueue:
+    def __init__(self, config: Config, pool_name: str) -> None:
+        self.config = config
+        self.pool = config.pool(pool_name)
+        self.role = f"queue-{self.pool.name}"
+        self.stopping = False
+        # Free workers, longest-waiting first; a dict so a repeated READY counts once.
+        self.ready: dict[bytes, None] = {}
+        self.held: list[bytes] | None = None  # taken from the input, no worker took it yet
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    def run(self) -> None:
+        context = zmq.Context()
+        incoming = context.socket(zmq.PULL)
+        incoming.rcvhwm = self.pool.capacity
+        incoming.bind(self.pool.endpoint_in)
+        workers = context.socket(zmq.ROUTER)
+        workers.router_mandatory = 1  # a worker that has gone is an error, not a black hole
+        workers.bind(self.pool.endpoint_out)
+        # Input is read only while some worker is free: backpressure by pausing reads.
+        both, workers_only = zmq.Poller(), zmq.Poller()
+        both.register(incoming, zmq.POLLIN)
+        both.register(workers, zmq.POLLIN)
+        workers_only.register(workers, zmq.POLLIN)
+        on_stop_signals(self.stop)
+        counters.setup(self.config.run_dir, self.role)
+        counters.gauges["free_workers"] = lambda: len(self.ready)
+        announce_ready(self.config.run_dir, self.role)
+        log.info("queue for pool %s up: in %s, workers at %s, capacity %d", self.pool.name,
+                 self.pool.endpoint_in, self.pool.endpoint_out, self.pool.capacity)
+        try:
+            while not self.stopping:
+                poller = both if self.ready and self.held is None else workers_only
+                events = dict(poller.poll(POLL_INTERVAL_MS))
+                if workers in events:
+                    self.from_workers(workers)
+                if self.held is not None and self.ready:
+                    held, self.held = self.held, None
+                    self.dispatch(workers, held)
+                if incoming in events:
+                    self.from_senders(incoming, workers)
+                if counters.due(self.config.stats_interval):
+                    counters.write(force=True)
+        finally:
+            withdraw_ready(self.config.run_dir, self.role)
+            if self.held is not None:
+                counters.incr("dropped_at_stop")
+            counters.write(force=True)
+            incoming.close(linger=0)
+            workers.close(linger=0)
+            context.term()
+            log.info("queue for pool %s stopped", self.pool.name)
+
+    def from_workers(self, workers: zmq.Socket) -> None:
+        for _ in range(BATCH):
+            try:
+                frames = workers.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) == 2 and frames[1] == READY:
+                self.ready[frames[0]] = None
+            else:
+                counters.incr("garbage")
+                log.warning("dropped a malformed message from worker %r (%d frames)",
+                            frames[0], len(frames))
+
+    def from_senders(self, incoming: zmq.Socket, workers: zmq.Socket) -> None:
+        for _ in range(BATCH):
+            if not self.ready or self.held is not None:
+                return
+            try:
+                frames = incoming.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.dispatch(workers, frames)
+
+    def dispatch(self, workers: zmq.Socket, frames: list[bytes]) -> None:
+        """Give one message to the longest-free worker; hold it if every one has gone."""
+        while self.ready:
+            worker = next(iter(self.ready))
+            del self.ready[worker]
+            try:
+                workers.send_multipart([worker, *frames], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                # EHOSTUNREACH: it disconnected (stopped or died) since it said READY.
+                counters.incr("gone_workers")
+                continue
+            counters.incr("dispatched")
+            return
+        self.held = frames
 
 
 def run(config: Config, pool_name: str) -> None:
-    pool = config.pool(pool_name)
-    context = zmq.Context()
-    frontend = context.socket(zmq.PULL)
-    frontend.rcvhwm = pool.capacity
-    frontend.bind(pool.endpoint_in)
-    backend = context.socket(zmq.PUSH)
-    backend.sndhwm = WORKER_SIDE_HWM
-    backend.bind(pool.endpoint_out)
-
-    role = f"queue-{pool.name}"
-
-    def stop(signum: int, frame: object) -> None:
-        # zmq.proxy only returns when the context is terminated; do that from
-        # another thread so this handler returns at once.
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        threading.Thread(target=context.term, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    announce_ready(config.run_dir, role)
-    log.info("queue for pool %s up: in %s, out %s, capacity %d", pool.name,
-             pool.endpoint_in, pool.endpoint_out, pool.capacity)
-    try:
-        zmq.proxy(frontend, backend)
-    except zmq.ContextTerminated:
-        pass
-    finally:
-        withdraw_ready(config.run_dir, role)
-        frontend.close(linger=0)
-        backend.close(linger=0)
-        log.info("queue for pool %s stopped", pool.name)
+    PoolQueue(config, pool_name).run()

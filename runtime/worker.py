@@ -20,13 +20,14 @@ from .config import WEBSOCKET_CHANNELS, Config
 from .exceptions import ZChannelsError
 from .layer import Layer, set_current
 from .message import Message
+from .poolqueue import READY
 from .process import announce_ready, on_stop_signals, withdraw_ready
 from .stats import counters
 
 log = logging.getLogger("runtime.worker")
 
 POLL_INTERVAL_MS = 200  # how often an idle worker checks for a stop request
-PREFETCH = 1  # messages a worker takes off its queue beyond the one it runs
+READY_INTERVAL = 1.0  # seconds between READYs while idle: a restarted queue learns of us
 
 CLOSE_NO_CONSUMER = 4404  # WebSocket close code: nothing handles this path
 
@@ -46,11 +47,12 @@ class Worker:
 
     def run(self) -> None:
         context = zmq.Context()
-        events = context.socket(zmq.PULL)
-        events.rcvhwm = PREFETCH
+        self.layer = layer = Layer(self.config, context)
+        # Credit-based dispatch: the pool queue sends one message per READY.
+        events = context.socket(zmq.DEALER)
+        events.routing_id = layer.identity
         events.linger = 0
         events.connect(self.pool.endpoint_out)
-        self.layer = layer = Layer(self.config, context)
         set_current(layer)
         poller = zmq.Poller()
         poller.register(events, zmq.POLLIN)
@@ -61,13 +63,19 @@ class Worker:
                        identity=layer.identity.decode(), routes=len(self.registry.routes))
         log.info("worker %s serving pool %s (%s) with %d route(s)", layer.identity.decode(),
                  self.pool.name, ", ".join(self.pool.channels), len(self.registry.routes))
+        last_ready = 0.0
         try:
             while not self.stopping:
+                if time.monotonic() - last_ready > READY_INTERVAL:
+                    self.ask_for_work(events)
+                    last_ready = time.monotonic()
                 ready = dict(poller.poll(POLL_INTERVAL_MS))
                 if layer.router in ready:
                     layer.drain_router()
                 if events in ready:
                     self.handle(events.recv_multipart())
+                    self.ask_for_work(events)
+                    last_ready = time.monotonic()
                 if counters.due(self.config.stats_interval):
                     counters.write()
         finally:
@@ -78,6 +86,13 @@ class Worker:
             set_current(None)
             context.term()
             log.info("worker %s stopped", layer.identity.decode())
+
+    @staticmethod
+    def ask_for_work(events: zmq.Socket) -> None:
+        try:
+            events.send(READY, zmq.NOBLOCK)
+        except zmq.Again:  # the queue is away; READY_INTERVAL will ask again
+            pass
 
     def handle(self, frames: list[bytes]) -> None:
         """Run the consumer for one message from the queue."""
