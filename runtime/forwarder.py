@@ -19,62 +19,44 @@ import time
 import zmq
 
 from .config import Config
-from .process import announce_ready, on_stop_signals, withdraw_ready
+from .process import Service
 from .stats import counters
 
 log = logging.getLogger("runtime.forwarder")
 
-POLL_INTERVAL_MS = 200
 BATCH = 512
 BLOCKED_RETRY = 0.001  # seconds between attempts while a subscriber is full
 SUBSCRIBERS_LOG_INTERVAL = 10.0  # seconds between "still blocked" warnings
 
 
-class Forwarder:
+class Forwarder(Service):
     def __init__(self, config: Config) -> None:
-        self.config = config
-        self.stopping = False
+        super().__init__(config, "forwarder")
         self.subscribers = 0
-
-    def stop(self) -> None:
-        self.stopping = True
-
-    def run(self) -> None:
-        context = zmq.Context()
-        incoming = context.socket(zmq.PULL)
-        incoming.rcvhwm = self.config.forwarder_hwm
-        incoming.bind(self.config.forwarder_in)
-        outgoing = context.socket(zmq.XPUB)
-        outgoing.sndhwm = self.config.forwarder_hwm
-        outgoing.setsockopt(zmq.XPUB_NODROP, 1)
+        self.incoming = self.socket(zmq.PULL)
+        self.incoming.rcvhwm = config.forwarder_hwm
+        self.incoming.bind(config.forwarder_in)
+        self.outgoing = self.socket(zmq.XPUB)
+        self.outgoing.sndhwm = config.forwarder_hwm
+        self.outgoing.setsockopt(zmq.XPUB_NODROP, 1)
         # Pass every (un)subscription, not only a topic's first and last: the
         # subscribers gauge counts interfaces (each subscribes to everything).
-        outgoing.setsockopt(zmq.XPUB_VERBOSER, 1)
-        outgoing.bind(self.config.forwarder_out)
-        poller = zmq.Poller()
-        poller.register(incoming, zmq.POLLIN)
-        poller.register(outgoing, zmq.POLLIN)
-        on_stop_signals(self.stop)
-        counters.setup(self.config.run_dir, "forwarder")
+        self.outgoing.setsockopt(zmq.XPUB_VERBOSER, 1)
+        self.outgoing.bind(config.forwarder_out)
+        self.poller.register(self.incoming, zmq.POLLIN)
+        self.poller.register(self.outgoing, zmq.POLLIN)
         counters.gauges["subscribers"] = lambda: self.subscribers
-        announce_ready(self.config.run_dir, "forwarder")
+
+    def run(self) -> None:
         log.info("forwarder up: in %s, out %s", self.config.forwarder_in,
                  self.config.forwarder_out)
-        try:
-            while not self.stopping:
-                ready = dict(poller.poll(POLL_INTERVAL_MS))
-                if outgoing in ready:
-                    self.read_subscriptions(outgoing)
-                if incoming in ready:
-                    self.forward(incoming, outgoing)
-                if counters.due(self.config.stats_interval):
-                    counters.write(force=True)
-        finally:
-            withdraw_ready(self.config.run_dir, "forwarder")
-            counters.write(force=True)
-            incoming.close(linger=0)
-            outgoing.close(linger=0)
-            context.term()
+        self.serve()
+
+    def step(self, ready: dict[zmq.Socket, int]) -> None:
+        if self.outgoing in ready:
+            self.read_subscriptions(self.outgoing)
+        if self.incoming in ready:
+            self.forward(self.incoming, self.outgoing)
 
     def read_subscriptions(self, outgoing: zmq.Socket) -> None:
         while True:

@@ -19,70 +19,56 @@ import logging
 import zmq
 
 from .config import Config
-from .process import announce_ready, on_stop_signals, withdraw_ready
+from .process import Service
 from .stats import counters
 
 log = logging.getLogger("runtime.poolqueue")
 
 READY = b"R"  # a worker's request for one message
-POLL_INTERVAL_MS = 200
 BATCH = 512
 
 
-class PoolQueue:
+class PoolQueue(Service):
     def __init__(self, config: Config, pool_name: str) -> None:
-        self.config = config
         self.pool = config.pool(pool_name)
-        self.role = f"queue-{self.pool.name}"
-        self.stopping = False
+        super().__init__(config, f"queue-{self.pool.name}")
         # Free workers, longest-waiting first; a dict so a repeated READY counts once.
         self.ready: dict[bytes, None] = {}
         self.held: list[bytes] | None = None  # taken from the input, no worker took it yet
-
-    def stop(self) -> None:
-        self.stopping = True
+        self.incoming = self.socket(zmq.PULL)
+        self.incoming.rcvhwm = self.pool.capacity
+        self.incoming.bind(self.pool.endpoint_in)
+        self.workers = self.socket(zmq.ROUTER)
+        self.workers.router_mandatory = 1  # a worker that has gone is an error, not a sink
+        self.workers.bind(self.pool.endpoint_out)
+        # Input is read only while some worker is free: backpressure by pausing reads.
+        self.poller.register(self.incoming, zmq.POLLIN)
+        self.poller.register(self.workers, zmq.POLLIN)
+        self.workers_only = zmq.Poller()
+        self.workers_only.register(self.workers, zmq.POLLIN)
+        counters.gauges["free_workers"] = lambda: len(self.ready)
 
     def run(self) -> None:
-        context = zmq.Context()
-        incoming = context.socket(zmq.PULL)
-        incoming.rcvhwm = self.pool.capacity
-        incoming.bind(self.pool.endpoint_in)
-        workers = context.socket(zmq.ROUTER)
-        workers.router_mandatory = 1  # a worker that has gone is an error, not a black hole
-        workers.bind(self.pool.endpoint_out)
-        # Input is read only while some worker is free: backpressure by pausing reads.
-        both, workers_only = zmq.Poller(), zmq.Poller()
-        both.register(incoming, zmq.POLLIN)
-        both.register(workers, zmq.POLLIN)
-        workers_only.register(workers, zmq.POLLIN)
-        on_stop_signals(self.stop)
-        counters.setup(self.config.run_dir, self.role)
-        counters.gauges["free_workers"] = lambda: len(self.ready)
-        announce_ready(self.config.run_dir, self.role)
         log.info("queue for pool %s up: in %s, workers at %s, capacity %d", self.pool.name,
                  self.pool.endpoint_in, self.pool.endpoint_out, self.pool.capacity)
-        try:
-            while not self.stopping:
-                poller = both if self.ready and self.held is None else workers_only
-                events = dict(poller.poll(POLL_INTERVAL_MS))
-                if workers in events:
-                    self.from_workers(workers)
-                if self.held is not None and self.ready:
-                    held, self.held = self.held, None
-                    self.dispatch(workers, held)
-                if incoming in events:
-                    self.from_senders(incoming, workers)
-                if counters.due(self.config.stats_interval):
-                    counters.write(force=True)
-        finally:
-            withdraw_ready(self.config.run_dir, self.role)
-            if self.held is not None:
-                counters.incr("dropped_at_stop")
-            counters.write(force=True)
-            incoming.close(linger=0)
-            workers.close(linger=0)
-            context.term()
-            log.info("queue for pool %s stopped", self.pool.name)
+        self.serve()
+
+    def poll(self) -> dict[zmq.Socket, int]:
+        poller = self.poller if self.ready and self.held is None else self.workers_only
+        return dict(poller.poll(self.POLL_INTERVAL_MS))
+
+    def step(self, ready: dict[zmq.Socket, int]) -> None:
+        if self.workers in ready:
+            self.from_workers(self.workers)
+        if self.held is not None and self.ready:
+            held, self.held = self.held, None
+            self.dispatch(self.workers, held)
+        if self.incoming in ready:
+            self.from_senders(self.incoming, self.workers)
+
+    def closing(self) -> None:
+        if self.held is not None:
+            counters.incr("dropped_at_stop")
 
     def from_workers(self, workers: zmq.Socket) -> None:
         for _ in range(BATCH):

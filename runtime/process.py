@@ -7,7 +7,14 @@ import os
 import signal
 import stat
 import sys
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+import zmq
+
+from .stats import counters
+
+if TYPE_CHECKING:
+    from .config import Config
 
 log = logging.getLogger("runtime.process")
 
@@ -60,3 +67,61 @@ def on_stop_signals(stop: Callable[[], None]) -> None:
         stop()
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+
+
+class Service:
+    """The life of a blocking process (router, forwarder, pool queue, worker).
+
+    One ZeroMQ context, created after any fork; SIGTERM and SIGINT turned into
+    `stop`; readiness announced once the sockets are up; counters written every
+    ``stats_interval``; on the way out, sockets closed (each with its own linger)
+    before the context is ended. A subclass creates its sockets with `socket`,
+    registers the ones to read on `poller`, and handles them in `step`.
+    """
+
+    POLL_INTERVAL_MS = 200  # how often an idle process checks for a stop request
+
+    def __init__(self, config: "Config", role: str) -> None:
+        self.config = config
+        self.role = role
+        self.stopping = False
+        self.context = zmq.Context()
+        self.poller = zmq.Poller()
+        self.sockets: list[zmq.Socket] = []
+
+    def socket(self, kind: int, linger: int = 0) -> zmq.Socket:
+        sock = self.context.socket(kind)
+        sock.linger = linger
+        self.sockets.append(sock)
+        return sock
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    def poll(self) -> dict[zmq.Socket, int]:
+        return dict(self.poller.poll(self.POLL_INTERVAL_MS))
+
+    def step(self, ready: dict[zmq.Socket, int]) -> None:
+        """Handle the sockets that `poll` found readable (possibly none)."""
+        raise NotImplementedError
+
+    def closing(self) -> None:
+        """Last words before the sockets close (the stop signal has been handled)."""
+
+    def serve(self, **ready_info: Any) -> None:
+        on_stop_signals(self.stop)
+        counters.setup(self.config.run_dir, self.role)
+        announce_ready(self.config.run_dir, self.role, **ready_info)
+        try:
+            while not self.stopping:
+                self.step(self.poll())
+                if counters.due(self.config.stats_interval):
+                    counters.write()
+        finally:
+            withdraw_ready(self.config.run_dir, self.role)
+            self.closing()
+            counters.write(force=True)
+            for sock in self.sockets:
+                sock.close()
+            self.context.term()
+            log.info("%s stopped", self.role)

@@ -18,57 +18,39 @@ import zmq
 
 from . import wire
 from .config import Config
-from .process import announce_ready, on_stop_signals, withdraw_ready
+from .process import Service
 from .stats import counters
 
 log = logging.getLogger("runtime.router")
 
-POLL_INTERVAL_MS = 200
 BATCH = 512  # messages moved from one side before looking at the other
 
 
-class Router:
+class Router(Service):
     def __init__(self, config: Config) -> None:
-        self.config = config
-        self.stopping = False
-
-    def stop(self) -> None:
-        self.stopping = True
+        super().__init__(config, "router")
+        self.workers = self._bind(config.router_workers)
+        self.interfaces = self._bind(config.router_interfaces)
+        self.poller.register(self.workers, zmq.POLLIN)
+        self.poller.register(self.interfaces, zmq.POLLIN)
 
     def run(self) -> None:
-        context = zmq.Context()
-        workers = self._bind(context, self.config.router_workers)
-        interfaces = self._bind(context, self.config.router_interfaces)
-        poller = zmq.Poller()
-        poller.register(workers, zmq.POLLIN)
-        poller.register(interfaces, zmq.POLLIN)
-        on_stop_signals(self.stop)
-        counters.setup(self.config.run_dir, "router")
-        announce_ready(self.config.run_dir, "router")
         log.info("router up: workers at %s, interfaces at %s",
                  self.config.router_workers, self.config.router_interfaces)
-        try:
-            while not self.stopping:
-                ready = dict(poller.poll(POLL_INTERVAL_MS))
-                if workers in ready:
-                    self.from_workers(workers, interfaces)
-                if interfaces in ready:
-                    self.from_interfaces(interfaces, workers)
-                if counters.due(self.config.stats_interval):
-                    counters.write()
-        finally:
-            withdraw_ready(self.config.run_dir, "router")
-            counters.write(force=True)
-            workers.close(linger=0)
-            interfaces.close(linger=0)
-            context.term()
+        self.serve()
 
-    def _bind(self, context: zmq.Context, endpoint: str) -> zmq.Socket:
-        sock = context.socket(zmq.ROUTER)
+    def _bind(self, endpoint: str) -> zmq.Socket:
+        sock = self.socket(zmq.ROUTER)
         sock.router_mandatory = 1
         sock.sndhwm = sock.rcvhwm = self.config.router_hwm
         sock.bind(endpoint)
         return sock
+
+    def step(self, ready: dict[zmq.Socket, int]) -> None:
+        if self.workers in ready:
+            self.from_workers(self.workers, self.interfaces)
+        if self.interfaces in ready:
+            self.from_interfaces(self.interfaces, self.workers)
 
     def from_workers(self, workers: zmq.Socket, interfaces: zmq.Socket) -> None:
         for _ in range(BATCH):

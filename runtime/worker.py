@@ -21,82 +21,62 @@ from .exceptions import ZChannelsError
 from .layer import Layer, set_current
 from .message import Message
 from .poolqueue import READY
-from .process import announce_ready, on_stop_signals, withdraw_ready
+from .process import Service
 from .stats import counters
 
 log = logging.getLogger("runtime.worker")
 
-POLL_INTERVAL_MS = 200  # how often an idle worker checks for a stop request
 READY_INTERVAL = 1.0  # seconds between READYs while idle: a restarted queue learns of us
 
 CLOSE_NO_CONSUMER = 4404  # WebSocket close code: nothing handles this path
 
 
-class Worker:
+class Worker(Service):
     def __init__(self, config: Config, pool_name: str,
                  registry: routing.Registry = routing.registry) -> None:
-        self.config = config
         self.pool = config.pool(pool_name)
+        super().__init__(config, f"worker-{self.pool.name}")
         self.registry = registry
-        self.stopping = False
-        self.layer: Layer | None = None
         self.unhandled_seen: set[str] = set()
-
-    def stop(self) -> None:
-        self.stopping = True
+        self.layer = Layer(config, self.context)
+        # Credit-based dispatch: the pool queue sends one message per READY.
+        self.events = self.socket(zmq.DEALER)
+        self.events.routing_id = self.layer.identity
+        self.events.connect(self.pool.endpoint_out)
+        self.poller.register(self.events, zmq.POLLIN)
+        self.poller.register(self.layer.router, zmq.POLLIN)
+        self.last_ready = 0.0
 
     def run(self) -> None:
-        context = zmq.Context()
-        self.layer = layer = Layer(self.config, context)
-        # Credit-based dispatch: the pool queue sends one message per READY.
-        events = context.socket(zmq.DEALER)
-        events.routing_id = layer.identity
-        events.linger = 0
-        events.connect(self.pool.endpoint_out)
-        set_current(layer)
-        poller = zmq.Poller()
-        poller.register(events, zmq.POLLIN)
-        poller.register(layer.router, zmq.POLLIN)
-        on_stop_signals(self.stop)
-        counters.setup(self.config.run_dir, f"worker-{self.pool.name}")
-        announce_ready(self.config.run_dir, f"worker-{self.pool.name}",
-                       identity=layer.identity.decode(), routes=len(self.registry.routes))
-        log.info("worker %s serving pool %s (%s) with %d route(s)", layer.identity.decode(),
-                 self.pool.name, ", ".join(self.pool.channels), len(self.registry.routes))
-        last_ready = 0.0
-        try:
-            while not self.stopping:
-                if time.monotonic() - last_ready > READY_INTERVAL:
-                    self.ask_for_work(events)
-                    last_ready = time.monotonic()
-                ready = dict(poller.poll(POLL_INTERVAL_MS))
-                if layer.router in ready:
-                    layer.drain_router()
-                if events in ready:
-                    self.handle(events.recv_multipart())
-                    self.ask_for_work(events)
-                    last_ready = time.monotonic()
-                if counters.due(self.config.stats_interval):
-                    counters.write()
-        finally:
-            withdraw_ready(self.config.run_dir, f"worker-{self.pool.name}")
-            counters.write(force=True)
-            events.close()
-            layer.close()
-            set_current(None)
-            context.term()
-            log.info("worker %s stopped", layer.identity.decode())
+        set_current(self.layer)
+        log.info("worker %s serving pool %s (%s) with %d route(s)",
+                 self.layer.identity.decode(), self.pool.name, ", ".join(self.pool.channels),
+                 len(self.registry.routes))
+        self.ask_for_work()
+        self.serve(identity=self.layer.identity.decode(), routes=len(self.registry.routes))
 
-    @staticmethod
-    def ask_for_work(events: zmq.Socket) -> None:
+    def step(self, ready: dict[zmq.Socket, int]) -> None:
+        if self.layer.router in ready:
+            self.layer.drain_router()
+        if self.events in ready:
+            self.handle(self.events.recv_multipart())
+            self.ask_for_work()
+        elif time.monotonic() - self.last_ready > READY_INTERVAL:
+            self.ask_for_work()
+
+    def closing(self) -> None:
+        self.layer.close()  # with linger: what consumers sent still goes out
+        set_current(None)
+
+    def ask_for_work(self) -> None:
+        self.last_ready = time.monotonic()
         try:
-            events.send(READY, zmq.NOBLOCK)
+            self.events.send(READY, zmq.NOBLOCK)
         except zmq.Again:  # the queue is away; READY_INTERVAL will ask again
             pass
 
     def handle(self, frames: list[bytes]) -> None:
         """Run the consumer for one message from the queue."""
-        assert self.layer is not None
         if len(frames) not in (2, 3):
             counters.incr("garbage")
             log.warning("dropped a malformed event (%d frames, expected 2 or 3)", len(frames))
@@ -148,7 +128,7 @@ class Worker:
 
     def acknowledge(self, message: Message, sequence: int | None, error: bool,
                     elapsed: float) -> None:
-        assert self.layer is not None and message.reply_channel is not None
+        assert message.reply_channel is not None
         header: dict[str, Any] = {"op": wire.OP_DONE, "seq": sequence}
         if error:
             header["error"] = True
