@@ -6,7 +6,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from harness import System  # noqa: E402
+from harness import checked_system  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +16,5 @@ def system():
     At the end, any ERROR line or traceback in any process's log that a test did
     not declare with ``system.expect_error(...)`` fails the module's last test.
     """
-    with System() as running:
+    with checked_system() as running:
         yield running
-        unexpected = running.unexpected_errors()
-    assert not unexpected, "processes logged unexpected errors:\n" + "\n".join(unexpected)

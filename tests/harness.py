@@ -9,6 +9,7 @@ test did not expect.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -19,8 +20,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
+from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -256,6 +258,28 @@ class System:
                 return [line.split() for line in f.read().splitlines() if line]
         except FileNotFoundError:
             return []
+
+
+@contextlib.contextmanager
+def checked_system(*expected_errors: str, **options: Any) -> Iterator[System]:
+    """A started `System` that, when the block ends, fails if any process logged an
+    ERROR line or traceback other than the `expected_errors` patterns."""
+    with System(**options) as running:
+        for pattern in expected_errors:
+            running.expect_error(pattern)
+        yield running
+        unexpected = running.unexpected_errors()
+    assert not unexpected, "processes logged unexpected errors:\n" + "\n".join(unexpected)
+
+
+async def refused_status(request: str | HTTPRequest) -> int:
+    """The HTTP status of a WebSocket handshake the server refuses (fails if it accepts)."""
+    try:
+        ws = await websocket_connect(request)
+    except HTTPClientError as e:
+        return e.code
+    ws.close()
+    raise AssertionError("the handshake was accepted")
 
 
 async def read(ws: WebSocketClientConnection, timeout: float = 5.0) -> str | bytes | None:

@@ -1,17 +1,15 @@
 """Pools: an application channel served by its own pool, used as a task queue."""
 import pytest
 
-from harness import System, read, run
+from harness import checked_system, read, run
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def two_pools():
-    with System(pools={"tasks": (["tasks.*"], 1), "default": (["*"], 2)}) as running:
+    with checked_system(pools={"tasks": (["tasks.*"], 1), "default": (["*"], 2)}) as running:
         yield running
-        unexpected = running.unexpected_errors()
-    assert not unexpected, "\n".join(unexpected)
 
 
 def test_task_sent_to_another_pool_answers_the_socket(two_pools):

@@ -2,21 +2,17 @@
 import asyncio
 
 import pytest
-from tornado.httpclient import HTTPClientError
-
-from harness import System, read, read_until_closed, run, wait_until
+from harness import checked_system, read_until_closed, refused_status, run, wait_until
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def system():
-    with System(server={"event_timeout": 2.0, "handshake_timeout": 1.0}) as running:
-        running.expect_error(r"consumer for websocket.receive did not finish within 2s")
-        running.expect_error(r"no answer for websocket.receive after 4s; presumed lost")
+    with checked_system(r"consumer for websocket.receive did not finish within 2s",
+                        r"no answer for websocket.receive after 4s; presumed lost",
+                        server={"event_timeout": 2.0, "handshake_timeout": 1.0}) as running:
         yield running
-        unexpected = running.unexpected_errors()
-    assert not unexpected, "\n".join(unexpected)
 
 
 def test_overrunning_consumer_closes_1011_but_the_disconnect_waits_for_it(system):
@@ -43,12 +39,7 @@ def test_overrunning_consumer_closes_1011_but_the_disconnect_waits_for_it(system
 
 
 def test_connect_consumer_that_does_not_decide_in_time_gets_504(system):
-    async def scenario():
-        with pytest.raises(HTTPClientError) as raised:
-            await system.connect("/test/slow-connect")
-        return raised.value.code
-
-    assert run(scenario()) == 504
+    assert run(refused_status(system.url("/test/slow-connect"))) == 504
 
 
 def test_event_presumed_lost_after_twice_the_timeout_releases_the_disconnect(system):
