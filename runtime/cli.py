@@ -44,10 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     try:
-        config = config_module.load(args.config)
+        return run_role(args)
     except ConfigError as e:
         print(f"zchannels: configuration error: {e}", file=sys.stderr)
         return 2
+
+
+def run_role(args: argparse.Namespace) -> int:
+    config = config_module.load(args.config)
     if args.role == "check-config":
         print(json.dumps(_describe(config), indent=2))
         return 0
@@ -60,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.role == "worker":
         from .routing import load_consumers
         from .worker import Worker
+        config.pool(args.pool)  # an unknown pool name is a configuration error
         load_consumers(config.consumers)
         Worker(config, args.pool).run()
     elif args.role == "router":

@@ -91,6 +91,7 @@ class Interface:
         counters.gauges.update(connections=lambda: len(self.conns),
                                groups=lambda: len(self.groups),
                                group_members=lambda: sum(map(len, self.groups.values())))
+        counters.write(force=True)
         await self.wait_for_layer()
 
         app = tornado.web.Application(

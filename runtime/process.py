@@ -111,6 +111,7 @@ class Service:
     def serve(self, **ready_info: Any) -> None:
         on_stop_signals(self.stop)
         counters.setup(self.config.run_dir, self.role)
+        counters.write(force=True)  # `zchannels stats` lists it before it counts anything
         announce_ready(self.config.run_dir, self.role, **ready_info)
         try:
             while not self.stopping:

@@ -1,4 +1,5 @@
 """The real thing: scripts/run starts conf/supervisord.conf, which starts every process."""
+import contextlib
 import json
 import os
 import shutil
@@ -33,8 +34,10 @@ def statuses(run_dir):
             and row[2] == "pid"}
 
 
-@pytest.fixture
-def supervised():
+@contextlib.contextmanager
+def supervised_copy():
+    """scripts/run in a private run directory on a free port; yields (process, port,
+    run_dir) once every program is RUNNING and both interfaces accept clients."""
     run_dir = tempfile.mkdtemp(prefix="zcs", dir="/tmp")
     reservation = reserve_port()
     port = reservation.getsockname()[1]
@@ -60,7 +63,7 @@ def supervised():
         yield proc, port, run_dir
     finally:
         reservation.close()
-        # Only reached with something still running when the test failed early.
+        # Only finds something running when the test stopped before it did.
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(10)
@@ -71,6 +74,21 @@ def supervised():
                 pass
         log.close()
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def supervised():
+    with supervised_copy() as copy:
+        yield copy
+
+
+def stop(proc):
+    """SIGTERM supervisord; the seconds it took to exit."""
+    started = time.monotonic()
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=15)
+    assert proc.returncode == 0
+    return time.monotonic() - started
 
 
 def test_scripts_run_serves_chat_and_stops_everything_on_sigterm(supervised):
@@ -95,11 +113,7 @@ def test_scripts_run_serves_chat_and_stops_everything_on_sigterm(supervised):
 
     run(chat())
 
-    started = time.monotonic()
-    os.kill(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=15)
-    elapsed = time.monotonic() - started
-    assert proc.returncode == 0
+    elapsed = stop(proc)
     assert elapsed < 10, f"stopping took {elapsed:.1f}s"
     for name, pid in children.items():
         with pytest.raises(ProcessLookupError):
@@ -118,3 +132,27 @@ def test_supervisorctl_finds_the_default_copy_without_options():
     assert options.serverurl == f"unix://{ROOT}/run/supervisor.sock"
     from runtime.config import load
     assert load(os.path.join(ROOT, "conf", "zchannels.toml"), environ={}).run_dir == "run"
+
+
+def test_two_copies_run_side_by_side():
+    """Each copy has its own port, run directory, control socket and counters;
+    stopping one leaves the other serving."""
+    async def echo(port, text):
+        from tornado.websocket import websocket_connect
+        ws = await websocket_connect(f"ws://127.0.0.1:{port}/ws/echo")
+        ws.write_message(text)
+        answer = await read(ws)
+        ws.close()
+        return answer
+
+    with supervised_copy() as (first, port1, dir1), supervised_copy() as (second, port2, dir2):
+        assert port1 != port2
+        assert run(echo(port1, "one")) == "one"
+        assert run(echo(port2, "two")) == "two"
+        pids1 = {pid for _, pid in statuses(dir1).values()}
+        pids2 = {pid for _, pid in statuses(dir2).values()}
+        assert len(pids1) == len(pids2) == 7 and not pids1 & pids2
+        stop(first)
+        assert run(echo(port2, "still here")) == "still here"
+        assert statuses(dir2) and not os.path.exists(f"{dir1}/supervisor.sock")
+        stop(second)
