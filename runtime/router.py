@@ -9,10 +9,19 @@ on; it never parses a header. ROUTER_MANDATORY turns "no such peer" into an
 error instead of a silent drop: a message for an interface that is gone is
 bounced to the worker that sent it (so a waiting ``group_add`` learns at once)
 and counted.
+
+Except just after a (re)start: then the workers' DEALERs, which queued their
+replies while the router was away, reconnect and flush them at once, often
+before the interfaces' DEALERs have reconnected. For STARTUP_GRACE seconds a
+message for an interface the router does not know yet is held (in order, per
+interface, bounded) and retried, instead of bounced: bouncing a done
+acknowledgement would leave its connection stuck until event_timeout.
 """
 from __future__ import annotations
 
+import collections
 import logging
+import time
 
 import zmq
 
@@ -24,6 +33,8 @@ from .stats import counters
 log = logging.getLogger("runtime.router")
 
 BATCH = 512  # messages moved from one side before looking at the other
+STARTUP_GRACE = 3.0  # seconds after start in which interfaces may still be reconnecting
+RETRY_INTERVAL_MS = 20  # how often held messages are retried
 
 
 class Router(Service):
@@ -33,6 +44,11 @@ class Router(Service):
         self.interfaces = self._bind(config.router_interfaces)
         self.poller.register(self.workers, zmq.POLLIN)
         self.poller.register(self.interfaces, zmq.POLLIN)
+        self.started = time.monotonic()
+        # Messages waiting for their interface to reconnect, per interface, in order.
+        self.held: dict[bytes, collections.deque[list[bytes]]] = {}
+        self.held_count = 0
+        counters.gauges["held"] = lambda: self.held_count
 
     def run(self) -> None:
         log.info("router up: workers at %s, interfaces at %s",
@@ -46,16 +62,22 @@ class Router(Service):
         sock.bind(endpoint)
         return sock
 
-    def step(self, ready: dict[zmq.Socket, int]) -> None:
-        if self.workers in ready:
-            self.from_workers(self.workers, self.interfaces)
-        if self.interfaces in ready:
-            self.from_interfaces(self.interfaces, self.workers)
+    def poll(self) -> dict[zmq.Socket, int]:
+        timeout = RETRY_INTERVAL_MS if self.held else self.POLL_INTERVAL_MS
+        return dict(self.poller.poll(timeout))
 
-    def from_workers(self, workers: zmq.Socket, interfaces: zmq.Socket) -> None:
+    def step(self, ready: dict[zmq.Socket, int]) -> None:
+        if self.held:
+            self.release_held()
+        if self.workers in ready:
+            self.from_workers()
+        if self.interfaces in ready:
+            self.from_interfaces()
+
+    def from_workers(self) -> None:
         for _ in range(BATCH):
             try:
-                frames = workers.recv_multipart(zmq.NOBLOCK)
+                frames = self.workers.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
             if len(frames) < 3 or not frames[1]:
@@ -63,28 +85,65 @@ class Router(Service):
                 log.warning("dropped a malformed message from worker %r (%d frames)",
                             frames[0], len(frames))
                 continue
-            worker, interface = frames[0], frames[1]
-            frames[0], frames[1] = interface, worker
-            try:
-                interfaces.send_multipart(frames, zmq.NOBLOCK)
-                counters.incr("to_interfaces")
-            except zmq.ZMQError as e:
-                if e.errno == zmq.EHOSTUNREACH:
-                    counters.incr("unreachable_interface")
-                    log.debug("interface %r is not connected; bouncing to %r", interface, worker)
-                else:  # EAGAIN: the interface is not reading fast enough
-                    counters.incr("dropped_interface_full")
-                    log.warning("interface %r is not keeping up: dropped a message", interface)
-                self._bounce(workers, worker, interface, frames[2])
+            frames[0], frames[1] = frames[1], frames[0]  # [interface, worker, ...]
+            waiting = self.held.get(frames[0])
+            if waiting is not None:
+                waiting.append(frames)  # behind earlier messages for the same interface
+                self.held_count += 1
+                continue
+            error = self.send_to_interface(frames)
+            if (error == zmq.EHOSTUNREACH and self.in_grace()
+                    and self.held_count < self.config.router_hwm):
+                self.held[frames[0]] = collections.deque([frames])
+                self.held_count += 1
+                counters.incr("held_at_start")
+            elif error:
+                self.bounce(frames, error)
 
-    def _bounce(self, workers: zmq.Socket, worker: bytes, interface: bytes,
-                header: bytes) -> None:
+    def in_grace(self) -> bool:
+        return time.monotonic() - self.started < STARTUP_GRACE
+
+    def send_to_interface(self, frames: list[bytes]) -> int:
+        """Send [interface, worker, header, ...] on: 0, or the ZeroMQ error number."""
         try:
-            workers.send_multipart([worker, interface, wire.UNREACHABLE, header], zmq.NOBLOCK)
+            self.interfaces.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError as e:
+            return e.errno
+        counters.incr("to_interfaces")
+        return 0
+
+    def release_held(self) -> None:
+        """Retry held messages in order; once the grace period is over, bounce the rest."""
+        grace_over = not self.in_grace()
+        for interface, waiting in list(self.held.items()):
+            while waiting:
+                error = self.send_to_interface(waiting[0])
+                if error and not grace_over:
+                    break
+                frames = waiting.popleft()
+                self.held_count -= 1
+                if error:
+                    self.bounce(frames, error)
+            if not waiting:
+                del self.held[interface]
+
+    def bounce(self, frames: list[bytes], error: int) -> None:
+        """Count a message that cannot be delivered, and tell the worker that sent it."""
+        interface, worker, header = frames[0], frames[1], frames[2]
+        if error == zmq.EHOSTUNREACH:
+            counters.incr("unreachable_interface")
+            log.debug("interface %r is not connected; bouncing to %r", interface, worker)
+        else:  # EAGAIN: the interface is not reading fast enough
+            counters.incr("dropped_interface_full")
+            log.warning("interface %r is not keeping up: dropped a message", interface)
+        try:
+            self.workers.send_multipart([worker, interface, wire.UNREACHABLE, header],
+                                        zmq.NOBLOCK)
         except zmq.ZMQError:
             counters.incr("dropped_bounces")
 
-    def from_interfaces(self, interfaces: zmq.Socket, workers: zmq.Socket) -> None:
+    def from_interfaces(self) -> None:
+        interfaces, workers = self.interfaces, self.workers
         for _ in range(BATCH):
             try:
                 frames = interfaces.recv_multipart(zmq.NOBLOCK)

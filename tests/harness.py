@@ -154,6 +154,19 @@ class System:
         self.port = info["port"]
         return proc
 
+    def kill(self, name: str) -> None:
+        """SIGKILL one process, as a crash would."""
+        proc = self.processes[name]
+        proc.kill()
+        proc.wait(10)
+
+    def restart(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        """Start `name` again with the same role arguments and wait until it is ready."""
+        role = {"router": "router", "forwarder": "forwarder"}[name]
+        proc = self.spawn(name, role, *args)
+        self.wait_ready(role, proc)
+        return proc
+
     def stop(self) -> None:
         """SIGTERM every process, interfaces first; SIGKILL any still there after the timeout."""
         for name in sorted(self.processes, key=lambda n: not n.startswith("interface")):

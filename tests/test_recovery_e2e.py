@@ -1,0 +1,38 @@
+"""A relay that crashes and comes back: open connections carry on by themselves."""
+import asyncio
+
+import pytest
+
+from harness import checked_system, read, run
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def system():
+    with checked_system() as running:
+        yield running
+
+
+def test_replies_made_while_the_router_was_down_arrive_after_it_restarts(system):
+    """The worker queues its reply and done acknowledgement while the router is away
+    and flushes them the moment a new router binds, usually before the interface has
+    reconnected. They must be held for the interface, not bounced: a lost
+    acknowledgement would stall the connection until event_timeout."""
+    async def scenario():
+        ws = await system.connect("/ws/echo")
+        ws.write_message("before")
+        assert await read(ws) == "before"
+        system.kill("router")
+        ws.write_message("during")  # answered by a worker while no router runs
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(system.restart, "router")
+        assert await read(ws, timeout=10) == "during"
+        for i in range(20):
+            ws.write_message(f"after {i}")
+            assert await read(ws) == f"after {i}"
+        ws.close()
+
+    run(scenario())
+    counts = system.settled_counters("router")
+    assert counts.get("unreachable_interface", 0) == 0
