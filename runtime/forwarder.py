@@ -10,6 +10,11 @@ started would lose its first group sends. PUSH queues instead, bounded by the
 high-water mark. The outgoing side is an XPUB with XPUB_NODROP: when a
 subscriber's buffer is full, the forwarder stops reading its input rather than
 dropping, so the pressure reaches senders as `ChannelFull`, never as silent loss.
+
+After a (re)start the forwarder does not read its input until the interfaces
+have subscribed again (no new subscription for SUBSCRIPTIONS_SETTLE seconds, or
+STARTUP_GRACE at most): workers flush the group sends they queued while it was
+away as soon as it binds, and an XPUB with no subscribers discards them.
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ log = logging.getLogger("runtime.forwarder")
 
 BATCH = 512
 BLOCKED_RETRY = 0.001  # seconds between attempts while a subscriber is full
+STARTUP_GRACE = 3.0  # seconds after start at most before publishing to whoever is there
+SUBSCRIPTIONS_SETTLE = 0.3  # seconds without a new subscriber before publishing at start
 SUBSCRIBERS_LOG_INTERVAL = 10.0  # seconds between "still blocked" warnings
 
 
@@ -33,6 +40,8 @@ class Forwarder(Service):
     def __init__(self, config: Config) -> None:
         super().__init__(config, "forwarder")
         self.subscribers = 0
+        self.started = self.last_subscription = time.monotonic()
+        self.publishing = False  # becomes True once the subscribers are back after a start
         self.incoming = self.socket(zmq.PULL)
         self.incoming.rcvhwm = config.forwarder_hwm
         self.incoming.bind(config.forwarder_in)
@@ -43,8 +52,7 @@ class Forwarder(Service):
         # subscribers gauge counts interfaces (each subscribes to everything).
         self.outgoing.setsockopt(zmq.XPUB_VERBOSER, 1)
         self.outgoing.bind(config.forwarder_out)
-        self.poller.register(self.incoming, zmq.POLLIN)
-        self.poller.register(self.outgoing, zmq.POLLIN)
+        self.poller.register(self.outgoing, zmq.POLLIN)  # input only once publishing
         counters.gauges["subscribers"] = lambda: self.subscribers
 
     def run(self) -> None:
@@ -55,6 +63,13 @@ class Forwarder(Service):
     def step(self, ready: dict[zmq.Socket, int]) -> None:
         if self.outgoing in ready:
             self.read_subscriptions(self.outgoing)
+        if not self.publishing:
+            now = time.monotonic()
+            if (self.subscribers and now - self.last_subscription > SUBSCRIPTIONS_SETTLE
+                    or now - self.started > STARTUP_GRACE):
+                self.publishing = True
+                self.poller.register(self.incoming, zmq.POLLIN)
+                log.info("publishing to %d subscriber(s)", self.subscribers)
         if self.incoming in ready:
             self.forward(self.incoming, self.outgoing)
 
@@ -66,6 +81,7 @@ class Forwarder(Service):
                 return
             if event[:1] == b"\x01":
                 self.subscribers += 1
+                self.last_subscription = time.monotonic()
             elif event[:1] == b"\x00":
                 self.subscribers -= 1
 

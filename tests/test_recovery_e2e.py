@@ -36,3 +36,26 @@ def test_replies_made_while_the_router_was_down_arrive_after_it_restarts(system)
     run(scenario())
     counts = system.settled_counters("router")
     assert counts.get("unreachable_interface", 0) == 0
+
+
+def test_group_sends_made_while_the_forwarder_was_down_arrive_after_it_restarts(system):
+    """A group send queued by a worker during the outage is published only once the
+    interfaces have subscribed to the new forwarder: an XPUB with no subscribers
+    would discard it."""
+    async def scenario():
+        member = await system.connect("/test/member/outage")
+        rc = (await read(member))[3:]
+        assert await read(member) == f"hello {rc} True"
+        sender = await system.connect("/test/send/outage")
+        system.kill("forwarder")
+        sender.write_message("during the outage")
+        assert await read(sender) == "sent"  # the consumer returned; its send is queued
+        await asyncio.to_thread(system.restart, "forwarder")
+        assert await read(member, timeout=10) == "during the outage"
+        sender.write_message("after")
+        assert await read(sender) == "sent"
+        assert await read(member) == "after"
+        member.close()
+        sender.close()
+
+    run(scenario())
