@@ -32,8 +32,8 @@ class PoolConfig:
     name: str
     channels: tuple[str, ...]
     capacity: int = 1000  # messages queued for the pool before new work is refused
-    endpoint_in: str = ""  # senders PUSH here (the pool queue's frontend)
-    endpoint_out: str = ""  # workers PULL from here (the pool queue's backend)
+    endpoint_in: str = ""  # senders PUSH here (the pool queue's input)
+    endpoint_out: str = ""  # workers' DEALERs connect here and ask for work
 
     def serves(self, channel: str) -> bool:
         return any(fnmatch.fnmatchcase(channel, pattern) for pattern in self.channels)

@@ -234,6 +234,11 @@ class Interface:
         return conn
 
     def receive(self, conn: Connection, message: str | bytes) -> Awaitable[None] | None:
+        if conn.closing:
+            # Frames the client sent before it saw our close frame: after a 1011 or
+            # 1013 they must not reach a consumer without the events we dropped.
+            counters.incr("receives_dropped_on_close")
+            return None
         if isinstance(message, str):
             conn.queue.append(("websocket.receive", wire.KIND_TEXT, message.encode(), None))
         else:

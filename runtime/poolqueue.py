@@ -24,7 +24,8 @@ from .stats import counters
 
 log = logging.getLogger("runtime.poolqueue")
 
-READY = b"R"  # a worker's request for one message
+READY = b"R"  # a worker's request for one message, followed by its count of messages
+# handled so far: a READY that crossed a message on its way to the worker is stale
 BATCH = 512
 
 
@@ -34,6 +35,7 @@ class PoolQueue(Service):
         super().__init__(config, f"queue-{self.pool.name}")
         # Free workers, longest-waiting first; a dict so a repeated READY counts once.
         self.ready: dict[bytes, None] = {}
+        self.dispatched: dict[bytes, int] = {}  # messages sent to each worker
         self.held: list[bytes] | None = None  # taken from the input, no worker took it yet
         self.incoming = self.socket(zmq.PULL)
         self.incoming.rcvhwm = self.pool.capacity
@@ -76,8 +78,10 @@ class PoolQueue(Service):
                 frames = workers.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if len(frames) == 2 and frames[1] == READY:
-                self.ready[frames[0]] = None
+            if len(frames) == 2 and frames[1][:1] == READY and frames[1][1:].isdigit():
+                # Free only if it has handled everything sent to it.
+                if int(frames[1][1:]) >= self.dispatched.get(frames[0], 0):
+                    self.ready[frames[0]] = None
             else:
                 counters.incr("garbage")
                 log.warning("dropped a malformed message from worker %r (%d frames)",
@@ -103,7 +107,9 @@ class PoolQueue(Service):
             except zmq.ZMQError:
                 # EHOSTUNREACH: it disconnected (stopped or died) since it said READY.
                 counters.incr("gone_workers")
+                self.dispatched.pop(worker, None)
                 continue
+            self.dispatched[worker] = self.dispatched.get(worker, 0) + 1
             counters.incr("dispatched")
             return
         self.held = frames

@@ -88,8 +88,11 @@ class Router(Service):
             frames[0], frames[1] = frames[1], frames[0]  # [interface, worker, ...]
             waiting = self.held.get(frames[0])
             if waiting is not None:
-                waiting.append(frames)  # behind earlier messages for the same interface
-                self.held_count += 1
+                if self.held_count >= self.config.router_hwm:
+                    self.bounce(frames, zmq.EHOSTUNREACH)
+                else:
+                    waiting.append(frames)  # behind earlier messages for that interface
+                    self.held_count += 1
                 continue
             error = self.send_to_interface(frames)
             if (error == zmq.EHOSTUNREACH and self.in_grace()

@@ -68,7 +68,7 @@ class Connection:
         "id", "reply_channel", "handler", "path", "state", "decision", "subprotocols",
         "subprotocol", "close_after_open", "stream", "queue", "in_flight", "in_flight_since",
         "connect_delivered", "close_code", "closed_at", "retry_scheduled", "sequence",
-        "overdue",
+        "overdue", "closing",
         "groups", "session", "pending", "pending_bytes", "resume", "_receive_headers",
         "__weakref__",
     )
@@ -94,6 +94,7 @@ class Connection:
         self.in_flight_since = 0.0
         self.sequence = 0  # number of the last event dispatched; acks must name it
         self.overdue = False  # the in-flight event has overrun event_timeout
+        self.closing = False  # the server has begun to close the socket
         self.connect_delivered = False
         self.close_code = 1006  # what the client sent when it closed; 1006: no close frame
         self.closed_at = 0.0
@@ -162,6 +163,7 @@ class Connection:
         return self.handler.server.config.max_pending_bytes if self.handler else 0
 
     def close(self, code: int, reason: str = "") -> None:
+        self.closing = True
         if self.state is State.CONNECTING:
             # The client can only see a close code on an open socket: finish the
             # handshake, then close.

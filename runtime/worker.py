@@ -27,6 +27,7 @@ from .stats import counters
 log = logging.getLogger("runtime.worker")
 
 READY_INTERVAL = 1.0  # seconds between READYs while idle: a restarted queue learns of us
+STOP_DRAIN_MS = 50  # how long a stopping worker waits for a message already on its way
 
 CLOSE_NO_CONSUMER = 4404  # WebSocket close code: nothing handles this path
 
@@ -46,6 +47,7 @@ class Worker(Service):
         self.poller.register(self.events, zmq.POLLIN)
         self.poller.register(self.layer.router, zmq.POLLIN)
         self.last_ready = 0.0
+        self.handled = 0  # messages received from the queue, told to it with each READY
 
     def run(self) -> None:
         set_current(self.layer)
@@ -59,19 +61,26 @@ class Worker(Service):
         if self.layer.router in ready:
             self.layer.drain_router()
         if self.events in ready:
+            self.handled += 1
             self.handle(self.events.recv_multipart())
-            self.ask_for_work()
-        elif time.monotonic() - self.last_ready > READY_INTERVAL:
+            if not self.stopping:
+                self.ask_for_work()
+        elif time.monotonic() - self.last_ready > READY_INTERVAL and not self.stopping:
             self.ask_for_work()
 
     def closing(self) -> None:
+        # A message the queue sent before it could know we were stopping is ours:
+        # finish it rather than lose it.
+        while self.events.poll(STOP_DRAIN_MS):
+            self.handled += 1
+            self.handle(self.events.recv_multipart())
         self.layer.close()  # with linger: what consumers sent still goes out
         set_current(None)
 
     def ask_for_work(self) -> None:
         self.last_ready = time.monotonic()
         try:
-            self.events.send(READY, zmq.NOBLOCK)
+            self.events.send(b"%s%d" % (READY, self.handled), zmq.NOBLOCK)
         except zmq.Again:  # the queue is away; READY_INTERVAL will ask again
             pass
 
