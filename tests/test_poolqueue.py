@@ -1,0 +1,102 @@
+"""The pool queue's credit-based dispatch, driven step by step over real ZeroMQ sockets."""
+import shutil
+import tempfile
+import time
+
+import pytest
+import zmq
+
+from runtime import config as config_module
+from runtime.poolqueue import PoolQueue
+from runtime.stats import counters
+
+
+@pytest.fixture
+def queue():
+    run_dir = tempfile.mkdtemp(prefix="zq", dir="/tmp")
+    config = config_module.parse({"server": {"run_dir": run_dir}}, environ={})
+    pool_queue = PoolQueue(config, "default")
+    context = zmq.Context()
+    sender = context.socket(zmq.PUSH)
+    sender.connect(pool_queue.pool.endpoint_in)
+    workers = []
+
+    def worker(name):
+        sock = context.socket(zmq.DEALER)
+        sock.routing_id = name
+        sock.connect(pool_queue.pool.endpoint_out)
+        workers.append(sock)
+        return sock
+
+    counters.clear()
+    yield pool_queue, sender, worker
+    for sock in [sender, *workers]:
+        sock.close(linger=0)
+    context.term()
+    for sock in pool_queue.sockets:
+        sock.close(linger=0)
+    pool_queue.context.term()
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def run_until(pool_queue, condition, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        pool_queue.step(pool_queue.poll())
+
+
+def test_a_message_waits_for_a_free_worker_and_goes_to_it(queue):
+    pool_queue, sender, worker = queue
+    sender.send_multipart([b'{"channel": "x"}', b"payload"])
+    for _ in range(5):  # nobody is free: the input is not even read
+        pool_queue.step(pool_queue.poll())
+    assert pool_queue.held is None and counters.get("dispatched", 0) == 0
+    w1 = worker(b"w1")
+    w1.send(b"R0")
+    run_until(pool_queue, lambda: counters.get("dispatched", 0) == 1)
+    assert w1.poll(2000) and w1.recv_multipart() == [b'{"channel": "x"}', b"payload"]
+    assert b"w1" not in pool_queue.ready
+
+
+def test_a_ready_that_crossed_a_message_is_ignored(queue):
+    pool_queue, sender, worker = queue
+    w1 = worker(b"w1")
+    w1.send(b"R0")
+    run_until(pool_queue, lambda: b"w1" in pool_queue.ready)
+    sender.send_multipart([b"{}", b"first"])
+    run_until(pool_queue, lambda: pool_queue.dispatched.get(b"w1") == 1)
+    w1.send(b"R0")  # the idle heartbeat, sent before "first" arrived
+    sender.send_multipart([b"{}", b"second"])
+    for _ in range(5):
+        pool_queue.step(pool_queue.poll())
+    assert b"w1" not in pool_queue.ready
+    assert pool_queue.dispatched[b"w1"] == 1, "second must wait for a really free worker"
+    w1.send(b"R1")  # handled "first": now free
+    run_until(pool_queue, lambda: pool_queue.dispatched.get(b"w1") == 2)
+    assert [w1.recv_multipart()[1] for _ in range(2)] == [b"first", b"second"]
+
+
+def test_a_worker_that_left_after_ready_is_skipped(queue):
+    pool_queue, sender, worker = queue
+    gone = worker(b"gone")
+    gone.send(b"R0")
+    run_until(pool_queue, lambda: b"gone" in pool_queue.ready)
+    gone.close(linger=0)
+    time.sleep(0.2)  # let the queue's ROUTER see the disconnect
+    sender.send_multipart([b"{}", b"for someone"])
+    run_until(pool_queue, lambda: pool_queue.held is not None)
+    assert counters["gone_workers"] == 1
+    w2 = worker(b"w2")
+    w2.send(b"R0")
+    run_until(pool_queue, lambda: counters.get("dispatched", 0) == 1)
+    assert w2.poll(2000) and w2.recv_multipart() == [b"{}", b"for someone"]
+
+
+def test_garbage_from_a_worker_is_counted_and_ignored(queue):
+    pool_queue, sender, worker = queue
+    w1 = worker(b"w1")
+    w1.send_multipart([b"R", b"extra"])
+    w1.send(b"Rnot-a-number")
+    run_until(pool_queue, lambda: counters.get("garbage", 0) == 2)
+    assert pool_queue.ready == {}
