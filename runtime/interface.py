@@ -30,8 +30,8 @@ from .config import WEBSOCKET_CHANNELS, Config
 from .process import announce_ready, withdraw_ready
 from .stats import counters
 from .websocket import (CLOSE_CONSUMER_ERROR, CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN_LATER,
-                        OPCODE_BINARY, OPCODE_TEXT, OPCODES, Connection, ConsumerSocket,
-                        Decision, State, frame)
+                        OPCODE_BINARY, OPCODES, Connection, ConsumerSocket, Decision, State,
+                        frame)
 from .zmqio import SocketReader
 
 log = logging.getLogger("runtime.interface")
@@ -496,6 +496,3 @@ def _peer_port(request: Any) -> int | None:
 def main(config: Config, port: int | None = None) -> None:
     log.info("starting interface (pid %d)", os.getpid())
     asyncio.run(Interface(config).run(port))
-
-
-__all__ = ["Interface", "main", "OPCODE_TEXT"]

@@ -147,20 +147,21 @@ class Connection:
                 self.stream.write(data)
             except StreamClosedError:
                 counters.incr("dropped_to_closing")
-        elif self.state is State.CONNECTING:
+        elif self.state is State.CONNECTING and self.handler is not None:
+            if self.closing:  # sent after a close: it would follow the close frame
+                counters.incr("dropped_to_closing")
+                return
+            limit = self.handler.server.config.max_pending_bytes
             self.pending_bytes += len(data)
-            if self.pending_bytes > self.handler_limit():
+            if self.pending_bytes > limit:
                 counters.incr("pending_overflow")
                 log.warning("%s: more than %d bytes sent before the handshake finished; "
-                            "closing", self.reply_channel, self.handler_limit())
+                            "closing", self.reply_channel, limit)
                 self.close(CLOSE_POLICY, "too much data before the handshake finished")
                 return
             self.pending.append(data)
         else:
             counters.incr("dropped_to_closed")
-
-    def handler_limit(self) -> int:
-        return self.handler.server.config.max_pending_bytes if self.handler else 0
 
     def close(self, code: int, reason: str = "") -> None:
         self.closing = True

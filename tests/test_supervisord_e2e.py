@@ -56,9 +56,11 @@ def supervised_copy():
         children = wait_until(all_running, 60, "supervisord to start every program",
                               interval=0.2)
         ready_dir = os.path.join(run_dir, "ready")
-        wait_until(lambda: len([n for n in os.listdir(ready_dir)
-                                if n.startswith("interface.")]) == 2,
-                   20, "both interfaces to accept clients")
+
+        def interfaces_ready():
+            names = os.listdir(ready_dir) if os.path.isdir(ready_dir) else []
+            return len([n for n in names if n.startswith("interface.")]) == 2
+        wait_until(interfaces_ready, 20, "both interfaces to accept clients")
         reservation.close()
         yield proc, port, run_dir
     finally:

@@ -244,3 +244,16 @@ def test_many_sends_from_one_consumer_call_arrive_in_order(system):
     replies, grouped = run(scenario())
     assert replies == [f"r{i}" for i in range(300)]
     assert grouped == [f"g{i}" for i in range(300)]
+
+
+def test_too_much_data_before_the_handshake_closes_1008(system):
+    async def scenario():
+        ws = await system.connect("/test/early-flood")
+        received = await read_until_closed(ws)
+        return ws.close_code, sum(len(m) for m in received)
+
+    code, received_bytes = run(scenario())
+    assert code == 1008
+    assert 0 < received_bytes <= 4 * 1024 * 1024  # what was kept up to max_pending_bytes
+    wait_until(lambda: "sent before the handshake finished; closing" in system.all_logs(), 5,
+               "the interface's log line")

@@ -44,3 +44,10 @@ def inspect(message):
         "client": message["client"], "subprotocols": message["subprotocols"],
         "headers": message.headers, "reply_channel": message.reply_channel.name,
     }))
+
+
+@consumer("websocket.connect", path="/test/early-flood")
+def early_flood(message):
+    """Sends 5 MiB before the handshake completes (it completes when this returns)."""
+    for _ in range(80):
+        message.reply_channel.send(bytes=b"x" * 65536)
