@@ -51,7 +51,7 @@ class Config:
     handshake_timeout: float = 10.0  # seconds the connect consumer has to accept or reject
     event_timeout: float = 60.0  # seconds a consumer may hold one event before 1011
     max_queued_events: int = 64  # per connection; beyond it the socket stops being read
-    max_pending_bytes: int = 4 * 1024 * 1024  # sent to a socket before its handshake ends
+    max_outbound_bytes: int = 4 * 1024 * 1024  # buffered for one client (else close 1008)
     group_timeout: float = 5.0  # seconds group_add/group_discard wait for confirmation
     send_timeout: float = 5.0  # seconds a consumer's send may block before ChannelFull
     ping_interval: float = 20.0  # seconds between WebSocket pings; 0 disables
@@ -93,7 +93,7 @@ _SCALARS: dict[str, tuple[type, ...]] = {
     "handshake_timeout": (int, float),
     "event_timeout": (int, float),
     "max_queued_events": (int,),
-    "max_pending_bytes": (int,),
+    "max_outbound_bytes": (int,),
     "group_timeout": (int, float),
     "send_timeout": (int, float),
     "ping_interval": (int, float),
@@ -109,7 +109,7 @@ _POSITIVE = (
     "handshake_timeout",
     "event_timeout",
     "max_queued_events",
-    "max_pending_bytes",
+    "max_outbound_bytes",
     "group_timeout",
     "send_timeout",
     "router_hwm",

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Awaitable
 
 import tornado.web
 import tornado.websocket
-from tornado.iostream import IOStream, StreamClosedError
+from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 
 from . import wire
 from .stats import counters
@@ -36,6 +36,10 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_CONSUMER_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_POLICY = 1008
+
+# Bytes past max_outbound_bytes that Tornado's own frames (pings, pongs, the close
+# frame) may still queue: its write limit must never fail one of those.
+CONTROL_HEADROOM = 64 * 1024
 
 
 def frame(opcode: int, payload: bytes) -> bytes:
@@ -143,25 +147,42 @@ class Connection:
             if self.stream is None or ws is None or ws.server_terminated:
                 counters.incr("dropped_to_closing")
                 return
+            if self.unsent() + len(data) > self.outbound_limit():
+                # The client does not read what it is sent: close rather than buffer
+                # without bound.
+                self.overflow("the client is not reading fast enough")
+                return
             try:
                 self.stream.write(data)
             except StreamClosedError:
                 counters.incr("dropped_to_closing")
+            except StreamBufferFullError:  # only if unsent() could not see the buffer
+                self.overflow("the client is not reading fast enough")
         elif self.state is State.CONNECTING and self.handler is not None:
             if self.closing:  # sent after a close: it would follow the close frame
                 counters.incr("dropped_to_closing")
                 return
-            limit = self.handler.server.config.max_pending_bytes
             self.pending_bytes += len(data)
-            if self.pending_bytes > limit:
-                counters.incr("pending_overflow")
-                log.warning("%s: more than %d bytes sent before the handshake finished; "
-                            "closing", self.reply_channel, limit)
-                self.close(CLOSE_POLICY, "too much data before the handshake finished")
+            if self.pending_bytes > self.outbound_limit():
+                self.overflow("too much data before the handshake finished")
                 return
             self.pending.append(data)
         else:
             counters.incr("dropped_to_closed")
+
+    def unsent(self) -> int:
+        """Bytes written to the stream that the kernel has not taken yet. Tornado
+        keeps no public count; without one, its own write limit is the backstop."""
+        return len(getattr(self.stream, "_write_buffer", b""))
+
+    def outbound_limit(self) -> int:
+        return self.handler.server.config.max_outbound_bytes if self.handler else 0
+
+    def overflow(self, reason: str) -> None:
+        counters.incr("outbound_overflow")
+        log.warning("%s: more than %d bytes waiting to be sent (%s); closing with %d",
+                    self.reply_channel, self.outbound_limit(), reason, CLOSE_POLICY)
+        self.close(CLOSE_POLICY, reason)
 
     def close(self, code: int, reason: str = "") -> None:
         self.closing = True
@@ -178,6 +199,8 @@ class Connection:
         assert self.handler is not None and self.handler.ws_connection is not None
         self.state = State.OPEN
         self.stream = self.handler.ws_connection.stream
+        # Tornado raises StreamBufferFullError past this, whatever writes.
+        self.stream.max_write_buffer_size = self.outbound_limit() + CONTROL_HEADROOM
         pending, self.pending, self.pending_bytes = self.pending, [], 0
         for data in pending:
             self.write(data)

@@ -254,6 +254,7 @@ def test_too_much_data_before_the_handshake_closes_1008(system):
 
     code, received_bytes = run(scenario())
     assert code == 1008
-    assert 0 < received_bytes <= 4 * 1024 * 1024  # what was kept up to max_pending_bytes
-    wait_until(lambda: "sent before the handshake finished; closing" in system.all_logs(), 5,
+    assert 0 < received_bytes <= 4 * 1024 * 1024  # what was kept up to max_outbound_bytes
+    wait_until(lambda: "(too much data before the handshake finished); closing with 1008"
+                       in system.all_logs(), 5,
                "the interface's log line")

@@ -51,3 +51,12 @@ def early_flood(message):
     """Sends 5 MiB before the handshake completes (it completes when this returns)."""
     for _ in range(80):
         message.reply_channel.send(bytes=b"x" * 65536)
+
+
+@consumer("websocket.receive", path="/test/firehose")
+def firehose(message):
+    """Sends int(text) chunks of 64 KiB: far more than a client that does not read
+    can take, or the interface may buffer for it."""
+    chunk = b"y" * 65536
+    for _ in range(int(message.text)):
+        message.reply_channel.send(bytes=chunk)

@@ -1,0 +1,56 @@
+"""A client that stops reading cannot make the server buffer without bound."""
+import os
+import socket
+
+import pytest
+
+from harness import checked_system, read, run, wait_until
+
+pytestmark = pytest.mark.e2e
+
+LIMIT = 256 * 1024
+
+
+def handshake(port: int, path: str) -> socket.socket:
+    """A WebSocket client on a raw socket with a tiny receive window."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                  "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(1)  # byte by byte: leave the frames that follow unread
+    assert response.startswith(b"HTTP/1.1 101"), response
+    return sock
+
+
+def send_text(sock: socket.socket, text: str) -> None:
+    payload, mask = text.encode(), os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+
+
+def test_a_client_that_does_not_read_is_closed_and_others_carry_on():
+    with checked_system(server={"max_outbound_bytes": LIMIT}) as system:
+        slow = handshake(system.port, "/test/firehose")
+        send_text(slow, "128")  # 8 MiB: more than the kernel buffers and the limit
+        counts = wait_until(lambda: (c := system.counters("interface"))
+                            and c.get("outbound_overflow") and c, 20,
+                            "the interface to give up on the slow client")
+        assert counts["outbound_overflow"] == 1
+        assert "is not reading fast enough" in system.all_logs()
+
+        async def echo():
+            ws = await system.connect("/ws/echo")
+            ws.write_message("unaffected")
+            assert await read(ws) == "unaffected"
+            ws.close()
+        run(echo())
+        # The close frame waits behind the unread data; Tornado gives up on the
+        # client's answer after 5 s and drops the connection, which frees its buffer.
+        wait_until(lambda: system.counters("interface").get("connections") == 0, 20,
+                   "the server to drop the slow client")
+        slow.close()
