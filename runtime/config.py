@@ -13,7 +13,7 @@ import math
 import os
 import tomllib
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 from .exceptions import ConfigError
 
@@ -194,9 +194,9 @@ def _check_type(value: Any, types: tuple[type, ...], where: str) -> Any:
     if isinstance(value, bool) or not isinstance(value, types):
         names = " or ".join("number" if t is float else t.__name__ for t in types)
         raise ConfigError(f"{where} must be a {names}, not {value!r}")
-    if isinstance(value, float) and not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):  # TOML allows nan and inf
         raise ConfigError(f"{where} must be a finite number, not {value!r}")
-    return float(value) if float in types else value
+    return float(cast(float, value)) if float in types else value
 
 
 def _string_list(value: Any, where: str) -> tuple[str, ...]:
@@ -281,7 +281,7 @@ def _parse_pools(raw: Any, config: Config, source: str) -> tuple[PoolConfig, ...
     return result
 
 
-def _default_endpoints(config: Config) -> dict[str, str]:
+def _default_endpoints(config: Config) -> dict[str, Any]:
     names = {
         "router_workers": "router-workers",
         "router_interfaces": "router-interfaces",

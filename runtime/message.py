@@ -47,7 +47,7 @@ class Session(dict[str, Any]):
         self.modified = True
         return super().popitem()
 
-    def __ior__(self, other: Any) -> "Session":  # type: ignore[override]
+    def __ior__(self, other: Any) -> "Session":  # type: ignore[override,misc]
         self.modified = True
         return super().__ior__(other)
 

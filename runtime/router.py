@@ -111,7 +111,7 @@ class Router(Service):
         try:
             self.interfaces.send_multipart(frames, zmq.NOBLOCK)
         except zmq.ZMQError as e:
-            return e.errno
+            return e.errno or zmq.EHOSTUNREACH
         counters.incr("to_interfaces")
         return 0
 

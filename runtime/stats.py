@@ -83,7 +83,7 @@ counters = Counters()
 def collect(run_dir: str) -> list[dict[str, Any]]:
     """Read the stats files of processes that are still alive."""
     directory = os.path.join(run_dir, "stats")
-    result = []
+    result: list[dict[str, Any]] = []
     try:
         names = sorted(os.listdir(directory))
     except FileNotFoundError:

@@ -30,7 +30,7 @@ log = logging.getLogger("runtime.interface")
 
 OPCODE_TEXT = 0x1
 OPCODE_BINARY = 0x2
-OPCODES = {wire.KIND_TEXT: OPCODE_TEXT, wire.KIND_BYTES: OPCODE_BINARY}
+OPCODES: dict[object, int] = {wire.KIND_TEXT: OPCODE_TEXT, wire.KIND_BYTES: OPCODE_BINARY}
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_CONSUMER_ERROR = 1011
@@ -198,9 +198,10 @@ class Connection:
     def opened(self) -> None:
         assert self.handler is not None and self.handler.ws_connection is not None
         self.state = State.OPEN
-        self.stream = self.handler.ws_connection.stream
+        self.stream = stream = self.handler.ws_connection.stream
+        assert stream is not None  # set by Tornado before it calls open()
         # Tornado raises StreamBufferFullError past this, whatever writes.
-        self.stream.max_write_buffer_size = self.outbound_limit() + CONTROL_HEADROOM
+        stream.max_write_buffer_size = self.outbound_limit() + CONTROL_HEADROOM
         pending, self.pending, self.pending_bytes = self.pending, [], 0
         for data in pending:
             self.write(data)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from typing import Callable, cast
 
 import zmq
 
@@ -28,7 +28,7 @@ class SocketReader:
         self.sock = sock
         self.handle = handle
         self.loop = loop or asyncio.get_running_loop()
-        self.fd = sock.getsockopt(zmq.FD)
+        self.fd = cast(int, sock.getsockopt(zmq.FD))
         self.scheduled = False
         self.loop.add_reader(self.fd, self.drain)
         self.kick()  # messages may have arrived before the reader was added
