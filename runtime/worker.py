@@ -119,21 +119,26 @@ class Worker(Service):
             func, kwargs = found
             func(message, **kwargs)
             return
-        if message.channel == "websocket.connect" and message.reply_channel is not None:
-            if not self.registry.handles_path(path, WEBSOCKET_CHANNELS):
+        if message.channel in WEBSOCKET_CHANNELS:
+            if self.registry.handles_path(path, WEBSOCKET_CHANNELS):
+                # The path has consumers, just none for this event (commonly no
+                # disconnect consumer): nothing to do. Without a connect consumer the
+                # connection is accepted as is.
+                return
+            if message.channel == "websocket.connect" and message.reply_channel is not None:
                 counters.incr("no_consumer_for_path")
                 log.warning("no consumer for WebSocket path %r: closing %s with %d",
                             path, message.reply_channel, CLOSE_NO_CONSUMER)
                 message.reply_channel.close(CLOSE_NO_CONSUMER, "no consumer for this path")
-            # A path with receive consumers but no connect consumer is accepted as is.
+            # The disconnect of such a connection needs nothing either.
             return
         counters.incr("unhandled")
         if message.channel not in self.unhandled_seen:
             # Once per channel: a missing consumer is a deployment mistake, and a
             # line per message would flood the log.
             self.unhandled_seen.add(message.channel)
-            log.warning("no consumer for channel %s (path %s); dropped, and counted as "
-                        "'unhandled' from now on", message.channel, path)
+            log.warning("no consumer for channel %s; dropped, and counted as 'unhandled' "
+                        "from now on", message.channel)
 
     def acknowledge(self, message: Message, sequence: int | None, error: bool,
                     elapsed: float) -> None:

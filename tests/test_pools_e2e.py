@@ -41,3 +41,18 @@ def test_reply_channel_by_name_from_a_task(two_pools):
         return answer
 
     assert run(scenario()) == "payload ✓".encode()
+
+
+def test_a_channel_nobody_consumes_is_counted_and_warned_once(two_pools):
+    async def scenario():
+        ws = await two_pools.connect("/test/task-to-nobody")
+        for _ in range(3):
+            ws.write_message("x")
+            assert await read(ws) == "queued"
+        ws.close()
+
+    run(scenario())
+    counts = two_pools.settled_counters("worker-tasks")
+    assert counts["unhandled"] == 3
+    assert two_pools.all_logs().count(
+        "no consumer for channel tasks.nobody; dropped, and counted as 'unhandled'") == 1

@@ -28,6 +28,9 @@ def test_echo_text_and_binary_in_order(system):
 
     sent, received = run(scenario())
     assert received == sent  # same order, text stays str, binary stays bytes
+    # Echo has no connect or disconnect consumer: those events need nothing, and are
+    # not counted as dropped.
+    assert system.settled_counters("worker").get("unhandled", 0) == 0
 
 
 def test_chat_broadcasts_to_every_member_including_sender(system):

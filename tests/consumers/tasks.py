@@ -26,3 +26,9 @@ def submit_by_name(message):
 @consumer("tasks.echo")
 def echo_by_name(message):
     reply_channel(message["to"]).send(bytes=message.payload)
+
+
+@consumer("websocket.receive", path="/test/task-to-nobody")
+def submit_to_nobody(message):
+    send("tasks.nobody", {})
+    message.reply_channel.send(text="queued")
