@@ -27,6 +27,7 @@ import zmq
 
 from . import wire
 from .config import WEBSOCKET_CHANNELS, Config
+from .groups import GroupTable
 from .process import announce_ready, withdraw_ready
 from .stats import counters
 from .websocket import (CLOSE_CONSUMER_ERROR, CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN_LATER,
@@ -51,7 +52,7 @@ class Interface:
         self.config = config
         self.id = "i" + secrets.token_hex(4)
         self.conns: dict[int, Connection] = {}
-        self.groups: dict[bytes, set[Connection]] = {}
+        self.groups: GroupTable[Connection] = GroupTable()
         self.busy: set[Connection] = set()  # connections with an event in flight
         self._conn_ids = itertools.count(1)
         self.stopping = False
@@ -90,7 +91,7 @@ class Interface:
         counters.setup(self.config.run_dir, "interface")
         counters.gauges.update(connections=lambda: len(self.conns),
                                groups=lambda: len(self.groups),
-                               group_members=lambda: sum(map(len, self.groups.values())))
+                               group_members=self.groups.member_count)
         counters.write(force=True)
         await self.wait_for_layer()
 
@@ -259,13 +260,7 @@ class Interface:
         conn.state = State.CLOSED
         conn.closed_at = time.monotonic()
         conn.decide(Decision.REJECT)
-        for group in conn.groups:
-            members = self.groups.get(group)
-            if members is not None:
-                members.discard(conn)
-                if not members:
-                    del self.groups[group]
-        conn.groups.clear()
+        self.groups.leave_all(conn)
         conn.handler = None
         conn.stream = None
         if conn.resume is not None and not conn.resume.done():
@@ -426,19 +421,10 @@ class Interface:
             return False
         if conn is None or conn.state is State.CLOSED:
             return False  # it has left every group already
-        key = group.encode()
         if op == wire.OP_GROUP_ADD:
-            self.groups.setdefault(key, set()).add(conn)
-            conn.groups.add(key)
+            self.groups.add(group.encode(), conn)
             return True
-        members = self.groups.get(key)
-        if members is None or conn not in members:
-            return False
-        members.discard(conn)
-        conn.groups.discard(key)
-        if not members:
-            del self.groups[key]
-        return True
+        return self.groups.discard(group.encode(), conn)
 
     # -- group messages (via the forwarder) ----------------------------------
 
@@ -452,7 +438,7 @@ class Interface:
             if payload == self.id.encode():
                 self.probe_seen = True
             return
-        members = self.groups.get(group)
+        members = self.groups.members(group)
         if not members:
             return
         try:
@@ -462,13 +448,16 @@ class Interface:
             log.warning("dropped a malformed group message for %r: %s", group, e)
             return
         counters.incr("group_deliveries", len(members))
+        # A snapshot: a write or close may end a member's connection, and with it its
+        # memberships.
+        targets = tuple(members)
         if header.get("op") == wire.OP_CLOSE:
             code = header.get("code")
-            for conn in list(members):
+            for conn in targets:
                 conn.close(code if isinstance(code, int) else 1000, "")
             return
         data = frame(OPCODES.get(header.get("kind"), OPCODE_BINARY), payload)
-        for conn in members:
+        for conn in targets:
             conn.write(data)
 
 
