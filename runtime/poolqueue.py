@@ -69,8 +69,15 @@ class PoolQueue(Service):
             self.from_senders(self.incoming, self.workers)
 
     def closing(self) -> None:
-        if self.held is not None:
-            counters.incr("dropped_at_stop")
+        # What is still queued now will not run: count it, do not lose it silently.
+        lost = 1 if self.held is not None else 0
+        while self.incoming.poll(0):
+            self.incoming.recv_multipart()
+            lost += 1
+        if lost:
+            counters.incr("dropped_at_stop", lost)
+            log.warning("stopping with %d message(s) queued for pool %s; they are lost",
+                        lost, self.pool.name)
 
     def from_workers(self, workers: zmq.Socket) -> None:
         for _ in range(BATCH):

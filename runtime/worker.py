@@ -27,7 +27,12 @@ from .stats import counters
 log = logging.getLogger("runtime.worker")
 
 READY_INTERVAL = 1.0  # seconds between READYs while idle: a restarted queue learns of us
-STOP_DRAIN_MS = 50  # how long a stopping worker waits for a message already on its way
+# On SIGTERM a worker keeps taking queued work -- above all the disconnect events of the
+# interfaces that stopped just before it -- until none has come for STOP_IDLE seconds,
+# for STOP_DRAIN seconds at most (supervisord's stopwaitsecs for workers is 3).
+STOP_DRAIN = 2.0
+STOP_IDLE = 0.2
+STOP_DRAIN_MS = 50  # how long a stopped worker waits for a message already on its way
 
 CLOSE_NO_CONSUMER = 4404  # WebSocket close code: nothing handles this path
 
@@ -48,6 +53,8 @@ class Worker(Service):
         self.poller.register(self.layer.router, zmq.POLLIN)
         self.last_ready = 0.0
         self.handled = 0  # messages received from the queue, told to it with each READY
+        self.stop_requested: float | None = None
+        self.last_message = 0.0
 
     def run(self) -> None:
         set_current(self.layer)
@@ -57,20 +64,30 @@ class Worker(Service):
         self.ask_for_work()
         self.serve(identity=self.layer.identity.decode(), routes=len(self.registry.routes))
 
+    def stop(self) -> None:
+        """Finish the queued work that is there now, then stop (see STOP_DRAIN)."""
+        if self.stop_requested is None:
+            self.stop_requested = time.monotonic()
+
     def step(self, ready: dict[zmq.Socket, int]) -> None:
         if self.layer.router in ready:
             self.layer.drain_router()
+        now = time.monotonic()
         if self.events in ready:
             self.handled += 1
             self.handle(self.events.recv_multipart())
-            if not self.stopping:
-                self.ask_for_work()
-        elif time.monotonic() - self.last_ready > READY_INTERVAL and not self.stopping:
+            self.last_message = now = time.monotonic()
             self.ask_for_work()
+        elif now - self.last_ready > READY_INTERVAL:
+            self.ask_for_work()
+        if self.stop_requested is not None:
+            idle_since = max(self.last_message, self.stop_requested)
+            if now - idle_since > STOP_IDLE or now - self.stop_requested > STOP_DRAIN:
+                self.stopping = True
 
     def closing(self) -> None:
-        # A message the queue sent before it could know we were stopping is ours:
-        # finish it rather than lose it.
+        # A message the queue sent in answer to our last READY is ours: finish it
+        # rather than lose it.
         while self.events.poll(STOP_DRAIN_MS):
             self.handled += 1
             self.handle(self.events.recv_multipart())

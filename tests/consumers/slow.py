@@ -20,3 +20,16 @@ def slow_gone(message):
 @consumer("websocket.connect", path="/test/slow-connect")
 def slow_connect(message):
     time.sleep(2.0)
+
+
+@consumer("websocket.connect", path="/test/slow-bye")
+def greet(message):
+    message.reply_channel.send(text="rc:" + message.reply_channel.name)
+
+
+@consumer("websocket.disconnect", path="/test/slow-bye")
+def slow_bye(message):
+    """Cleanup that takes a while: at shutdown, more work than supervisord's one-second
+    pause between stopping the interfaces and stopping the workers covers."""
+    time.sleep(0.1)
+    record("D", message.reply_channel.name)
