@@ -52,7 +52,8 @@ class Counters(dict[str, int]):
         return data
 
     def write(self, force: bool = False) -> None:
-        """Write the file if anything changed (gauges always count as changed when forced)."""
+        """Write the file if a counter changed, or always if forced or if there are
+        gauges (they may have changed without a counter moving)."""
         if self.path is None or (not force and dict(self) == self._written and not self.gauges):
             return
         tmp = f"{self.path}.tmp"
@@ -68,13 +69,6 @@ class Counters(dict[str, int]):
 
     def due(self, interval: float) -> bool:
         return time.monotonic() - self._written_at >= interval
-
-    def remove(self) -> None:
-        if self.path:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
 
 
 counters = Counters()
