@@ -33,7 +33,7 @@ BATCH = 512
 BLOCKED_RETRY = 0.001  # seconds between attempts while a subscriber is full
 STARTUP_GRACE = 3.0  # seconds after start at most before publishing to whoever is there
 SUBSCRIPTIONS_SETTLE = 0.3  # seconds without a new subscriber before publishing at start
-SUBSCRIBERS_LOG_INTERVAL = 10.0  # seconds between "still blocked" warnings
+BLOCKED_LOG_INTERVAL = 10.0  # seconds between "still blocked" warnings
 
 
 class Forwarder(Service):
@@ -113,7 +113,7 @@ class Forwarder(Service):
                 if blocked_since is None:
                     blocked_since = now
                     counters.incr("blocked")
-                if now - warned_at > SUBSCRIBERS_LOG_INTERVAL:
+                if now - warned_at > BLOCKED_LOG_INTERVAL:
                     warned_at = now
                     log.warning("a subscriber is not keeping up; group sends wait "
                                 "(blocked for %.1fs)", now - blocked_since)

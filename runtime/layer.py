@@ -57,23 +57,28 @@ class Layer:
 
     # -- sending ---------------------------------------------------------
 
-    def _send(self, sock: zmq.Socket, frames: list[bytes], what: str) -> None:
+    def _send(self, sock: zmq.Socket, frames: list[bytes], what: str, subject: object) -> None:
+        """Send, or raise ChannelFull naming ``what % subject`` (formatted only then:
+        this is the per-message path)."""
         try:
             sock.send_multipart(frames)
         except zmq.Again:
             counters.incr("channel_full")
-            raise ChannelFull(f"{what} is full: not accepted within "
+            raise ChannelFull(f"{what % (subject,)} is full: not accepted within "
                               f"{self.config.send_timeout:g}s") from None
 
-    def to_interface(self, reply_channel: str, header: dict[str, Any],
+    def to_interface(self, reply_channel: ReplyChannel | str, header: dict[str, Any],
                      payload: bytes | None = None) -> None:
         """Send an operation for one connection to the interface that owns it (via the router)."""
-        interface_id, conn_id = wire.split_reply_channel(reply_channel)
+        if isinstance(reply_channel, ReplyChannel):
+            interface_id, conn_id = reply_channel.route  # parsed once, when it was made
+        else:
+            interface_id, conn_id = wire.split_reply_channel(reply_channel)
         header["conn"] = conn_id
         frames = [interface_id, wire.encode(header)]
         if payload is not None:
             frames.append(payload)
-        self._send(self.router, frames, f"the route to {reply_channel}")
+        self._send(self.router, frames, "the route to %s", reply_channel)
 
     def send(self, channel: str, content: dict[str, Any] | None = None,
              payload: bytes = b"") -> None:
@@ -85,7 +90,7 @@ class Layer:
         header = dict(content or {})
         header["channel"] = channel
         self._send(self._pool_socket(pool), [wire.encode(header), bytes(payload)],
-                   f"channel {channel!r} (pool {pool.name})")
+                   "channel %r", channel)
 
     def _pool_socket(self, pool: PoolConfig) -> zmq.Socket:
         sock = self.pools.get(pool.name)
@@ -105,7 +110,7 @@ class Layer:
             kind, payload = wire.payload_of(text, bytes)
             header = {"op": wire.OP_SEND, "kind": kind}
         self._send(self.groups, [group.encode(), wire.encode(header), payload],
-                   f"group {group!r}")
+                   "group %r", group)
 
     # -- membership --------------------------------------------------------
 
@@ -123,7 +128,7 @@ class Layer:
         wire.check_name(group, "group")
         name = str(reply_channel)
         request = next(self._requests)
-        self.to_interface(name, {"op": op, "group": group, "req": request})
+        self.to_interface(reply_channel, {"op": op, "group": group, "req": request})
         # The interface answers once its table has changed: that confirmation is
         # what makes membership immediate (no slow-joiner race with group sends).
         deadline = time.monotonic() + self.config.group_timeout

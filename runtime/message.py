@@ -55,17 +55,19 @@ class Session(dict[str, Any]):
 class ReplyChannel:
     """The channel of one client connection. Sends go to the interface that owns it."""
 
-    __slots__ = ("name", "_layer")
+    __slots__ = ("name", "route", "_layer")
 
     def __init__(self, name: str, layer: "Layer") -> None:
-        wire.split_reply_channel(name)  # validate early, with a clear message
+        # Parsed once, here: it validates early with a clear message, and every send
+        # and acknowledgement reuses it.
+        self.route: tuple[bytes, int] = wire.split_reply_channel(name)
         self.name = name
         self._layer = layer
 
     def send(self, text: str | None = None, bytes: bytes | None = None) -> None:
         """Send one WebSocket message: ``text=`` for a text frame, ``bytes=`` for binary."""
         kind, payload = wire.payload_of(text, bytes)
-        self._layer.to_interface(self.name, {"op": wire.OP_SEND, "kind": kind}, payload)
+        self._layer.to_interface(self, {"op": wire.OP_SEND, "kind": kind}, payload)
 
     def accept(self, subprotocol: str | None = None) -> None:
         """Complete the WebSocket handshake now (otherwise it completes when the
@@ -73,17 +75,17 @@ class ReplyChannel:
         header: dict[str, Any] = {"op": wire.OP_ACCEPT}
         if subprotocol is not None:
             header["subprotocol"] = subprotocol
-        self._layer.to_interface(self.name, header)
+        self._layer.to_interface(self, header)
 
     def reject(self) -> None:
         """Refuse the WebSocket handshake: the client gets HTTP 403."""
-        self._layer.to_interface(self.name, {"op": wire.OP_REJECT})
+        self._layer.to_interface(self, {"op": wire.OP_REJECT})
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Close the connection with a WebSocket close code: 1000 (normal), a registered
         code such as 1008 or 1011, or 3000-4999 for your application's own."""
         wire.check_close(code, reason)
-        self._layer.to_interface(self.name, {"op": wire.OP_CLOSE, "code": code, "reason": reason})
+        self._layer.to_interface(self, {"op": wire.OP_CLOSE, "code": code, "reason": reason})
 
     def __str__(self) -> str:
         return self.name

@@ -74,7 +74,6 @@ class Connection:
         "connect_delivered", "close_code", "closed_at", "retry_scheduled", "sequence",
         "overdue", "closing",
         "groups", "session", "pending", "pending_bytes", "resume", "_receive_headers",
-        "__weakref__",
     )
 
     def __init__(self, conn_id: int, reply_channel: str, handler: "ConsumerSocket",

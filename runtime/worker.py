@@ -167,14 +167,14 @@ class Worker(Service):
             header["session"] = dict(message.session)
         try:
             try:
-                self.layer.to_interface(message.reply_channel.name, header)
+                self.layer.to_interface(message.reply_channel, header)
             except (TypeError, ValueError, OverflowError) as e:
                 counters.incr("consumer_errors")
                 log.error("session of %s cannot be stored (not JSON-serialisable: %s); "
                           "closing the connection", message.reply_channel, e)
                 header.pop("session")
                 header["error"] = True
-                self.layer.to_interface(message.reply_channel.name, header)
+                self.layer.to_interface(message.reply_channel, header)
         except ZChannelsError as e:
             # The interface will close the connection when its event timeout passes.
             counters.incr("ack_failures")

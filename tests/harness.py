@@ -295,6 +295,30 @@ async def refused_status(request: str | HTTPRequest) -> int:
     raise AssertionError("the handshake was accepted")
 
 
+async def echo_once(target: str | HTTPRequest, text: str) -> str | bytes | None:
+    """One round trip on a fresh /ws/echo connection: what came back."""
+    ws = await websocket_connect(target)
+    ws.write_message(text)
+    answer = await read(ws)
+    ws.close()
+    return answer
+
+
+async def join_member(system: System, group: str) -> tuple[WebSocketClientConnection, str]:
+    """Join `group` through /test/member/<group> (tests/consumers/membership.py), whose
+    connect consumer sends the reply channel, then group_adds and at once group_sends
+    a hello. Returns once this member's own hello arrived; earlier members' hellos
+    may come before it."""
+    ws = await system.connect(f"/test/member/{group}")
+    first = await read(ws)
+    assert isinstance(first, str) and first.startswith("rc:"), first
+    rc = first[3:]
+    while (message := await read(ws)) != f"hello {rc} True":
+        assert message is not None, "closed before its own hello arrived"
+        assert isinstance(message, str) and message.startswith("hello "), message
+    return ws, rc
+
+
 async def read(ws: WebSocketClientConnection, timeout: float = 5.0) -> str | bytes | None:
     """The next message, or None once the server has closed the socket."""
     return await asyncio.wait_for(ws.read_message(), timeout)

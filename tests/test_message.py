@@ -17,8 +17,8 @@ class FakeLayer:
     def __init__(self):
         self.calls = []
 
-    def to_interface(self, name, header, payload=None):
-        self.calls.append((name, header, payload))
+    def to_interface(self, reply_channel, header, payload=None):
+        self.calls.append((str(reply_channel), header, payload))
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ def queue():
     def worker(name):
         sock = context.socket(zmq.DEALER)
         sock.routing_id = name
+        sock.rcvtimeo = 2000  # ms: a missing message fails the test (zmq.Again), never hangs
         sock.connect(pool_queue.pool.endpoint_out)
         workers.append(sock)
         return sock

@@ -4,7 +4,7 @@ import collections
 
 import pytest
 
-from harness import read, run, wait_until
+from harness import join_member, read, run, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -57,13 +57,7 @@ def test_new_member_receives_a_group_send_made_right_after_group_add(system):
 
     async def member(i):
         async with semaphore:
-            ws = await system.connect(f"/test/member/g{i % 25}")
-            first = await read(ws)
-            assert first.startswith("rc:")
-            own = f"hello {first[3:]} True"
-            while (message := await read(ws)) != own:
-                assert message is not None, "closed before its own hello arrived"
-                assert message.startswith("hello ")  # another member's
+            ws, _ = await join_member(system, f"g{i % 25}")
             ws.close()
 
     async def scenario():
@@ -78,15 +72,8 @@ def test_closed_connections_leave_their_groups_and_are_never_sent_to(system):
         return (counts.get("group_deliveries", 0), counts.get("dropped_to_closed", 0),
                 counts.get("dropped_to_closing", 0))
 
-    async def join():
-        ws = await system.connect("/test/member/dead")
-        rc = (await read(ws))[3:]
-        while await read(ws) != f"hello {rc} True":
-            pass
-        return ws, rc
-
     async def scenario():
-        members = [await join() for _ in range(10)]
+        members = [await join_member(system, "dead") for _ in range(10)]
         leaving, staying = members[:5], members[5:]
         for ws, _ in leaving:
             ws.close()
@@ -119,14 +106,7 @@ def test_closed_connections_leave_their_groups_and_are_never_sent_to(system):
 
 def test_group_discard_stops_delivery_to_that_member(system):
     async def scenario():
-        async def join():
-            ws = await system.connect("/test/member/discard")
-            rc = (await read(ws))[3:]
-            while await read(ws) != f"hello {rc} True":
-                pass
-            return ws
-
-        leaver, stayer = await join(), await join()
+        (leaver, _), (stayer, _) = [await join_member(system, "discard") for _ in range(2)]
         leaver.write_message("discard")
         while (message := await read(leaver)) != "discarded True":
             assert message.startswith("hello ")

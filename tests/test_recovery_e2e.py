@@ -3,7 +3,7 @@ import asyncio
 
 import pytest
 
-from harness import checked_system, read, run
+from harness import checked_system, join_member, read, run
 
 pytestmark = pytest.mark.e2e
 
@@ -43,9 +43,7 @@ def test_group_sends_made_while_the_forwarder_was_down_arrive_after_it_restarts(
     interfaces have subscribed to the new forwarder: an XPUB with no subscribers
     would discard it."""
     async def scenario():
-        member = await system.connect("/test/member/outage")
-        rc = (await read(member))[3:]
-        assert await read(member) == f"hello {rc} True"
+        member, _ = await join_member(system, "outage")
         sender = await system.connect("/test/send/outage")
         system.kill("forwarder")
         sender.write_message("during the outage")

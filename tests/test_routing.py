@@ -236,10 +236,14 @@ def test_load_consumers_in_name_order_skipping_private_files(tmp_path, global_re
     assert sys.modules["zchannels_consumers.a_mod"].__file__ == a
 
 
+def _directory(tmp_path, name):
+    path = tmp_path / name
+    path.mkdir()
+    return path
+
+
 def test_load_consumers_across_directories_in_given_order(tmp_path, global_registry):
-    first, second = tmp_path / "z_first", tmp_path / "a_second"
-    first.mkdir()
-    second.mkdir()
+    first, second = _directory(tmp_path, "z_first"), _directory(tmp_path, "a_second")
     z = _module(first, "zz.py", _registering("zz"))
     a = _module(second, "aa.py", _registering("aa"))
     assert load_consumers([str(first), str(second)]) == [z, a]
@@ -281,9 +285,7 @@ def test_file_instead_of_directory_raises(tmp_path, global_registry):
 
 
 def test_duplicate_module_names_across_directories_raise(tmp_path, global_registry):
-    one, two = tmp_path / "one", tmp_path / "two"
-    one.mkdir()
-    two.mkdir()
+    one, two = _directory(tmp_path, "one"), _directory(tmp_path, "two")
     first = _module(one, "chat.py", _registering("one"))
     second = _module(two, "chat.py", _registering("two"))
     with pytest.raises(ValueError, match="two consumer modules named 'chat'") as info:

@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from harness import checked_system, read, run, wait_until
+from harness import checked_system, echo_once, run, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -43,12 +43,7 @@ def test_a_client_that_does_not_read_is_closed_and_others_carry_on():
         assert counts["outbound_overflow"] == 1
         assert "is not reading fast enough" in system.all_logs()
 
-        async def echo():
-            ws = await system.connect("/ws/echo")
-            ws.write_message("unaffected")
-            assert await read(ws) == "unaffected"
-            ws.close()
-        run(echo())
+        assert run(echo_once(system.url("/ws/echo"), "unaffected")) == "unaffected"
         # The close frame waits behind the unread data; Tornado gives up on the
         # client's answer after 5 s and drops the connection, which frees its buffer.
         wait_until(lambda: system.counters("interface").get("connections") == 0, 20,

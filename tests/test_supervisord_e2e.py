@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from harness import ROOT, TEST_CONSUMERS, read, read_until_closed, reserve_port, run, wait_until
+from harness import (ROOT, TEST_CONSUMERS, echo_once, read, read_until_closed, reserve_port,
+                     run, wait_until)
 
 pytestmark = pytest.mark.e2e
 
@@ -143,13 +144,8 @@ def test_supervisorctl_finds_the_default_copy_without_options():
 def test_two_copies_run_side_by_side():
     """Each copy has its own port, run directory, control socket and counters;
     stopping one leaves the other serving."""
-    async def echo(port, text):
-        from tornado.websocket import websocket_connect
-        ws = await websocket_connect(f"ws://127.0.0.1:{port}/ws/echo")
-        ws.write_message(text)
-        answer = await read(ws)
-        ws.close()
-        return answer
+    def echo(port, text):
+        return echo_once(f"ws://127.0.0.1:{port}/ws/echo", text)
 
     with supervised_copy() as (first, port1, dir1), supervised_copy() as (second, port2, dir2):
         assert port1 != port2

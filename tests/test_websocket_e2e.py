@@ -5,7 +5,8 @@ import pytest
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from harness import read, read_until_closed, refused_status, run, wait_until
+from harness import (echo_once, join_member, read, read_until_closed, refused_status, run,
+                     wait_until)
 
 pytestmark = pytest.mark.e2e
 
@@ -146,10 +147,7 @@ def test_foreign_origin_is_refused_403(system):
                                                   headers={"Origin": "http://evil.example"}))
         same = HTTPRequest(system.url("/ws/echo"),
                            headers={"Origin": f"http://127.0.0.1:{system.port}"})
-        ws = await websocket_connect(same)
-        ws.write_message("same origin")
-        assert await read(ws) == "same origin"
-        ws.close()
+        assert await echo_once(same, "same origin") == "same origin"
         return status
 
     assert run(scenario()) == 403
@@ -185,10 +183,7 @@ def test_oversized_message_closes_1009(system):
         ws.write_message(b"x" * (1024 * 1024 + 1), binary=True)
         assert await read_until_closed(ws) == []
         code = ws.close_code
-        ok = await system.connect("/ws/echo")
-        ok.write_message("still serving")
-        assert await read(ok) == "still serving"
-        ok.close()
+        assert await echo_once(system.url("/ws/echo"), "still serving") == "still serving"
         return code
 
     assert run(scenario()) == 1009
@@ -233,9 +228,7 @@ def test_connect_message_carries_path_query_headers_client_subprotocols(system):
 def test_many_sends_from_one_consumer_call_arrive_in_order(system):
     """Promise 3: to its own socket and to a group, in the order sent."""
     async def scenario():
-        member = await system.connect("/test/member/burst")
-        rc = (await read(member))[3:]
-        assert await read(member) == f"hello {rc} True"
+        member, _ = await join_member(system, "burst")
         sender = await system.connect("/test/burst/burst")
         sender.write_message("300")
         replies = [await read(sender) for _ in range(300)]
