@@ -23,6 +23,8 @@ DEFAULT_CONFIG_PATH = "conf/zchannels.toml"
 MAX_IPC_PATH_BYTES = 107
 
 WEBSOCKET_CHANNELS = ("websocket.connect", "websocket.receive", "websocket.disconnect")
+HTTP_CHANNELS = ("http.request", "http.disconnect")
+CLIENT_CHANNELS = WEBSOCKET_CHANNELS + HTTP_CHANNELS  # events the interface sends to pools
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,13 @@ class Config:
     run_dir: str = "run"
     consumers: tuple[str, ...] = ("consumers",)
     static_dir: str = "consumers/static"
+    static_url: str = "/static/"  # files of static_dir are served under this prefix
+    static_index: str = "index.html"  # served at / if it exists in static_dir; "": no
+    static_max_age: int = 3600  # seconds clients may cache a static file (Cache-Control)
+    wsgi_app: str = ""  # "module:callable" run for HTTP paths no consumer claims
+    max_body_bytes: int = 10 * 1024 * 1024  # larger HTTP request bodies: 413
+    http_timeout: float = 30.0  # seconds for a response to start (else 504)
+    sse_heartbeat: float = 15.0  # seconds between comment lines on an idle SSE stream
     allowed_origins: tuple[str, ...] = ()  # empty: only the page's own host may connect
     max_message_bytes: int = 1024 * 1024  # larger incoming frames close with 1009
     handshake_timeout: float = 10.0  # seconds the connect consumer has to accept or reject
@@ -89,6 +98,13 @@ _SCALARS: dict[str, tuple[type, ...]] = {
     "port": (int,),
     "run_dir": (str,),
     "static_dir": (str,),
+    "static_url": (str,),
+    "static_index": (str,),
+    "static_max_age": (int,),
+    "wsgi_app": (str,),
+    "max_body_bytes": (int,),
+    "http_timeout": (int, float),
+    "sse_heartbeat": (int, float),
     "max_message_bytes": (int,),
     "handshake_timeout": (int, float),
     "event_timeout": (int, float),
@@ -106,6 +122,9 @@ _LISTS = ("consumers", "allowed_origins")
 _ENDPOINTS = ("router_workers", "router_interfaces", "forwarder_in", "forwarder_out")
 _POSITIVE = (
     "max_message_bytes",
+    "max_body_bytes",
+    "http_timeout",
+    "sse_heartbeat",
     "handshake_timeout",
     "event_timeout",
     "max_queued_events",
@@ -236,6 +255,20 @@ def _check_ranges(config: Config) -> None:
         # Tornado waits for a pong only until the next ping is due.
         raise ConfigError(f"{config.source}: [server] ping_timeout ({config.ping_timeout:g}) "
                           f"must not be longer than ping_interval ({config.ping_interval:g})")
+    if config.static_max_age < 0:
+        raise ConfigError(f"{config.source}: [server] static_max_age must be 0 or more")
+    if not (config.static_url.startswith("/") and config.static_url.endswith("/")
+            and len(config.static_url) > 1):
+        raise ConfigError(f"{config.source}: [server] static_url must start and end with "
+                          f"'/' (like \"/static/\"), not {config.static_url!r}")
+    if "/" in config.static_index:
+        raise ConfigError(f"{config.source}: [server] static_index is a file name in "
+                          f"static_dir, not a path: {config.static_index!r}")
+    if config.wsgi_app:
+        module, sep, name = config.wsgi_app.partition(":")
+        if not (sep and module and name.isidentifier()):
+            raise ConfigError(f"{config.source}: [server] wsgi_app must look like "
+                              f"'package.module:callable', not {config.wsgi_app!r}")
     if not config.consumers:
         raise ConfigError(f"{config.source}: [server] consumers must name at least one directory")
 
@@ -274,10 +307,10 @@ def _parse_pools(raw: Any, config: Config, source: str) -> tuple[PoolConfig, ...
         ))
     result = tuple(pools)
     probe = Config(pools=result)
-    for channel in WEBSOCKET_CHANNELS:
+    for channel in CLIENT_CHANNELS:
         if probe.pool_for(channel) is None:
             raise ConfigError(f"{source}: no pool serves {channel!r}; add a pattern such as "
-                              "\"websocket.*\" to a pool's channels")
+                              f"\"{channel.split('.')[0]}.*\" to a pool's channels")
     return result
 
 

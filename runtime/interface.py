@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import logging
 import os
+import re
 import secrets
 import signal
 import time
@@ -22,17 +23,18 @@ from urllib.parse import urlsplit
 
 import tornado.httpserver
 import tornado.netutil
+import tornado.routing
 import tornado.web
 import zmq
 
 from . import wire
-from .config import WEBSOCKET_CHANNELS, Config
+from .config import CLIENT_CHANNELS, Config
+from .exchange import ConsumerRequest, Exchange, WebSocketUpgrade
 from .groups import GroupTable
 from .process import announce_ready, withdraw_ready
 from .stats import counters
-from .websocket import (CLOSE_CONSUMER_ERROR, CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN_LATER,
-                        OPCODE_BINARY, OPCODES, Connection, ConsumerSocket, Decision, State,
-                        frame)
+from .websocket import (CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN_LATER, OPCODE_BINARY, OPCODES,
+                        Connection, ConsumerSocket, Decision, State, frame)
 from .zmqio import SocketReader
 
 log = logging.getLogger("runtime.interface")
@@ -51,9 +53,10 @@ class Interface:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.id = "i" + secrets.token_hex(4)
-        self.conns: dict[int, Connection] = {}
-        self.groups: GroupTable[Connection] = GroupTable()
-        self.busy: set[Connection] = set()  # connections with an event in flight
+        self.conns: dict[int, Connection | Exchange] = {}
+        self.exchanges: set[Exchange] = set()  # HTTP requests whose response has not ended
+        self.groups: GroupTable[Connection | Exchange] = GroupTable()
+        self.busy: set[Connection | Exchange] = set()  # connections with an event in flight
         self._conn_ids = itertools.count(1)
         self.stopping = False
         self.probe_seen = False
@@ -76,7 +79,7 @@ class Interface:
         self.sub.connect(self.config.forwarder_out)
         self.pool_sockets: dict[str, zmq.Socket] = {}
         by_pool: dict[str, zmq.Socket] = {}
-        for channel in WEBSOCKET_CHANNELS:
+        for channel in CLIENT_CHANNELS:
             pool = self.config.pool_for(channel)
             assert pool is not None  # config validation guarantees it
             if pool.name not in by_pool:
@@ -96,19 +99,14 @@ class Interface:
         await self.wait_for_layer()
 
         app = tornado.web.Application(
-            [
-                (r"/()", tornado.web.StaticFileHandler,
-                 {"path": self.config.static_dir, "default_filename": "index.html"}),
-                (r"/static/(.*)", tornado.web.StaticFileHandler,
-                 {"path": self.config.static_dir}),
-                (r"/.*", ConsumerSocket, {"server": self}),
-            ],
+            self.rules(),
             log_function=_log_request,
             websocket_max_message_size=self.config.max_message_bytes,
             websocket_ping_interval=self.config.ping_interval,
             websocket_ping_timeout=self.config.ping_timeout,
         )
-        self.http = tornado.httpserver.HTTPServer(app)
+        self.http = tornado.httpserver.HTTPServer(
+            app, max_body_size=2 * self.config.max_body_bytes + 65536)
         sockets = tornado.netutil.bind_sockets(
             self.config.port if port is None else port, self.config.host, reuse_port=True)
         self.http.add_sockets(sockets)
@@ -123,6 +121,20 @@ class Interface:
         await self.stopped.wait()
         sweeper.cancel()
         await self.shutdown()
+
+    def rules(self) -> list[Any]:
+        """WebSocket upgrades (any path), then static files, then everything else to
+        the consumers (and the WSGI application behind them)."""
+        static = {"path": self.config.static_dir, "max_age": self.config.static_max_age}
+        rules: list[Any] = [
+            tornado.routing.Rule(WebSocketUpgrade(), ConsumerSocket, {"server": self}),
+            (re.escape(self.config.static_url) + "(.*)", StaticFiles, static),
+        ]
+        index = self.config.static_index
+        if index and os.path.isfile(os.path.join(self.config.static_dir, index)):
+            rules.append((r"/()", StaticFiles, dict(static, default_filename=index)))
+        rules.append((r"/.*", ConsumerRequest, {"server": self}))
+        return rules
 
     async def wait_for_layer(self) -> None:
         """Accept no client before the router knows this interface's routing id and the
@@ -165,7 +177,10 @@ class Interface:
         the workers, then close the ZeroMQ sockets."""
         self.http.stop()
         for conn in list(self.conns.values()):
-            conn.close(CLOSE_GOING_AWAY, "server shutting down")
+            if conn.websocket:
+                conn.close(CLOSE_GOING_AWAY, "server shutting down")
+            elif isinstance(conn, Exchange):  # a stream ends; an unanswered request: 503
+                conn.close() if conn.started else conn.fail(503, "server shutting down")
         deadline = time.monotonic() + SHUTDOWN_GRACE
         while any(c.queue or c.state is not State.CLOSED for c in self.conns.values()):
             if time.monotonic() > deadline:
@@ -199,7 +214,7 @@ class Interface:
                               "1011", conn.reply_channel, conn.in_flight,
                               self.config.event_timeout)
                     self.drop_queued_receives(conn)
-                    conn.close(CLOSE_CONSUMER_ERROR, "consumer timed out")
+                    conn.timed_out()
                 elif now - conn.in_flight_since > 2 * self.config.event_timeout:
                     counters.incr("events_abandoned")
                     log.error("%s: no answer for %s after %gs; presumed lost with its "
@@ -207,8 +222,28 @@ class Interface:
                               2 * self.config.event_timeout)
                     self.finished(conn)
                     self.dispatch_next(conn)
+            self.sweep_exchanges(now)
             if counters.due(self.config.stats_interval):
                 counters.write(force=True)
+
+    def sweep_exchanges(self, now: float) -> None:
+        """HTTP responses that did not start within http_timeout (504), held
+        long-polls whose time is up, and heartbeats on idle event streams."""
+        heartbeat = self.config.sse_heartbeat
+        for exchange in list(self.exchanges):
+            if exchange.hold is not None:
+                if now > exchange.deadline:
+                    exchange.release_hold()
+            elif not exchange.started:
+                if now > exchange.deadline:
+                    counters.incr("http_timeouts")
+                    log.warning("%s: no response to %s %s within %gs; answering 504",
+                                exchange.reply_channel,
+                                exchange.handler.request.method if exchange.handler else "?",
+                                exchange.path, self.config.http_timeout)
+                    exchange.fail(504, "no response in time")
+            else:
+                exchange.heartbeat(now, heartbeat)
 
     # -- connections -------------------------------------------------------
 
@@ -234,6 +269,25 @@ class Interface:
         self.dispatch_next(conn)
         return conn
 
+    def open_exchange(self, handler: ConsumerRequest, body: bytes) -> Exchange:
+        conn_id = next(self._conn_ids)
+        exchange = Exchange(conn_id, wire.reply_channel_name(self.id, conn_id), handler)
+        exchange.deadline = time.monotonic() + self.config.http_timeout
+        self.conns[conn_id] = exchange
+        self.exchanges.add(exchange)
+        request = handler.request
+        header = wire.encode({
+            "channel": "http.request", "reply_channel": exchange.reply_channel,
+            "method": request.method, "path": request.path, "query_string": request.query,
+            "headers": [[k, v] for k, v in request.headers.get_all()],
+            "client": [request.remote_ip, _peer_port(request)],
+            "server": [request.host_name, self.port], "scheme": request.protocol,
+            "http_version": request.version.partition("/")[2], "ack": True,
+        })
+        exchange.queue.append(("http.request", "", body, header))
+        self.dispatch_next(exchange)
+        return exchange
+
     def receive(self, conn: Connection, message: str | bytes) -> Awaitable[None] | None:
         if conn.closing:
             # Frames the client sent before it saw our close frame: after a 1011 or
@@ -253,27 +307,30 @@ class Interface:
             return conn.resume
         return None
 
-    def connection_closed(self, conn: Connection, code: int | None) -> None:
-        """The socket is gone: leave every group now, then tell the consumers, in order."""
+    def connection_closed(self, conn: Connection | Exchange, code: int | None) -> None:
+        """The socket (or HTTP response) is gone: leave every group now, then tell the
+        consumers, in order."""
         if conn.state is State.CLOSED:
             return
         conn.state = State.CLOSED
         conn.closed_at = time.monotonic()
-        conn.decide(Decision.REJECT)
         self.groups.leave_all(conn)
-        conn.handler = None
-        conn.stream = None
-        if conn.resume is not None and not conn.resume.done():
-            conn.resume.set_result(None)
-        if code is not None:
-            conn.close_code = code
-        if conn.connect_delivered:
-            conn.queue.append(("websocket.disconnect", "", b"", None))
+        conn.closed()
+        if conn.websocket:
+            if conn.resume is not None and not conn.resume.done():
+                conn.resume.set_result(None)
+            if code is not None:
+                conn.close_code = code
+        else:
+            self.exchanges.discard(conn)
+        channel = conn.disconnect_channel()
+        if conn.connect_delivered and channel is not None:
+            conn.queue.append((channel, "", b"", None))
         else:
             conn.queue.clear()  # nothing reached a consumer, nothing to clean up
         self.dispatch_next(conn)
 
-    def dispatch_next(self, conn: Connection) -> None:
+    def dispatch_next(self, conn: Connection | Exchange) -> None:
         """Hand the connection's next event to its pool, if none is in flight."""
         while conn.in_flight is None and conn.queue:
             channel, kind, payload, header = conn.queue[0]
@@ -293,8 +350,7 @@ class Interface:
             conn.in_flight = channel
             conn.in_flight_since = time.monotonic()
             self.busy.add(conn)
-            if channel == "websocket.connect":
-                conn.connect_delivered = True
+            conn.connect_delivered = True  # the first event: connect, or the request
         if conn.resume is not None and len(conn.queue) < self.config.max_queued_events:
             resume, conn.resume = conn.resume, None
             if not resume.done():
@@ -302,10 +358,10 @@ class Interface:
         if conn.state is State.CLOSED and conn.in_flight is None and not conn.queue:
             self.conns.pop(conn.id, None)
 
-    def refused(self, conn: Connection, channel: str) -> bool:
+    def refused(self, conn: Connection | Exchange, channel: str) -> bool:
         """The pool would not take an event. True if it will be offered again later."""
         counters.incr("refused_pool_full")
-        if channel == "websocket.disconnect" and not self.stopping:
+        if channel.endswith(".disconnect") and not self.stopping:
             # The disconnect consumer is how applications clean up: keep offering it,
             # as long as the event timeout allows.
             if time.monotonic() - conn.closed_at < self.config.event_timeout:
@@ -315,7 +371,9 @@ class Interface:
                 return True
         conn.queue.popleft()
         log.warning("%s: pool for %s is full; refused the event", conn.reply_channel, channel)
-        if channel == "websocket.connect":
+        if channel == "http.request":
+            conn.refused()
+        elif channel == "websocket.connect":
             conn.decide(Decision.UNAVAILABLE)
         elif channel == "websocket.receive":
             # The events behind it must not reach a consumer without it: drop them
@@ -326,18 +384,18 @@ class Interface:
             counters.incr("disconnects_lost")
         return False
 
-    def drop_queued_receives(self, conn: Connection) -> None:
+    def drop_queued_receives(self, conn: Connection | Exchange) -> None:
         kept = [event for event in conn.queue if event[0] != "websocket.receive"]
         if len(kept) != len(conn.queue):
             counters.incr("receives_dropped_on_close", len(conn.queue) - len(kept))
             conn.queue.clear()
             conn.queue.extend(kept)
 
-    def retry(self, conn: Connection) -> None:
+    def retry(self, conn: Connection | Exchange) -> None:
         conn.retry_scheduled = False
         self.dispatch_next(conn)
 
-    def finished(self, conn: Connection) -> None:
+    def finished(self, conn: Connection | Exchange) -> None:
         conn.in_flight = None
         conn.overdue = False
         self.busy.discard(conn)
@@ -365,8 +423,11 @@ class Interface:
             if conn is None:
                 counters.incr("dropped_to_closed")
                 return
-            opcode = OPCODES.get(header.get("kind"), OPCODE_BINARY)
-            conn.write(frame(opcode, frames[2] if len(frames) == 3 else b""))
+            payload = frames[2] if len(frames) == 3 else b""
+            if conn.websocket:
+                conn.write(frame(OPCODES.get(header.get("kind"), OPCODE_BINARY), payload))
+            else:
+                conn.deliver(header.get("kind"), payload, header)
         elif op == wire.OP_DONE:
             if conn is None or conn.in_flight is None or header.get("seq") != conn.sequence:
                 # The connection is gone, or its event timed out and a later one is
@@ -385,6 +446,8 @@ class Interface:
             self.router_reader.kick()
         elif conn is None:
             counters.incr("dropped_to_closed")
+        elif not conn.websocket:
+            self.http_response(conn, op, header, frames[2] if len(frames) == 3 else None)
         elif op == wire.OP_ACCEPT:
             subprotocol = header.get("subprotocol")
             if subprotocol is not None and subprotocol not in conn.subprotocols:
@@ -403,19 +466,35 @@ class Interface:
             counters.incr("garbage")
             log.warning("dropped a message with unknown op %r", op)
 
-    def acknowledged(self, conn: Connection, header: dict[str, Any]) -> None:
+    def http_response(self, exchange: Exchange, op: str, header: dict[str, Any],
+                      payload: bytes | None) -> None:
+        if op == wire.OP_START:
+            exchange.start(header, payload)
+        elif op == wire.OP_BODY:
+            exchange.body(payload or b"", bool(header.get("more")))
+        elif op == wire.OP_HOLD:
+            exchange.hold_until_message(header)
+        elif op == wire.OP_CLOSE:
+            exchange.close()
+        elif op in (wire.OP_ACCEPT, wire.OP_REJECT):
+            exchange.invalid(f"{op} is for WebSocket connections")
+        else:
+            counters.incr("garbage")
+            log.warning("dropped a message with unknown op %r", op)
+
+    def acknowledged(self, conn: Connection | Exchange, header: dict[str, Any]) -> None:
         channel = conn.in_flight
         self.finished(conn)
         session = header.get("session")
         if isinstance(session, dict):
             conn.set_session(session)
         if header.get("error"):
-            conn.close(CLOSE_CONSUMER_ERROR, "consumer failed")
+            conn.consumer_failed()
         elif channel == "websocket.connect":
             conn.decide(Decision.ACCEPT)  # a connect consumer that returns accepts
         self.dispatch_next(conn)
 
-    def membership(self, conn: Connection | None, op: str, group: Any) -> bool:
+    def membership(self, conn: Connection | Exchange | None, op: str, group: Any) -> bool:
         if not isinstance(group, str) or not group:
             counters.incr("garbage")
             return False
@@ -456,9 +535,34 @@ class Interface:
             for conn in targets:
                 conn.close(code if isinstance(code, int) else 1000, "")
             return
-        data = frame(OPCODES.get(header.get("kind"), OPCODE_BINARY), payload)
+        kind = header.get("kind")
+        data = None  # framed once, for every WebSocket member
         for conn in targets:
-            conn.write(data)
+            if conn.websocket:
+                if data is None:
+                    data = frame(OPCODES.get(kind, OPCODE_BINARY), payload)
+                conn.write(data)
+            else:
+                conn.deliver(kind, payload, header)
+
+
+class StaticFiles(tornado.web.StaticFileHandler):
+    """Static files with caching headers: ``Cache-Control: max-age`` (static_max_age;
+    ten years for ``?v=`` versioned URLs), plus ETag and Last-Modified, so a
+    revalidation answers 304. The page at ``/`` is always revalidated."""
+
+    def initialize(self, path: str, default_filename: str | None = None,
+                   max_age: int = 0) -> None:
+        super().initialize(path, default_filename)
+        self.max_age = max_age
+
+    def get_cache_time(self, path: str, modified: Any, mime_type: str) -> int:
+        if "v" in self.request.arguments:
+            return self.CACHE_MAX_AGE
+        if self.default_filename is not None:
+            self.set_header("Cache-Control", "no-cache")
+            return 0
+        return self.max_age
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:

@@ -100,15 +100,23 @@ class Layer:
         return sock
 
     def group_send(self, group: str, text: str | None = None, bytes: bytes | None = None,
-                   close: int | None = None) -> None:
+                   close: int | None = None, event: str | None = None,
+                   id: str | int | None = None) -> None:
         """Deliver one message to every member of `group`: a text or binary frame, or,
-        with ``close=CODE``, a close. One ZeroMQ message, whatever the group's size."""
+        with ``close=CODE``, a close. One ZeroMQ message, whatever the group's size.
+        `event` and `id` name the Server-Sent Event that HTTP event-stream members
+        receive; WebSocket members ignore them."""
         wire.check_name(group, "group")
+        header: dict[str, Any]
         if close is not None:
             header, payload = {"op": wire.OP_CLOSE, "code": wire.check_close(close)}, b""
         else:
             kind, payload = wire.payload_of(text, bytes)
             header = {"op": wire.OP_SEND, "kind": kind}
+            if event is not None:
+                header["event"] = str(event)
+            if id is not None:
+                header["id"] = id
         self._send(self.groups, [group.encode(), wire.encode(header), payload],
                    "group %r", group)
 
@@ -213,8 +221,9 @@ def group_discard(group: str, reply_channel: ReplyChannel | str) -> bool:
 
 
 def group_send(group: str, text: str | None = None, bytes: bytes | None = None,
-               close: int | None = None) -> None:
-    current().group_send(group, text=text, bytes=bytes, close=close)
+               close: int | None = None, event: str | None = None,
+               id: str | int | None = None) -> None:
+    current().group_send(group, text=text, bytes=bytes, close=close, event=event, id=id)
 
 
 def reply_channel(name: str) -> ReplyChannel:

@@ -1,7 +1,8 @@
 """What a consumer receives (`Message`) and how it answers (`ReplyChannel`)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from urllib.parse import parse_qs
 
 from . import wire
 
@@ -87,6 +88,70 @@ class ReplyChannel:
         wire.check_close(code, reason)
         self._layer.to_interface(self, {"op": wire.OP_CLOSE, "code": code, "reason": reason})
 
+    # -- HTTP responses (the reply channel of an http.request) ----------------
+
+    def respond(self, body: str | bytes = b"", status: int = 200, headers: Headers = None,
+                content_type: str | None = None) -> None:
+        """Send a complete HTTP response. A str body is sent as UTF-8 and defaults to
+        ``text/plain; charset=utf-8``; bytes default to ``application/octet-stream``."""
+        payload, content_type = _body(body, content_type)
+        self._layer.to_interface(self, {
+            "op": wire.OP_START, "status": _status(status), "more": False,
+            "headers": _headers(headers, content_type)}, payload)
+
+    def start_response(self, status: int = 200, headers: Headers = None,
+                       content_type: str | None = None, body: str | bytes = b"") -> None:
+        """Start a streamed response: the status and headers (and maybe a first part)
+        go now, the body follows with `send_body` or `send` -- from this consumer or
+        any other process -- until `end`. Chunked transfer encoding unless the
+        headers give a Content-Length."""
+        payload, _ = _body(body, None)
+        self._layer.to_interface(self, {
+            "op": wire.OP_START, "status": _status(status), "more": True,
+            "mode": wire.MODE_STREAM, "headers": _headers(headers, content_type)}, payload)
+
+    def send_body(self, body: str | bytes, more: bool = True) -> None:
+        """One more part of a started response; ``more=False`` ends it."""
+        payload, _ = _body(body, None)
+        self._layer.to_interface(self, {"op": wire.OP_BODY, "more": bool(more)}, payload)
+
+    def end(self) -> None:
+        """End a started response (streamed or Server-Sent Events)."""
+        self._layer.to_interface(self, {"op": wire.OP_BODY, "more": False}, b"")
+
+    def start_events(self, headers: Headers = None, retry_ms: int | None = None) -> None:
+        """Turn the response into a Server-Sent Events stream (``text/event-stream``).
+        From now on every text message sent to this reply channel -- `send_event`,
+        `send`, or a `group_send` to a group it joined -- is an event; idle streams get
+        a comment line every ``sse_heartbeat`` seconds."""
+        first = b"retry: %d\n\n" % retry_ms if retry_ms is not None else b""
+        self._layer.to_interface(self, {
+            "op": wire.OP_START, "status": 200, "more": True, "mode": wire.MODE_SSE,
+            "headers": _headers(headers, None)}, first)
+
+    def send_event(self, data: str, event: str | None = None, id: str | int | None = None) -> None:
+        """One Server-Sent Event on a stream started with `start_events`."""
+        header: dict[str, Any] = {"op": wire.OP_SEND, "kind": wire.KIND_TEXT}
+        if event is not None:
+            header["event"] = event
+        if id is not None:
+            header["id"] = id
+        kind, payload = wire.payload_of(data, None)
+        self._layer.to_interface(self, header, payload)
+
+    def hold(self, timeout: float, status: int = 200, headers: Headers = None,
+             content_type: str | None = None, timeout_status: int = 204) -> None:
+        """Long-poll: keep the request open; the first message sent to this reply
+        channel (`send`, or a group message) becomes the whole body. After `timeout`
+        seconds without one the answer is `timeout_status` with no body. Call it
+        before adding the reply channel to a group."""
+        if not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
+            raise ValueError(f"hold timeout must be 0 < seconds <= 3600, not {timeout!r}")
+        self._layer.to_interface(self, {
+            "op": wire.OP_HOLD, "timeout": timeout, "status": _status(status),
+            "timeout_status": _status(timeout_status),
+            "headers": _headers(headers, content_type)})
+
     def __str__(self) -> str:
         return self.name
 
@@ -98,6 +163,41 @@ class ReplyChannel:
 
     def __hash__(self) -> int:
         return hash(self.name)
+
+
+Headers = Mapping[str, str] | Iterable[tuple[str, str]] | None
+
+
+def _status(status: Any) -> int:
+    if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
+        raise ValueError(f"HTTP status must be an int in 200..599, not {status!r}")
+    return status
+
+
+def _body(body: str | bytes, content_type: str | None) -> tuple[bytes, str | None]:
+    if isinstance(body, str):
+        return body.encode(), content_type or "text/plain; charset=utf-8"
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        return bytes(body), content_type or "application/octet-stream"
+    raise TypeError(f"a body is str or bytes, not {type(body).__name__}")
+
+
+def _headers(headers: Headers, content_type: str | None) -> list[list[str]]:
+    """Headers as [[name, value], ...], checked here so a mistake fails in the
+    consumer that made it (with a traceback), not later in the interface."""
+    items = headers.items() if isinstance(headers, Mapping) else (headers or ())
+    result = []
+    has_type = False
+    for name, value in items:
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError(f"header names and values are str, not {name!r}: {value!r}")
+        if not name or any(c in name for c in " :\r\n") or "\r" in value or "\n" in value:
+            raise ValueError(f"invalid header {name!r}: {value!r}")
+        has_type = has_type or name.lower() == "content-type"
+        result.append([name, value])
+    if content_type and not has_type:
+        result.append(["Content-Type", content_type])
+    return result
 
 
 class Message:
@@ -135,6 +235,21 @@ class Message:
     @property
     def path(self) -> str | None:
         return self.content.get("path")
+
+    @property
+    def method(self) -> str | None:
+        """The HTTP method of an ``http.request``."""
+        return self.content.get("method")
+
+    @property
+    def body(self) -> bytes:
+        """The request body of an ``http.request`` (read whole, at most max_body_bytes)."""
+        return self.payload
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        """The query string, parsed: ``{"name": ["value", ...]}``."""
+        return parse_qs(self.content.get("query_string", ""), keep_blank_values=True)
 
     @property
     def headers(self) -> dict[str, str]:

@@ -55,6 +55,12 @@ def frame(opcode: int, payload: bytes) -> bytes:
     return struct.pack("!BBQ", 0x80 | opcode, 127, n) + payload
 
 
+def unsent_bytes(stream: IOStream | None) -> int:
+    """Bytes written to the stream that the kernel has not taken yet. Tornado keeps
+    no public count; without one, its own write limit is the backstop."""
+    return len(getattr(stream, "_write_buffer", b""))
+
+
 class State(enum.Enum):
     CONNECTING = "connecting"  # handshake waiting for the connect consumer
     OPEN = "open"
@@ -68,6 +74,8 @@ class Decision(enum.Enum):
 
 
 class Connection:
+    websocket = True
+
     __slots__ = (
         "id", "reply_channel", "handler", "path", "state", "decision", "subprotocols",
         "subprotocol", "close_after_open", "stream", "queue", "in_flight", "in_flight_since",
@@ -108,6 +116,22 @@ class Connection:
         self.pending_bytes = 0
         self.resume: asyncio.Future[None] | None = None  # set while reading is paused
         self._receive_headers: dict[str, bytes] = {}
+
+    # -- what the event pipeline asks of every connection (see exchange.Exchange) --
+
+    def disconnect_channel(self) -> str | None:
+        return "websocket.disconnect"
+
+    def closed(self) -> None:
+        self.decide(Decision.REJECT)
+        self.handler = None
+        self.stream = None
+
+    def timed_out(self) -> None:
+        self.close(CLOSE_CONSUMER_ERROR, "consumer timed out")
+
+    def consumer_failed(self) -> None:
+        self.close(CLOSE_CONSUMER_ERROR, "consumer failed")
 
     def decide(self, decision: Decision) -> None:
         if not self.decision.done():
@@ -170,9 +194,7 @@ class Connection:
             counters.incr("dropped_to_closed")
 
     def unsent(self) -> int:
-        """Bytes written to the stream that the kernel has not taken yet. Tornado
-        keeps no public count; without one, its own write limit is the backstop."""
-        return len(getattr(self.stream, "_write_buffer", b""))
+        return unsent_bytes(self.stream)
 
     def outbound_limit(self) -> int:
         return self.handler.server.config.max_outbound_bytes if self.handler else 0

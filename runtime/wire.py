@@ -38,6 +38,17 @@ OP_CLOSE = "close"
 OP_DONE = "done"  # the consumer for the connection's in-flight event has returned
 OP_GROUP_ADD = "group_add"
 OP_GROUP_DISCARD = "group_discard"
+# HTTP responses: "start" sends the status and headers (and maybe the whole body),
+# "body" more of the body, "hold" parks a long-poll until a message arrives.
+OP_START = "start"
+OP_BODY = "body"
+OP_HOLD = "hold"
+
+# How an HTTP response carries later messages (reply_channel.send, group_send).
+MODE_RESPONSE = "response"  # one body, maybe in several "body" parts; sends not taken
+MODE_STREAM = "stream"  # each message is written to the body as it is
+MODE_SSE = "sse"  # each message is a Server-Sent Event
+MODE_HOLD = "hold"  # the first message is the whole body
 
 KIND_TEXT = "text"
 KIND_BYTES = "bytes"

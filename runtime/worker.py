@@ -15,7 +15,7 @@ from typing import Any
 
 import zmq
 
-from . import routing, wire
+from . import routing, wire, wsgi
 from .config import WEBSOCKET_CHANNELS, Config
 from .exceptions import ZChannelsError
 from .layer import Layer, set_current
@@ -35,6 +35,7 @@ STOP_IDLE = 0.2
 STOP_DRAIN_MS = 50  # how long a stopped worker waits for a message already on its way
 
 CLOSE_NO_CONSUMER = 4404  # WebSocket close code: nothing handles this path
+NOT_FOUND_BODY = "404 Not Found: no consumer for this path\n"
 
 
 class Worker(Service):
@@ -45,6 +46,10 @@ class Worker(Service):
         self.registry = registry
         self.unhandled_seen: set[str] = set()
         self.layer = Layer(config, self.context)
+        # The WSGI application answers the HTTP requests no consumer claims; it is
+        # loaded now so that a broken one stops the worker at start, loudly.
+        self.wsgi_app = (wsgi.load_app(config.wsgi_app)
+                         if config.wsgi_app and self.pool.serves("http.request") else None)
         # Credit-based dispatch: the pool queue sends one message per READY.
         self.events = self.socket(zmq.DEALER)
         self.events.routing_id = self.layer.identity
@@ -136,6 +141,16 @@ class Worker(Service):
             func, kwargs = found
             func(message, **kwargs)
             return
+        if message.channel == "http.request" and message.reply_channel is not None:
+            if self.wsgi_app is not None:
+                wsgi.run(self.wsgi_app, message)
+                return
+            counters.incr("no_consumer_for_path")
+            log.info("no consumer for HTTP %s %r: 404", message.method, path)
+            message.reply_channel.respond(NOT_FOUND_BODY, status=404)
+            return
+        if message.channel == "http.disconnect":
+            return  # nothing to clean up unless a consumer asked for it
         if message.channel in WEBSOCKET_CHANNELS:
             if self.registry.handles_path(path, WEBSOCKET_CHANNELS):
                 # The path has consumers, just none for this event (commonly no

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from runtime import config as config_module
-from runtime.config import (DEFAULT_CONFIG_PATH, MAX_IPC_PATH_BYTES, WEBSOCKET_CHANNELS, Config,
+from runtime.config import (CLIENT_CHANNELS, DEFAULT_CONFIG_PATH, MAX_IPC_PATH_BYTES, Config,
                             PoolConfig, load, parse)
 from runtime.exceptions import ConfigError
 
@@ -67,9 +67,11 @@ def test_load_without_arguments_reads_os_environ(tmp_path, monkeypatch):
 
 
 def test_shipped_config_parses_and_equals_defaults():
+    """Documented defaults, except that it mounts the demo WSGI application."""
     shipped = load(str(SHIPPED), environ={})
     assert shipped.source == str(SHIPPED)
-    assert _same_but_source(shipped, parse({}, environ={}))
+    assert shipped.wsgi_app == "demo_wsgi:application"
+    assert _same_but_source(dataclasses.replace(shipped, wsgi_app=""), parse({}, environ={}))
 
 
 def test_shipped_config_uses_only_known_tables_and_keys():
@@ -298,6 +300,20 @@ PARSE_ERRORS = [
                  ["no pool serves 'websocket.connect'", "websocket.*"], id="no-websocket-pool"),
     pytest.param(_pools(ws={"channels": ["websocket.connect", "websocket.receive"]}),
                  ["no pool serves 'websocket.disconnect'"], id="websocket-partly-served"),
+    pytest.param(_pools(ws={"channels": ["websocket.*"]}),
+                 ["no pool serves 'http.request'", "http.*"], id="no-http-pool"),
+    pytest.param({"server": {"static_url": "static"}}, ["static_url", "'/'"],
+                 id="static-url-relative"),
+    pytest.param({"server": {"static_index": "a/index.html"}}, ["static_index"],
+                 id="static-index-path"),
+    pytest.param({"server": {"static_max_age": -1}}, ["static_max_age"],
+                 id="static-max-age-negative"),
+    pytest.param({"server": {"wsgi_app": "app.wsgi"}}, ["wsgi_app", "module:callable"],
+                 id="wsgi-app-no-callable"),
+    pytest.param({"server": {"max_body_bytes": 0}}, ["max_body_bytes", "greater than 0"],
+                 id="max-body-zero"),
+    pytest.param({"server": {"http_timeout": -1.0}}, ["http_timeout", "greater than 0"],
+                 id="http-timeout-negative"),
     pytest.param({"endpoints": {"forwarder_out": 5555}}, ["[endpoints] forwarder_out", "str"],
                  id="endpoint-int"),
     pytest.param({"endpoints": {"router_workers": "inproc://router"}},
@@ -366,8 +382,8 @@ def test_pool_for_order_matters():
 
 
 def test_pool_for_globs_are_case_sensitive_and_may_match_nothing():
-    config = parse(_pools(ws={"channels": ["websocket.*"]}, jobs={"channels": ["job.?"]}),
-                   environ={})
+    config = parse(_pools(ws={"channels": ["websocket.*"]}, jobs={"channels": ["job.?"]},
+                          web={"channels": ["http.*"]}), environ={})
     assert config.pool_for("other") is None
     assert config.pool_for("WEBSOCKET.connect") is None
     assert config.pool_for("job.1").name == "jobs"
@@ -459,7 +475,7 @@ def test_junk_either_parses_or_raises_config_error(data):
     assert isinstance(config, Config)
     assert 0 <= config.port <= 65535
     assert config.pools and config.consumers
-    for channel in WEBSOCKET_CHANNELS:
+    for channel in CLIENT_CHANNELS:
         assert config.pool_for(channel) is not None
     endpoints = list(config_module.all_endpoints(config).values())
     assert len(set(endpoints)) == len(endpoints)
