@@ -72,9 +72,11 @@ class System:
     def __init__(self, *, workers: int = 2, interfaces: int = 2,
                  consumers: tuple[str, ...] = (DEMO_CONSUMERS, TEST_CONSUMERS),
                  server: dict[str, Any] | None = None,
-                 pools: dict[str, tuple[list[str], int]] | None = None) -> None:
-        """`pools`: name -> (channel patterns, number of workers), in routing order;
-        default: one pool "default" serving "*" with `workers` workers."""
+                 pools: dict[str, tuple[Any, ...]] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        """`pools`: name -> (channel patterns, number of workers[, capacity]), in
+        routing order; default: one pool "default" serving "*" with `workers` workers.
+        `env`: more environment variables for every process."""
         # IPC paths must fit in 107 bytes: keep the run directory short.
         self.run_dir = tempfile.mkdtemp(prefix="zc", dir="/tmp")
         self.config_path = os.path.join(self.run_dir, "zchannels.toml")
@@ -82,8 +84,10 @@ class System:
         settings = {"stats_interval": 0.2, **(server or {})}
         lines = ["[server]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
         self.pools = pools or {"default": (["*"], workers)}
-        for name, (channels, _) in self.pools.items():
+        for name, (channels, *rest) in self.pools.items():
             lines += [f"[pools.{name}]", f"channels = {json.dumps(channels)}"]
+            if len(rest) > 1:
+                lines.append(f"capacity = {rest[1]}")
         with open(self.config_path, "w") as f:
             f.write("\n".join(lines) + "\n")
         self.env = dict(os.environ,
@@ -91,7 +95,7 @@ class System:
                         ZCHANNELS_RUN_DIR=self.run_dir,
                         ZCHANNELS_CONSUMERS=os.pathsep.join(consumers),
                         ZCHANNELS_TEST_RECORD=self.record_path,
-                        PYTHONUNBUFFERED="1")
+                        PYTHONUNBUFFERED="1", **(env or {}))
         self.env.pop("ZCHANNELS_PORT", None)
         self.interfaces = interfaces
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -126,7 +130,7 @@ class System:
         try:
             started = [("router", self.spawn("router", "router")),
                        ("forwarder", self.spawn("forwarder", "forwarder"))]
-            for pool, (_, workers) in self.pools.items():
+            for pool, (_, workers, *_) in self.pools.items():
                 started.append((f"queue-{pool}",
                                 self.spawn(f"queue-{pool}", "queue", "--pool", pool)))
                 for i in range(workers):
