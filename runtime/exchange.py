@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import tornado.routing
 import tornado.web
-from tornado.httputil import HTTPServerRequest, responses
+from tornado.httputil import HTTPInputError, HTTPServerRequest, responses
 
 from . import wire
 from .stats import counters
@@ -158,7 +158,7 @@ class Exchange:
         try:
             self.handler.begin(header.get("status"), header.get("headers"),
                                SSE_HEADERS if mode == wire.MODE_SSE else ())
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, HTTPInputError) as e:
             self.invalid(str(e))
             return
         self.started = True
@@ -194,8 +194,7 @@ class Exchange:
                 self.handler.begin(timeout_status, [], ())
             else:
                 self.handler.begin(status, headers, ())
-        except (TypeError, ValueError) as e:
-            self.hold = None
+        except (TypeError, ValueError, HTTPInputError) as e:
             self.invalid(str(e))
             return
         self.mode = wire.MODE_RESPONSE
@@ -364,7 +363,8 @@ class ConsumerRequest(tornado.web.RequestHandler):
             if not (isinstance(item, (list, tuple)) and len(item) == 2
                     and isinstance(item[0], str) and isinstance(item[1], str)):
                 raise TypeError(f"a header must be [name, value] strings, not {item!r}")
-            self.add_header(item[0], item[1])  # ValueError on CR/LF in the value
+            # WSGI frameworks may leave a leading space (Django's Set-Cookie does).
+            self.add_header(item[0], item[1].strip())  # HTTPInputError on CR/LF
             names.add(item[0].lower())
         for name, value in defaults:
             if name.lower() not in names:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -335,3 +336,17 @@ async def read_until_closed(ws: WebSocketClientConnection, timeout: float = 5.0)
         if message is None:
             return messages
         messages.append(message)
+
+
+def http_request(port: int, method: str, path: str, body: Any = None,
+                 headers: dict[str, str] | None = None,
+                 timeout: float = 10.0) -> tuple[int, Any, bytes]:
+    """One HTTP/1.1 request on a fresh connection: (status, headers, body). The
+    headers are an `email.message.Message`: ``get_all("Set-Cookie")`` for repeats."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.msg, response.read()
+    finally:
+        conn.close()
