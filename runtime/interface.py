@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import re
+import resource
 import secrets
 import signal
 import time
@@ -586,6 +587,19 @@ def _peer_port(request: Any) -> int | None:
     return address[1] if isinstance(address, tuple) and len(address) > 1 else None
 
 
+def raise_open_files_limit() -> int:
+    """Every client is a file descriptor: take the hard limit, not the 1,024 soft one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as e:
+            log.warning("could not raise the open-files limit from %d to %d: %s", soft, hard, e)
+    return soft
+
+
 def main(config: Config, port: int | None = None) -> None:
-    log.info("starting interface (pid %d)", os.getpid())
+    log.info("starting interface (pid %d, open-files limit %d)", os.getpid(),
+             raise_open_files_limit())
     asyncio.run(Interface(config).run(port))

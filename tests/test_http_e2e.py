@@ -4,7 +4,9 @@ import asyncio
 import http.client
 import json
 import os
+import re
 import resource
+import signal
 import threading
 
 import pytest
@@ -103,6 +105,23 @@ def test_demo_consumer_and_wsgi_fallback_on_one_keep_alive_connection(system):
             "/app/no-such-page"
     finally:
         conn.close()
+
+
+def test_pipelined_requests_are_answered_in_order(system):
+    async def scenario():
+        reader, writer = await asyncio.open_connection("127.0.0.1", system.port)
+        paths = ["/test/http/handoff", "/hello", "/app/hello", "/hello"]
+        writer.write(b"".join(f"GET {p} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for p in paths))
+        bodies = []
+        for _ in paths:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
+            bodies.append(await asyncio.wait_for(reader.readexactly(length), 10))
+        writer.close()
+        return bodies
+    bodies = run(scenario())
+    assert bodies[0].startswith(b"answered by pid ")  # the slow one first, still
+    assert bodies[1:] == [b"hello\n", b"hello from WSGI\n", b"hello\n"]
 
 
 def test_head_has_headers_but_no_body(system):
@@ -317,3 +336,24 @@ def test_pool_full_is_503_with_retry_after():
         assert refused and served and len(refused) + len(served) == len(heads)
         assert all(b"\r\nRetry-After: 1\r\n" in h for h in refused)
         assert interface_total(system, "refused_http") == len(refused)
+
+
+def test_stopping_interface_ends_streams_and_refuses_unanswered_requests():
+    with checked_system(interfaces=1, server=dict(SERVER, http_timeout=30.0)) as system:
+        async def scenario():
+            reader, writer = await open_events(system.port, "/test/http/events/bye")
+            assert (await next_event(reader))[-1] == "data: welcome"
+            r2, w2 = await asyncio.open_connection("127.0.0.1", system.port)
+            w2.write(b"GET /test/http/silent HTTP/1.1\r\nHost: x\r\n\r\n")
+            await asyncio.to_thread(wait_until, lambda: records_starting(system, "silent"),
+                                    5, "the silent consumer")
+            system.processes["interface-0"].send_signal(signal.SIGTERM)
+            rest = await asyncio.wait_for(reader.read(), 10)  # to EOF
+            head = await asyncio.wait_for(r2.readuntil(b"\r\n\r\n"), 10)
+            writer.close()
+            w2.close()
+            return rest, head
+        rest, head = run(scenario())
+        assert rest.endswith(b"0\r\n\r\n"), rest  # the chunked body ended properly
+        assert head.startswith(b"HTTP/1.1 503 ")
+        assert system.processes["interface-0"].wait(10) == 0
