@@ -57,6 +57,9 @@ class Config:
     sse_heartbeat: float = 15.0  # seconds between comment lines on an idle SSE stream
     allowed_origins: tuple[str, ...] = ()  # empty: only the page's own host may connect
     max_message_bytes: int = 1024 * 1024  # larger incoming frames close with 1009
+    max_connections: int = 10_000  # per interface process: WebSockets + HTTP requests
+    rate_limit: float = 1000.0  # WebSocket messages per second per connection (0: off)
+    rate_burst: int = 2000  # messages a connection may send at once above rate_limit
     handshake_timeout: float = 10.0  # seconds the connect consumer has to accept or reject
     event_timeout: float = 60.0  # seconds a consumer may hold one event before 1011
     max_queued_events: int = 64  # per connection; beyond it the socket stops being read
@@ -106,6 +109,9 @@ _SCALARS: dict[str, tuple[type, ...]] = {
     "http_timeout": (int, float),
     "sse_heartbeat": (int, float),
     "max_message_bytes": (int,),
+    "max_connections": (int,),
+    "rate_limit": (int, float),
+    "rate_burst": (int,),
     "handshake_timeout": (int, float),
     "event_timeout": (int, float),
     "max_queued_events": (int,),
@@ -122,6 +128,8 @@ _LISTS = ("consumers", "allowed_origins")
 _ENDPOINTS = ("router_workers", "router_interfaces", "forwarder_in", "forwarder_out")
 _POSITIVE = (
     "max_message_bytes",
+    "max_connections",
+    "rate_burst",
     "max_body_bytes",
     "http_timeout",
     "sse_heartbeat",
@@ -255,6 +263,8 @@ def _check_ranges(config: Config) -> None:
         # Tornado waits for a pong only until the next ping is due.
         raise ConfigError(f"{config.source}: [server] ping_timeout ({config.ping_timeout:g}) "
                           f"must not be longer than ping_interval ({config.ping_interval:g})")
+    if config.rate_limit < 0:
+        raise ConfigError(f"{config.source}: [server] rate_limit must be 0 (off) or more")
     if config.static_max_age < 0:
         raise ConfigError(f"{config.source}: [server] static_max_age must be 0 or more")
     if not (config.static_url.startswith("/") and config.static_url.endswith("/")

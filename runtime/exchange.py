@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import tornado.routing
 import tornado.web
+from tornado.http1connection import HTTP1Connection
+from tornado.iostream import IOStream
 from tornado.httputil import HTTPInputError, HTTPServerRequest, responses
 
 from . import wire
@@ -70,7 +72,6 @@ class Exchange:
     """The state of one HTTP request/response, as the interface's event pipeline
     sees a connection (queue, one event in flight, groups) plus the response."""
 
-    websocket = False
     resume = None  # HTTP requests are read whole; there is nothing to pause
     session = None
 
@@ -215,7 +216,7 @@ class Exchange:
                 self.handler.write(payload)  # finish() sends it, with Content-Length
             self.end()
 
-    def deliver(self, kind: str, payload: bytes, header: dict[str, Any]) -> None:
+    def deliver(self, kind: Any, payload: bytes, header: dict[str, Any]) -> None:
         """A message for this reply channel (``send`` or a group message)."""
         if self.handler is None or self.ended:
             counters.incr("dropped_to_closed")
@@ -241,7 +242,7 @@ class Exchange:
         handler = self.handler
         assert handler is not None
         limit = handler.server.config.max_outbound_bytes
-        if unsent_bytes(handler.request.connection.stream) + len(data) > limit:
+        if unsent_bytes(handler.stream()) + len(data) > limit:
             counters.incr("outbound_overflow")
             log.warning("%s: more than %d bytes waiting to be sent (the client is not "
                         "reading fast enough); ending the response", self.reply_channel, limit)
@@ -279,8 +280,8 @@ class Exchange:
 
     def abort(self) -> None:
         handler = self.handler
-        if handler is not None:
-            stream = handler.request.connection.stream
+        stream = handler.stream() if handler is not None else None
+        if stream is not None:
             stream.close()  # on_connection_close ends the exchange, with http.disconnect
 
     def late(self, what: str) -> None:
@@ -312,6 +313,9 @@ class ConsumerRequest(tornado.web.RequestHandler):
         self.too_large = False
 
     def prepare(self) -> None:
+        if self.server.at_capacity():
+            self.send_error(503, reason="Too Many Connections")
+            raise tornado.web.Finish()
         limit = self.server.config.max_body_bytes
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > limit:
@@ -319,7 +323,9 @@ class ConsumerRequest(tornado.web.RequestHandler):
             raise tornado.web.Finish()
         # Chunked bodies are counted as they arrive (data_received); Tornado's own
         # limit, above ours, only cuts off a client that ignores the 413.
-        self.request.connection.set_max_body_size(2 * limit + 65536)
+        connection = self.request.connection
+        assert isinstance(connection, HTTP1Connection)
+        connection.set_max_body_size(2 * limit + 65536)
 
     def data_received(self, chunk: bytes) -> None:
         if self.too_large:
@@ -374,6 +380,10 @@ class ConsumerRequest(tornado.web.RequestHandler):
         if self._status_code in NO_BODY_STATUSES:
             return  # Tornado refuses any body with these
         super().write(chunk)
+
+    def stream(self) -> IOStream | None:
+        connection = self.request.connection
+        return connection.stream if isinstance(connection, HTTP1Connection) else None
 
     def compute_etag(self) -> None:
         return None  # the application decides about ETags, not the server

@@ -34,8 +34,8 @@ from .exchange import ConsumerRequest, Exchange, WebSocketUpgrade
 from .groups import GroupTable
 from .process import announce_ready, withdraw_ready
 from .stats import counters
-from .websocket import (CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN_LATER, OPCODE_BINARY, OPCODES,
-                        Connection, ConsumerSocket, Decision, State, frame)
+from .websocket import (CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER, OPCODE_BINARY,
+                        OPCODES, Connection, ConsumerSocket, Decision, State, frame)
 from .zmqio import SocketReader
 
 log = logging.getLogger("runtime.interface")
@@ -107,7 +107,11 @@ class Interface:
             websocket_ping_timeout=self.config.ping_timeout,
         )
         self.http = tornado.httpserver.HTTPServer(
-            app, max_body_size=2 * self.config.max_body_bytes + 65536)
+            app, max_body_size=2 * self.config.max_body_bytes + 65536,
+            # A client has handshake_timeout to send its request headers (also how long
+            # an idle keep-alive connection stays open), http_timeout for a body.
+            idle_connection_timeout=self.config.handshake_timeout,
+            body_timeout=self.config.http_timeout)
         sockets = tornado.netutil.bind_sockets(
             self.config.port if port is None else port, self.config.host, reuse_port=True)
         self.http.add_sockets(sockets)
@@ -178,10 +182,12 @@ class Interface:
         the workers, then close the ZeroMQ sockets."""
         self.http.stop()
         for conn in list(self.conns.values()):
-            if conn.websocket:
+            if isinstance(conn, Connection):
                 conn.close(CLOSE_GOING_AWAY, "server shutting down")
-            elif isinstance(conn, Exchange):  # a stream ends; an unanswered request: 503
-                conn.close() if conn.started else conn.fail(503, "server shutting down")
+            elif conn.started:  # a stream ends
+                conn.close()
+            else:
+                conn.fail(503, "server shutting down")
         deadline = time.monotonic() + SHUTDOWN_GRACE
         while any(c.queue or c.state is not State.CLOSED for c in self.conns.values()):
             if time.monotonic() > deadline:
@@ -248,6 +254,15 @@ class Interface:
 
     # -- connections -------------------------------------------------------
 
+    def at_capacity(self) -> bool:
+        """max_connections reached: refuse (503) and count."""
+        if len(self.conns) < self.config.max_connections:
+            return False
+        counters.incr("refused_max_connections")
+        log.warning("refused a connection: %d connections is max_connections",
+                    len(self.conns))
+        return True
+
     def origin_allowed(self, origin: str, host: str) -> bool:
         if origin in self.config.allowed_origins or "*" in self.config.allowed_origins:
             return True
@@ -295,6 +310,8 @@ class Interface:
             # 1013 they must not reach a consumer without the events we dropped.
             counters.incr("receives_dropped_on_close")
             return None
+        if self.config.rate_limit and not self.within_rate(conn):
+            return None
         if isinstance(message, str):
             conn.queue.append(("websocket.receive", wire.KIND_TEXT, message.encode(), None))
         else:
@@ -308,6 +325,26 @@ class Interface:
             return conn.resume
         return None
 
+    def within_rate(self, conn: Connection) -> bool:
+        """Token bucket: rate_limit messages a second, rate_burst at once. A client
+        over it is closed with 1008, and its queued messages are dropped with it (their
+        answers could not follow the close frame)."""
+        now = time.monotonic()
+        burst = self.config.rate_burst
+        tokens = conn.tokens + (now - conn.tokens_at) * self.config.rate_limit \
+            if conn.tokens_at else float(burst)
+        conn.tokens_at = now
+        if tokens < 1.0:
+            conn.tokens = tokens
+            counters.incr("rate_limited")
+            log.warning("%s: more than %g messages/s (burst %d); closing with %d",
+                        conn.reply_channel, self.config.rate_limit, burst, CLOSE_POLICY)
+            self.drop_queued_receives(conn)
+            conn.close(CLOSE_POLICY, "rate limit exceeded")
+            return False
+        conn.tokens = min(float(burst), tokens) - 1.0
+        return True
+
     def connection_closed(self, conn: Connection | Exchange, code: int | None) -> None:
         """The socket (or HTTP response) is gone: leave every group now, then tell the
         consumers, in order."""
@@ -317,7 +354,7 @@ class Interface:
         conn.closed_at = time.monotonic()
         self.groups.leave_all(conn)
         conn.closed()
-        if conn.websocket:
+        if isinstance(conn, Connection):
             if conn.resume is not None and not conn.resume.done():
                 conn.resume.set_result(None)
             if code is not None:
@@ -336,7 +373,8 @@ class Interface:
         while conn.in_flight is None and conn.queue:
             channel, kind, payload, header = conn.queue[0]
             if header is None:
-                header = (conn.receive_header(kind) if channel == "websocket.receive"
+                header = (conn.receive_header(kind)
+                          if channel == "websocket.receive" and isinstance(conn, Connection)
                           else conn.disconnect_header())
             sequence = conn.sequence + 1
             try:
@@ -372,7 +410,7 @@ class Interface:
                 return True
         conn.queue.popleft()
         log.warning("%s: pool for %s is full; refused the event", conn.reply_channel, channel)
-        if channel == "http.request":
+        if isinstance(conn, Exchange):
             conn.refused()
         elif channel == "websocket.connect":
             conn.decide(Decision.UNAVAILABLE)
@@ -425,7 +463,7 @@ class Interface:
                 counters.incr("dropped_to_closed")
                 return
             payload = frames[2] if len(frames) == 3 else b""
-            if conn.websocket:
+            if isinstance(conn, Connection):
                 conn.write(frame(OPCODES.get(header.get("kind"), OPCODE_BINARY), payload))
             else:
                 conn.deliver(header.get("kind"), payload, header)
@@ -447,7 +485,7 @@ class Interface:
             self.router_reader.kick()
         elif conn is None:
             counters.incr("dropped_to_closed")
-        elif not conn.websocket:
+        elif isinstance(conn, Exchange):
             self.http_response(conn, op, header, frames[2] if len(frames) == 3 else None)
         elif op == wire.OP_ACCEPT:
             subprotocol = header.get("subprotocol")
@@ -491,7 +529,7 @@ class Interface:
             conn.set_session(session)
         if header.get("error"):
             conn.consumer_failed()
-        elif channel == "websocket.connect":
+        elif isinstance(conn, Connection) and channel == "websocket.connect":
             conn.decide(Decision.ACCEPT)  # a connect consumer that returns accepts
         self.dispatch_next(conn)
 
@@ -539,7 +577,7 @@ class Interface:
         kind = header.get("kind")
         data = None  # framed once, for every WebSocket member
         for conn in targets:
-            if conn.websocket:
+            if isinstance(conn, Connection):
                 if data is None:
                     data = frame(OPCODES.get(kind, OPCODE_BINARY), payload)
                 conn.write(data)
@@ -552,9 +590,8 @@ class StaticFiles(tornado.web.StaticFileHandler):
     ten years for ``?v=`` versioned URLs), plus ETag and Last-Modified, so a
     revalidation answers 304. The page at ``/`` is always revalidated."""
 
-    def initialize(self, path: str, default_filename: str | None = None,
-                   max_age: int = 0) -> None:
-        super().initialize(path, default_filename)
+    def initialize(self, max_age: int = 0, **kwargs: Any) -> None:  # type: ignore[override]
+        super().initialize(**kwargs)
         self.max_age = max_age
 
     def get_cache_time(self, path: str, modified: Any, mime_type: str) -> int:

@@ -1,6 +1,7 @@
 """What a consumer receives (`Message`) and how it answers (`ReplyChannel`)."""
 from __future__ import annotations
 
+import builtins
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 from urllib.parse import parse_qs
 
@@ -242,7 +243,7 @@ class Message:
         return self.content.get("method")
 
     @property
-    def body(self) -> bytes:
+    def body(self) -> builtins.bytes:
         """The request body of an ``http.request`` (read whole, at most max_body_bytes)."""
         return self.payload
 

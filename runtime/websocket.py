@@ -74,14 +74,13 @@ class Decision(enum.Enum):
 
 
 class Connection:
-    websocket = True
-
     __slots__ = (
         "id", "reply_channel", "handler", "path", "state", "decision", "subprotocols",
         "subprotocol", "close_after_open", "stream", "queue", "in_flight", "in_flight_since",
         "connect_delivered", "close_code", "closed_at", "retry_scheduled", "sequence",
         "overdue", "closing",
         "groups", "session", "pending", "pending_bytes", "resume", "_receive_headers",
+        "tokens", "tokens_at",
     )
 
     def __init__(self, conn_id: int, reply_channel: str, handler: "ConsumerSocket",
@@ -116,6 +115,8 @@ class Connection:
         self.pending_bytes = 0
         self.resume: asyncio.Future[None] | None = None  # set while reading is paused
         self._receive_headers: dict[str, bytes] = {}
+        self.tokens = 0.0  # rate limit: messages this connection may still send now
+        self.tokens_at = 0.0  # when `tokens` was last topped up
 
     # -- what the event pipeline asks of every connection (see exchange.Exchange) --
 
@@ -283,6 +284,8 @@ class ConsumerSocket(tornado.websocket.WebSocketHandler):
     async def prepare(self) -> None:
         if self.request.headers.get("Upgrade", "").lower() != "websocket":
             raise tornado.web.HTTPError(404)
+        if self.server.at_capacity():
+            raise tornado.web.HTTPError(503, "too many connections")
         origin = self.request.headers.get("Origin")
         if origin is not None and not self.check_origin(origin):
             counters.incr("refused_origin")
