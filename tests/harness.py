@@ -350,3 +350,21 @@ def http_request(port: int, method: str, path: str, body: Any = None,
         return response.status, response.msg, response.read()
     finally:
         conn.close()
+
+
+def read_gated_stream(system: System, path: str, gate: str) -> tuple[Any, bytes, bytes]:
+    """GET a streamed response whose producer waits for the file ``gate-<gate>`` in
+    the run directory after its first line: (response, first line, rest). The first
+    line arriving before the gate opens proves the body streams rather than
+    arriving whole."""
+    gate_file = os.path.join(system.run_dir, f"gate-{gate}")
+    conn = http.client.HTTPConnection("127.0.0.1", system.port, timeout=20)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        first = response.readline() if response.status == 200 else b""
+        open(gate_file, "w").close()
+        return response, first, response.read()
+    finally:
+        conn.close()
+        os.unlink(gate_file)

@@ -1,6 +1,5 @@
 """A real Django project (tests/apps/djsite) behind zchannels: every request goes
 through the interface, the pool queue and a worker running Django's WSGI handler."""
-import http.client
 import os
 import re
 import subprocess
@@ -11,7 +10,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from harness import ROOT, checked_system, http_request, wait_until
+from harness import ROOT, checked_system, http_request, read_gated_stream, wait_until
 
 APPS = os.path.join(ROOT, "tests", "apps")
 
@@ -72,18 +71,9 @@ def test_session_cookie_round_trips(site):
 
 
 def test_streaming_response_streams_and_close_is_called(site):
-    gate = os.path.join(site.run_dir, "gate-django")
-    conn = http.client.HTTPConnection("127.0.0.1", site.port, timeout=20)
-    try:
-        conn.request("GET", "/django/stream")
-        response = conn.getresponse()
-        assert response.status == 200
-        # The view's generator waits for the gate: this part came before the rest.
-        assert response.readline() == b"first\n"
-        open(gate, "w").close()
-        assert response.read() == b"second\n"
-    finally:
-        conn.close()
+    # The view's generator waits for the gate: its first part came before the rest.
+    response, first, rest = read_gated_stream(site, "/django/stream", "django")
+    assert (response.status, first, rest) == (200, b"first\n", b"second\n")
     wait_until(lambda: ["django-stream-closed"] in site.records(), 5,
                "the response's close()")
 

@@ -1,11 +1,10 @@
 """A Flask application (tests/apps/flaskapp.py) behind zchannels, through real processes."""
-import http.client
 import json
 import os
 
 import pytest
 
-from harness import ROOT, checked_system, http_request, wait_until
+from harness import ROOT, checked_system, http_request, read_gated_stream, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -44,17 +43,8 @@ def test_cookies(site):
 
 
 def test_streaming(site):
-    gate = os.path.join(site.run_dir, "gate-flask")
-    conn = http.client.HTTPConnection("127.0.0.1", site.port, timeout=20)
-    try:
-        conn.request("GET", "/flask/stream")
-        response = conn.getresponse()
-        assert response.status == 200
-        assert response.readline() == b"a\n"
-        open(gate, "w").close()
-        assert response.read() == b"b\n"
-    finally:
-        conn.close()
+    response, first, rest = read_gated_stream(site, "/flask/stream", "flask")
+    assert (response.status, first, rest) == (200, b"a\n", b"b\n")
     wait_until(lambda: closed(site, "/flask/stream"), 5, "close() after the stream")
 
 

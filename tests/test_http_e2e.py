@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from harness import checked_system, http_request, read, run, wait_until
+from harness import checked_system, http_request, read, read_gated_stream, run, wait_until
 
 SERVER = {"http_timeout": 1.0, "max_body_bytes": 65536, "sse_heartbeat": 0.5,
           "wsgi_app": "demo_wsgi:application"}
@@ -149,22 +149,13 @@ def test_chunked_request_bodies_reach_consumers_and_wsgi(system):
 
 
 def test_streamed_response_arrives_part_by_part(system):
-    gate = os.path.join(system.run_dir, "gate-stream")
-    conn = http.client.HTTPConnection("127.0.0.1", system.port, timeout=10)
-    try:
-        conn.request("GET", "/test/http/stream/4")
-        response = conn.getresponse()
-        assert response.status == 200
-        assert response.getheader("Transfer-Encoding") == "chunked"
-        assert response.getheader("X-Parts") == "4"
-        # The consumer is blocked until the gate opens: this part came before the rest
-        # of the body existed.
-        assert response.readline() == b"part 0\n"
-        open(gate, "w").close()
-        assert response.read() == b"part 1\npart 2\npart 3\n"
-    finally:
-        conn.close()
-        os.unlink(gate)
+    # The consumer is blocked until the gate opens: the first part came before the
+    # rest of the body existed.
+    response, first, rest = read_gated_stream(system, "/test/http/stream/4", "stream")
+    assert response.status == 200
+    assert response.getheader("Transfer-Encoding") == "chunked"
+    assert response.getheader("X-Parts") == "4"
+    assert (first, rest) == (b"part 0\n", b"part 1\npart 2\npart 3\n")
 
 
 def test_a_response_can_come_later_from_another_consumer(system):
