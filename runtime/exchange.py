@@ -12,7 +12,6 @@ memberships are already gone.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -88,8 +87,7 @@ class Exchange:
         self.handler: ConsumerRequest | None = handler
         self.path = handler.request.path
         self.state = State.OPEN
-        self.queue: collections.deque[tuple[str, str, bytes, bytes | None]] = \
-            collections.deque()
+        self.queue: list[tuple[str, str, bytes, bytes | None]] = []
         self.in_flight: str | None = None
         self.in_flight_since = 0.0
         self.sequence = 0

@@ -23,7 +23,12 @@ class GroupTable(Generic[M]):
 
     def add(self, group: bytes, member: M) -> None:
         self._members.setdefault(group, set()).add(member)
-        member.groups.add(group)
+        if not member.groups:
+            # Members may share one empty set until they join something (a set is
+            # 216 bytes, and most connections of a large server are in no group).
+            member.groups = {group}
+        else:
+            member.groups.add(group)
 
     def discard(self, group: bytes, member: M) -> bool:
         """Remove `member` from `group`; False if it was not in it."""
@@ -38,7 +43,8 @@ class GroupTable(Generic[M]):
             members = self._members.get(group)
             if members is not None:
                 self._remove(group, members, member, keep_member_set=True)
-        member.groups.clear()
+        if member.groups:
+            member.groups = set()
 
     def members(self, group: bytes) -> set[M] | None:
         return self._members.get(group)

@@ -26,6 +26,7 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.routing
 import tornado.web
+import tornado.websocket
 import zmq
 
 from . import wire
@@ -103,8 +104,8 @@ class Interface:
             self.rules(),
             log_function=_log_request,
             websocket_max_message_size=self.config.max_message_bytes,
-            websocket_ping_interval=self.config.ping_interval,
-            websocket_ping_timeout=self.config.ping_timeout,
+            # Pings come from one pinger task for every socket (`ping`), not from a
+            # task per socket as Tornado's websocket_ping_interval would start.
         )
         self.http = tornado.httpserver.HTTPServer(
             app, max_body_size=2 * self.config.max_body_bytes + 65536,
@@ -121,10 +122,13 @@ class Interface:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop)
         sweeper = asyncio.create_task(self.sweep())
+        pinger = asyncio.create_task(self.ping()) if self.config.ping_interval else None
         announce_ready(self.config.run_dir, "interface", id=self.id, port=self.port)
         log.info("interface %s listening on %s:%d", self.id, self.config.host, self.port)
         await self.stopped.wait()
         sweeper.cancel()
+        if pinger is not None:
+            pinger.cancel()
         await self.shutdown()
 
     def rules(self) -> list[Any]:
@@ -232,6 +236,34 @@ class Interface:
             self.sweep_exchanges(now)
             if counters.due(self.config.stats_interval):
                 counters.write(force=True)
+
+    async def ping(self) -> None:
+        """Ping every open WebSocket every ping_interval; close (1000, "ping timed out")
+        one that has not answered within ping_timeout, so a half-open TCP peer is
+        found and its disconnect consumer runs. One task for all sockets: a task
+        per socket (Tornado's way) costs each connection a kilobyte or two."""
+        interval, timeout = self.config.ping_interval, self.config.ping_timeout
+        period = max(0.02, min(SWEEP_INTERVAL, (timeout or interval) / 4))
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for conn in list(self.conns.values()):
+                if not isinstance(conn, Connection) or conn.state is not State.OPEN \
+                        or conn.handler is None or conn.closing:
+                    continue
+                if timeout and not conn.pong:
+                    if now - conn.ping_at >= timeout:
+                        counters.incr("ping_timeouts")
+                        log.info("%s: no pong within %gs; closing", conn.reply_channel,
+                                 timeout)
+                        conn.close(1000, "ping timed out")
+                elif now - conn.ping_at >= interval:
+                    conn.ping_at = now
+                    conn.pong = False
+                    try:
+                        conn.handler.ping()
+                    except tornado.websocket.WebSocketClosedError:
+                        pass
 
     def sweep_exchanges(self, now: float) -> None:
         """HTTP responses that did not start within http_timeout (504), held
@@ -384,7 +416,7 @@ class Interface:
                 if self.refused(conn, channel):
                     return  # retried later
                 continue
-            conn.queue.popleft()
+            del conn.queue[0]
             conn.sequence = sequence
             conn.in_flight = channel
             conn.in_flight_since = time.monotonic()
@@ -408,7 +440,7 @@ class Interface:
                     conn.retry_scheduled = True
                     asyncio.get_running_loop().call_later(DISCONNECT_RETRY, self.retry, conn)
                 return True
-        conn.queue.popleft()
+        del conn.queue[0]
         log.warning("%s: pool for %s is full; refused the event", conn.reply_channel, channel)
         if isinstance(conn, Exchange):
             conn.refused()
@@ -427,8 +459,7 @@ class Interface:
         kept = [event for event in conn.queue if event[0] != "websocket.receive"]
         if len(kept) != len(conn.queue):
             counters.incr("receives_dropped_on_close", len(conn.queue) - len(kept))
-            conn.queue.clear()
-            conn.queue.extend(kept)
+            conn.queue[:] = kept
 
     def retry(self, conn: Connection | Exchange) -> None:
         conn.retry_scheduled = False

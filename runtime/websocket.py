@@ -10,10 +10,10 @@ most one in flight; when the queue is full the socket is not read any further
 from __future__ import annotations
 
 import asyncio
-import collections
 import enum
 import logging
 import struct
+import time
 from typing import TYPE_CHECKING, Any, Awaitable
 
 import tornado.web
@@ -61,6 +61,9 @@ def unsent_bytes(stream: IOStream | None) -> int:
     return len(getattr(stream, "_write_buffer", b""))
 
 
+NO_GROUPS: set[bytes] = set()  # shared by connections in no group; GroupTable never adds to it
+
+
 class State(enum.Enum):
     CONNECTING = "connecting"  # handshake waiting for the connect consumer
     OPEN = "open"
@@ -80,7 +83,7 @@ class Connection:
         "connect_delivered", "close_code", "closed_at", "retry_scheduled", "sequence",
         "overdue", "closing",
         "groups", "session", "pending", "pending_bytes", "resume", "_receive_headers",
-        "tokens", "tokens_at",
+        "tokens", "tokens_at", "ping_at", "pong",
     )
 
     def __init__(self, conn_id: int, reply_channel: str, handler: "ConsumerSocket",
@@ -90,16 +93,19 @@ class Connection:
         self.handler: ConsumerSocket | None = handler
         self.path: str = handler.request.path
         self.state = State.CONNECTING
-        self.decision: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        # The connect consumer's decision; dropped once the socket is open (memory:
+        # a connection may live for days).
+        self.decision: asyncio.Future[Decision] | None = \
+            asyncio.get_running_loop().create_future()
         self.subprotocols = subprotocols
         self.subprotocol: str | None = None
         self.close_after_open: tuple[int, str] | None = None
         self.stream: IOStream | None = None
         # (channel, kind, payload, header): receive and disconnect headers are built
         # only when the event is dispatched, so they carry the session as the
-        # previous event's consumer left it.
-        self.queue: collections.deque[tuple[str, str, bytes, bytes | None]] = \
-            collections.deque()
+        # previous event's consumer left it. A list, not a deque: it holds at most
+        # max_queued_events, and an empty list is 56 bytes where a deque is 760.
+        self.queue: list[tuple[str, str, bytes, bytes | None]] = []
         self.in_flight: str | None = None  # channel of the event a consumer is running
         self.in_flight_since = 0.0
         self.sequence = 0  # number of the last event dispatched; acks must name it
@@ -109,7 +115,7 @@ class Connection:
         self.close_code = 1006  # what the client sent when it closed; 1006: no close frame
         self.closed_at = 0.0
         self.retry_scheduled = False
-        self.groups: set[bytes] = set()
+        self.groups: set[bytes] = NO_GROUPS  # GroupTable gives it its own set on joining
         self.session: dict[str, Any] | None = None
         self.pending: list[bytes] = []  # frames sent before the handshake finished
         self.pending_bytes = 0
@@ -117,6 +123,8 @@ class Connection:
         self._receive_headers: dict[str, bytes] = {}
         self.tokens = 0.0  # rate limit: messages this connection may still send now
         self.tokens_at = 0.0  # when `tokens` was last topped up
+        self.ping_at = 0.0  # when the last ping went out (the interface's pinger)
+        self.pong = True  # a pong (or nothing to wait for) since that ping
 
     # -- what the event pipeline asks of every connection (see exchange.Exchange) --
 
@@ -135,7 +143,7 @@ class Connection:
         self.close(CLOSE_CONSUMER_ERROR, "consumer failed")
 
     def decide(self, decision: Decision) -> None:
-        if not self.decision.done():
+        if self.decision is not None and not self.decision.done():
             self.decision.set_result(decision)
 
     def receive_header(self, kind: str) -> bytes:
@@ -220,6 +228,8 @@ class Connection:
     def opened(self) -> None:
         assert self.handler is not None and self.handler.ws_connection is not None
         self.state = State.OPEN
+        self.decision = None
+        self.ping_at = time.monotonic()  # the first ping is due ping_interval from now
         self.stream = stream = self.handler.ws_connection.stream
         assert stream is not None  # set by Tornado before it calls open()
         # Tornado raises StreamBufferFullError past this, whatever writes.
@@ -294,6 +304,7 @@ class ConsumerSocket(tornado.websocket.WebSocketHandler):
         header = self.request.headers.get("Sec-WebSocket-Protocol", "")
         subprotocols = [s.strip() for s in header.split(",") if s.strip()]
         self.conn = conn = self.server.open_connection(self, subprotocols)
+        assert conn.decision is not None
         try:
             decision = await asyncio.wait_for(asyncio.shield(conn.decision),
                                               self.server.config.handshake_timeout)
@@ -328,6 +339,10 @@ class ConsumerSocket(tornado.websocket.WebSocketHandler):
     def open(self, *args: Any, **kwargs: Any) -> None:
         assert self.conn is not None
         self.conn.opened()
+
+    def on_pong(self, data: bytes) -> None:
+        if self.conn is not None:
+            self.conn.pong = True
 
     def on_message(self, message: str | bytes) -> Awaitable[None] | None:
         assert self.conn is not None
