@@ -23,6 +23,7 @@ import time
 from typing import Any
 from urllib.parse import parse_qs
 
+import tornado.iostream
 import tornado.web
 import tornado.websocket
 
@@ -88,6 +89,15 @@ class HelloHandler(tornado.web.RequestHandler):
         self.write("hello\n")
 
 
+def _ignore_closed(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    # A member that closes while a broadcast is written to it fails that write's Future,
+    # which nobody awaits: that is normal in a chat room, not worth a traceback each.
+    if isinstance(context.get("exception"), (tornado.websocket.WebSocketClosedError,
+                                              tornado.iostream.StreamClosedError)):
+        return
+    loop.default_exception_handler(context)
+
+
 async def serve(port: int, ready_file: str | None) -> None:
     app = tornado.web.Application([(r"/ws/echo", EchoHandler),
                                    (r"/ws/chat/([^/]+)", ChatHandler),
@@ -101,6 +111,7 @@ async def serve(port: int, ready_file: str | None) -> None:
         os.replace(tmp, ready_file)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_ignore_closed)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()

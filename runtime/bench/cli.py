@@ -161,9 +161,19 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_plot:
         why_not = report.plot(stem + ".png", args.mode, runs)
         print(f"note: {why_not}" if why_not else f"plot: {stem}.png", file=sys.stderr)
-    failed = any(not run["figures"].get("balanced", True)
-                 or run["figures"]["opened"] < run["figures"]["wanted"] for run in runs)
-    return 1 if failed else 0
+    return 1 if any(problems(run["figures"]) for run in runs) else 0
+
+
+def problems(figures: dict[str, Any]) -> list[str]:
+    """What makes a run's figures untrustworthy (the exit status is 1 if any)."""
+    found = []
+    if not figures.get("balanced", True):
+        found.append("the counts do not add up")
+    if figures["opened"] < figures["wanted"]:
+        found.append("not every connection could be opened")
+    if figures.get("mismatched") or figures.get("bad_status"):
+        found.append("wrong answers")
+    return found
 
 
 def measure(args: argparse.Namespace, url: str, name: str, system: str,

@@ -62,6 +62,10 @@ class Histogram:
         if not 0 < p <= 100:
             raise ValueError(f"percentile must be in (0, 100], not {p}")
         rank = max(1, math.ceil(p / 100 * self.count))
+        if rank == 1:
+            return self.min
+        if rank == self.count:
+            return self.max
         seen = 0
         for bucket in sorted(self.buckets):
             seen += self.buckets[bucket]
