@@ -21,7 +21,7 @@ from . import httpclient, wsclient
 from .histogram import Histogram
 
 CONNECT_CONCURRENCY = 64  # handshakes in flight per client process
-CONNECT_TIMEOUT = 15.0  # seconds for one handshake
+CONNECT_TIMEOUT = 60.0  # seconds for one handshake (a chat room's joins slow them down)
 QUIET = 0.5  # seconds without a message that count as settled
 SETTLE_LIMIT = 60.0  # seconds to wait for the room to settle at most
 PROGRESS_INTERVAL = 0.25  # seconds between progress updates
@@ -149,7 +149,8 @@ class Client:
                     await self.connect_one(i)
                 except (OSError, asyncio.TimeoutError, wsclient.HandshakeError) as e:
                     self.count("connect_failed")
-                    self.error(f"connection {i}: {type(e).__name__}: {e}")
+                    why = str(e) or f"no answer within {CONNECT_TIMEOUT:g} s"
+                    self.error(f"connection {i}: {type(e).__name__}: {why}")
         await asyncio.gather(*(one(i) for i in range(n)))
 
     def close_all(self) -> None:

@@ -37,9 +37,12 @@ METRICS: dict[str, list[tuple[str, str, str, bool]]] = {
 def lookup(figures: dict[str, Any], key: str) -> Any:
     value: Any = figures
     for part in key.split("."):
-        if not isinstance(value, dict) or part not in value:
+        if isinstance(value, (list, tuple)) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        elif isinstance(value, dict) and part in value:
+            value = value[part]
+        else:
             return None
-        value = value[part]
     return value
 
 
@@ -83,7 +86,8 @@ def table(mode: str, runs: list[dict[str, Any]], compared: list[dict[str, Any]])
     lines = [" " * width + "  " + "  ".join(n.rjust(c) for n, c in zip(names, cols))]
     extra_rows = [("connections", "opened", "{:,}"), ("client CPU (cores)", "client_cpu", "{:.2f}"),
                   ("busiest client process", "client_cpu_max_process", "{:.0%}"),
-                  ("server CPU (cores)", "server_cpu", "{:.2f}")]
+                  ("server CPU (cores)", "server_cpu", "{:.2f}"),
+                  ("machine load average (1 min)", "loadavg.0", "{:.2f}")]
     rows = [(label, key, style) for key, label, style, _ in metrics] + \
         [(label, key, style) for label, key, style in extra_rows]
     for label, key, style in rows:

@@ -4,6 +4,7 @@ up what the clients counted into one dict of figures."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 import time
 from multiprocessing.connection import Connection, wait
@@ -57,7 +58,7 @@ class Clients:
                 raise BenchError(f"client processes did not finish '{phase}' within "
                                  f"{timeout:.0f} s")
             for pipe in wait([p for i, p in enumerate(self.pipes) if i not in answers],
-                             min(left, 0.5)):
+                             min(left, 0.1)):
                 index = self.pipes.index(pipe)  # type: ignore[arg-type]
                 try:
                     kind, data = pipe.recv()  # type: ignore[union-attr]
@@ -149,12 +150,23 @@ def run_load(mode: str, spec: dict[str, Any], server_pids: Callable[[], list[int
         deadline = start + spec["duration"]
         clients.send_all(("go", start, deadline))
         progress.begin(start)
+        # The server's CPU is read when the load stops, not after the drain.
+        at_deadline: dict[str, Any] = {}
+
+        def while_waiting() -> None:
+            progress.update()
+            if not at_deadline and time.monotonic() >= deadline:
+                at_deadline.update(cpu=servers.cpu_by_pid(pids), time=time.monotonic())
         results = clients.gather("result", spec["duration"] + spec["drain"] + PHASE_TIMEOUT,
-                                 progress.update)
+                                 while_waiting)
         progress.update(final=True)
-        cpu_after = servers.cpu_by_pid(pids)
-        server_wall = max(1e-9, time.monotonic() - start)
+        if not at_deadline:
+            at_deadline.update(cpu=servers.cpu_by_pid(pids), time=time.monotonic())
+        cpu_after = at_deadline["cpu"]
+        server_wall = max(1e-9, at_deadline["time"] - start)
         figures: dict[str, Any] = {"connect_seconds": round(connect_seconds, 3),
+                                   # other work on the machine shows here (1, 5, 15 min)
+                                   "loadavg": os.getloadavg(),
                                    "opened": opened, "wanted": wanted}
         if mode == "idle":
             time.sleep(IDLE_SETTLE)
