@@ -92,8 +92,8 @@ class HelloHandler(tornado.web.RequestHandler):
 def _ignore_closed(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     # A member that closes while a broadcast is written to it fails that write's Future,
     # which nobody awaits: that is normal in a chat room, not worth a traceback each.
-    if isinstance(context.get("exception"), (tornado.websocket.WebSocketClosedError,
-                                              tornado.iostream.StreamClosedError)):
+    closed = (tornado.websocket.WebSocketClosedError, tornado.iostream.StreamClosedError)
+    if isinstance(context.get("exception"), closed):
         return
     loop.default_exception_handler(context)
 

@@ -92,8 +92,8 @@ def spec_for(args: argparse.Namespace, url: str) -> dict[str, Any]:
     connections = args.connections or DEFAULT_CONNECTIONS.get(args.mode, 50)
     spec = {"url": url, "duration": args.duration, "drain": args.drain, "quiet": args.quiet,
             "processes": args.processes, "size": args.size, "connections": connections,
-            "subscribers": args.subscribers, "publishers": min(args.publishers,
-                                                              args.subscribers),
+            "subscribers": args.subscribers,
+            "publishers": min(args.publishers, args.subscribers),
             "rate": args.rate, "window": args.window}
     if args.mode == "idle":
         spec["duration"] = 0.0  # one echo per connection proves it open; then it idles

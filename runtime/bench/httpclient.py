@@ -91,7 +91,8 @@ class HttpProtocol(asyncio.Protocol):
         return True
 
     def _chunked_body(self) -> bytes | None:
-        buf, pos, chunks = self.buffer, 0, []
+        buf, pos = self.buffer, 0
+        chunks: list[bytes] = []
         while True:
             end = buf.find(b"\r\n", pos)
             if end < 0:

@@ -83,8 +83,12 @@ class Client:
         """The parent's next message, without blocking the loop."""
         loop = asyncio.get_running_loop()
         if not self.pipe.poll():
-            ready = loop.create_future()
-            loop.add_reader(self.pipe.fileno(), lambda: ready.done() or ready.set_result(None))
+            ready: asyncio.Future[None] = loop.create_future()
+
+            def readable() -> None:
+                if not ready.done():
+                    ready.set_result(None)
+            loop.add_reader(self.pipe.fileno(), readable)
             try:
                 await ready
             finally:

@@ -57,11 +57,12 @@ class Clients:
             if left <= 0:
                 raise BenchError(f"client processes did not finish '{phase}' within "
                                  f"{timeout:.0f} s")
-            for pipe in wait([p for i, p in enumerate(self.pipes) if i not in answers],
-                             min(left, 0.1)):
-                index = self.pipes.index(pipe)  # type: ignore[arg-type]
+            waiting = [p for i, p in enumerate(self.pipes) if i not in answers]
+            for ready in wait(waiting, min(left, 0.1)):
+                pipe = waiting[waiting.index(ready)]  # type: ignore[arg-type]
+                index = self.pipes.index(pipe)
                 try:
-                    kind, data = pipe.recv()  # type: ignore[union-attr]
+                    kind, data = pipe.recv()
                 except EOFError:
                     raise BenchError(f"client process {index} died during '{phase}'") from None
                 if kind == "failed":
