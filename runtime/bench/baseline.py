@@ -128,8 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.fds:
         from .modes import raise_fd_limit
         _, problem = raise_fd_limit(args.fds)
-        if problem:
-            print(f"baseline: {problem}", file=sys.stderr)
+        if problem:  # the bench reads this line and warns about it beside the figures
+            print(f"baseline: {problem.split(': use')[0]} (raise `ulimit -Hn`)",
+                  file=sys.stderr, flush=True)
     asyncio.run(serve(args.port, args.ready_file))
 
 
@@ -145,6 +146,7 @@ class Baseline:
         self.proc = proc
         self.port = port
         self.workdir = workdir
+        self.notes: list[str] = []  # what keeps it from taking the whole load
 
     @property
     def base(self) -> str:
@@ -195,7 +197,11 @@ def start_tornado(workdir: str, fds: int = 0) -> Baseline:
         except (FileNotFoundError, ValueError):
             return None
     info = _wait_for(proc, ready, "the raw Tornado baseline", log_path)
-    return Baseline("raw Tornado", proc, info["port"], workdir)
+    baseline = Baseline("raw Tornado", proc, info["port"], workdir)
+    with open(log_path, errors="replace") as f:
+        baseline.notes = [line[len("baseline: "):].strip() for line in f
+                          if line.startswith("baseline: ")]
+    return baseline
 
 
 def start_gunicorn(workdir: str, workers: int) -> Baseline:

@@ -188,12 +188,14 @@ def run_baseline(args: argparse.Namespace, url: str, show: bool) -> dict[str, An
     parts = urlsplit(url)
     workdir = tempfile.mkdtemp(prefix="zcbench")
     wsgi = args.mode == "http" and parts.path.startswith("/app/")
-    fds = (args.connections or 0) + 1024 if args.mode == "idle" else 0
+    fds = args.connections or 0 if args.mode == "idle" else 0
     server: Baseline = start_gunicorn(workdir, args.http_workers) if wsgi \
         else start_tornado(workdir, fds)
     try:
         base_url = f"{parts.scheme}://{server.base}{parts.path}" \
             + (f"?{parts.query}" if parts.query else "")
-        return measure(args, base_url, server.name, "baseline", server.pids, show)
+        run = measure(args, base_url, server.name, "baseline", server.pids, show)
+        run["figures"]["warnings"] += [f"baseline server: {note}" for note in server.notes]
+        return run
     finally:
         server.stop()
