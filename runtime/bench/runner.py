@@ -130,6 +130,7 @@ def run_load(mode: str, spec: dict[str, Any], server_pids: Callable[[], list[int
     warnings: list[str] = []
     pids = server_pids()
     rss_before = servers.total_rss(pids) if pids else None
+    rss_each = servers.rss_by_pid(pids)
     started = time.monotonic()
     clients = Clients(mode, spec)
     progress = Progress(label, spec["duration"], clients, show_progress)
@@ -180,6 +181,10 @@ def run_load(mode: str, spec: dict[str, Any], server_pids: Callable[[], list[int
             else:
                 figures.update(rss_before=rss_before, rss_after=rss_after,
                                rss_per_connection=(rss_after - rss_before) / max(1, opened))
+                after_each = servers.rss_by_pid(pids)
+                figures["rss_by_process"] = [
+                    {"pid": pid, "command": servers.command(pid),
+                     "before": rss_each.get(pid), "after": after_each[pid]} for pid in pids]
     finally:
         clients.stop()
     figures.update(aggregate(mode, spec, results, warnings))

@@ -71,6 +71,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def command(pid: int) -> str:
+    """A process's command line, shortened to what names its role."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().decode(errors="replace").split("\0")
+    except (FileNotFoundError, ProcessLookupError):
+        return "?"
+    return " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(args) if a)[:80]
+
+
+def rss_by_pid(pids: list[int]) -> dict[int, int]:
+    return {pid: rss_bytes(pid) for pid in pids}
+
+
 def total_rss(pids: list[int]) -> int:
     return sum(rss_bytes(pid) for pid in pids)
 
