@@ -134,6 +134,9 @@ def test_comparisons_and_table():
     text = report.table("echo", [project, base], rows)
     assert "round trips/s" in text and "1,000" in text and "0.50x" in text
     assert "WARNING (zchannels): something odd" in text
+    # Wrong answers void the comparison: a fast 404 is no result.
+    project["figures"]["bad_status"] = 3
+    assert all(row["ratio"] is None for row in report.comparisons("echo", [(project, base)]))
 
 
 def test_endpoints_per_mode():

@@ -69,11 +69,15 @@ def comparisons(mode: str, pairs: list[tuple[dict[str, Any], dict[str, Any]]]
     """For each (project run, baseline run): every metric and project / baseline."""
     rows = []
     for project, base in pairs:
+        # A run that got wrong answers has no ratio: its speed means nothing.
+        wrong = any(run["figures"].get(k) for run in (project, base)
+                    for k in ("bad_status", "mismatched"))
         for key, label, _, higher_better in METRICS[mode]:
             mine, theirs = lookup(project["figures"], key), lookup(base["figures"], key)
             rows.append({"project": project["name"], "baseline": base["name"], "metric": key,
                          "label": label, "value": mine, "baseline_value": theirs,
-                         "ratio": ratio(mine, theirs), "higher_is_better": higher_better})
+                         "ratio": None if wrong else ratio(mine, theirs),
+                         "higher_is_better": higher_better})
     return rows
 
 
