@@ -11,7 +11,7 @@ import pytest
 from runtime.bench import cli, report, runner
 from runtime.bench.histogram import GROWTH, Histogram
 from runtime.bench.httpclient import HttpProtocol, ResponseError
-from runtime.bench.modes import share
+from runtime.bench.client import share
 from runtime.bench.wsclient import OP_TEXT, WebSocketProtocol, masked_frame
 
 

@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fds", type=int, default=0, help="file descriptors to allow")
     args = parser.parse_args(argv)
     if args.fds:
-        from .modes import raise_fd_limit
+        from .client import raise_fd_limit
         _, problem = raise_fd_limit(args.fds)
         if problem:  # the bench reads this line and warns about it beside the figures
             print(f"baseline: {problem.split(': use')[0]} (raise `ulimit -Hn`)",
