@@ -1,5 +1,5 @@
 """Run one load against one server: start the client processes, step them through
-their phases (modes.py), show progress, measure the server's CPU and memory, and add
+their phases (client.py, modes.py), show progress, measure the server's CPU and memory, and add
 up what the clients counted into one dict of figures."""
 from __future__ import annotations
 
