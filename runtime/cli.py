@@ -35,12 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
     queue = roles.add_parser("queue", help="a pool's queue (hands messages to free workers)")
     queue.add_argument("--pool", default="default")
     roles.add_parser("check-config", help="validate the config and print it")
+    roles.add_parser("bench", help="load a running server (see scripts/bench --help)",
+                     add_help=False)
     stats = roles.add_parser("stats", help="print the counters of every running process")
     stats.add_argument("--json", action="store_true")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # the load scripts have their own options (runtime/bench)
+        from .bench.cli import main as bench_main
+        os.environ.setdefault("ZCHANNELS_BENCH_PROG", "zchannels bench")
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     try:

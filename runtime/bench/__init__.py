@@ -1,0 +1,1 @@
+"""Bundled load scripts: ``scripts/bench`` (see cli.py and docs/benchmarks.md)."""
