@@ -67,6 +67,9 @@ class Worker(Service):
                  self.layer.identity.decode(), self.pool.name, ", ".join(self.pool.channels),
                  len(self.registry.routes))
         self.ask_for_work()
+        # A gauge makes the worker write its stats every stats_interval, like the other
+        # roles, so a reader can tell "nothing changed" from "not written yet".
+        counters.gauges["handled"] = lambda: self.handled
         self.serve(identity=self.layer.identity.decode(), routes=len(self.registry.routes))
 
     def stop(self) -> None:
