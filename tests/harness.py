@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
@@ -95,6 +96,8 @@ class System:
         self.env.pop("ZCHANNELS_PORT", None)
         self.interfaces = interfaces
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.arguments: dict[str, tuple[str, ...]] = {}  # name -> `python -m runtime` args
+        self.restarts: list[tuple[str, int, int]] = []  # (name, old pid, new pid)
         self.expected_errors: list[re.Pattern[str]] = []
         self.port = 0
 
@@ -106,6 +109,7 @@ class System:
                                 env=self.env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.processes[name] = proc
+        self.arguments[name] = args
         return proc
 
     def ready_info(self, role: str, proc: subprocess.Popen[bytes]) -> dict[str, Any] | None:
@@ -152,6 +156,7 @@ class System:
         proc = self.spawn(f"interface-{index}", "interface", "--port", str(self.port))
         info = self.wait_ready("interface", proc)
         self.port = info["port"]
+        self.arguments[f"interface-{index}"] = ("interface", "--port", str(self.port))
         return proc
 
     def kill(self, name: str) -> None:
@@ -160,12 +165,55 @@ class System:
         proc.kill()
         proc.wait(10)
 
-    def restart(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        """Start `name` again with the same role arguments and wait until it is ready."""
-        role = {"router": "router", "forwarder": "forwarder"}[name]
-        proc = self.spawn(name, role, *args)
-        self.wait_ready(role, proc)
+    def restart(self, name: str, wait: bool = True) -> subprocess.Popen[bytes]:
+        """Start `name` again with the same arguments; `wait` until it is ready."""
+        old = self.processes[name]
+        args = self.arguments[name]
+        proc = self.spawn(name, *args)
+        self.restarts.append((name, old.pid, proc.pid))
+        if wait:
+            info = self.wait_ready(self.role_of(name), proc)
+            if name.startswith("interface"):
+                assert info["port"] == self.port
         return proc
+
+    def role_of(self, name: str) -> str:
+        args = self.arguments[name]
+        return f"{args[0]}-{args[2]}" if args[0] in ("queue", "worker") else args[0]
+
+    @contextlib.contextmanager
+    def supervised(self, prefix: str, interval: float = 0.1) -> Iterator[None]:
+        """Restart any process whose name starts with `prefix` when it exits, as
+        supervisord's autorestart would, while the block runs."""
+        done = threading.Event()
+        failures: list[BaseException] = []
+
+        def restart_dead() -> None:
+            for name, proc in list(self.processes.items()):
+                if name.startswith(prefix) and proc.poll() is not None:
+                    self.restart(name, wait=False)  # it may die again before it is ready
+
+        def watch() -> None:
+            while not done.wait(interval):
+                try:
+                    restart_dead()
+                except BaseException as e:  # reported when the block ends
+                    failures.append(e)
+                    return
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            done.set()
+            watcher.join(5)
+        if failures:
+            raise failures[0]
+        # Leave every supervised process running and ready for what comes next.
+        restart_dead()
+        for name, proc in list(self.processes.items()):
+            if name.startswith(prefix):
+                self.wait_ready(self.role_of(name), proc)
 
     def stop(self) -> None:
         """SIGTERM every process, interfaces first; SIGKILL any still there after the timeout."""
