@@ -360,6 +360,11 @@ class Interface:
             counters.incr("garbage")
             log.warning("dropped a malformed message from worker %r: %s", frames[0], e)
             return
+        if not isinstance(op, str) or type(conn_id) is not int or not _valid_fields(header):
+            counters.incr("garbage")
+            log.warning("dropped a message with wrong field types from worker %r: %.200r",
+                        frames[0], frames[1])
+            return
         conn = self.conns.get(conn_id)
         if op == wire.OP_SEND:
             if conn is None:
@@ -447,6 +452,11 @@ class Interface:
             counters.incr("garbage")
             log.warning("dropped a malformed group message for %r: %s", group, e)
             return
+        if not _valid_fields(header):
+            counters.incr("garbage")
+            log.warning("dropped a group message with wrong field types for %r: %.200r",
+                        group, raw_header)
+            return
         counters.incr("group_deliveries", len(members))
         # A snapshot: a write or close may end a member's connection, and with it its
         # memberships.
@@ -459,6 +469,19 @@ class Interface:
         data = frame(OPCODES.get(header.get("kind"), OPCODE_BINARY), payload)
         for conn in targets:
             conn.write(data)
+
+
+def _valid_fields(header: dict[str, Any]) -> bool:
+    """Whether the optional fields the interface acts on have usable values (a worker
+    never sends anything else; this is about garbage on the sockets)."""
+    if not isinstance(header.get("kind", ""), str):
+        return False
+    if header.get("op") == wire.OP_CLOSE:
+        try:
+            wire.check_close(header.get("code", 1000), header.get("reason", ""))
+        except (ValueError, TypeError, AttributeError):
+            return False
+    return True
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:

@@ -51,7 +51,7 @@ WRONG_TYPED_HEADERS = [
     {"op": "group_add", "group": 5, "req": {}, "conn": 1},
     {"channel": 5}, {"channel": "websocket.receive", "reply_channel": 7},
     {"channel": "websocket.receive", "reply_channel": "nobody!1", "ack": True,
-     "path": "/ws/echo", "kind": "text"},
+     "path": "/nowhere", "kind": "text"},
     {"channel": "websocket.connect", "reply_channel": "x!y", "path": None},
     {"channel": ["x"], "session": "not a dict"}, {"channel": "app.none", "session": [1]},
     {"redelivered": "yes", "channel": "app.none"},
@@ -138,7 +138,7 @@ class ZmqAttacker:
         for name, sock in self.peers.items():
             for _ in range(count):
                 frames = random_message(self.rng)
-                if sock.socket_type == zmq.XSUB:
+                if sock.type == zmq.XSUB:
                     # Subscription words too, then leave: never a slow subscriber.
                     frames = [self.rng.choice([b"\x01", b"\x00", b"\x02"]) + frames[0]]
                 try:
