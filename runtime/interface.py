@@ -348,6 +348,7 @@ class Interface:
         if len(frames) == 2 and frames[0] == wire.PING and frames[1] == wire.PONG:
             self.router_answered = True
             return
+        counters.incr("from_router")  # against the workers' to_router: the router's losses
         if len(frames) not in (2, 3):
             counters.incr("garbage")
             log.warning("dropped a malformed message from the router (%d frames)", len(frames))
@@ -443,6 +444,7 @@ class Interface:
             if payload == self.id.encode():
                 self.probe_seen = True
             return
+        counters.incr("group_received")  # against the workers' group_sends
         members = self.groups.members(group)
         if not members:
             return
