@@ -73,9 +73,12 @@ class System:
     def __init__(self, *, workers: int = 2, interfaces: int = 2,
                  consumers: tuple[str, ...] = (DEMO_CONSUMERS, TEST_CONSUMERS),
                  server: dict[str, Any] | None = None,
-                 pools: dict[str, tuple[list[str], int]] | None = None) -> None:
+                 pools: dict[str, tuple[list[str], int]] | None = None,
+                 pool_capacity: dict[str, int] | None = None) -> None:
         """`pools`: name -> (channel patterns, number of workers), in routing order;
-        default: one pool "default" serving "*" with `workers` workers."""
+        default: one pool "default" serving "*" with `workers` workers.
+        `pool_capacity`: name -> capacity, for the pools that do not use the default."""
+        pool_capacity = pool_capacity or {}
         # IPC paths must fit in 107 bytes: keep the run directory short.
         self.run_dir = tempfile.mkdtemp(prefix="zc", dir="/tmp")
         self.config_path = os.path.join(self.run_dir, "zchannels.toml")
@@ -83,8 +86,10 @@ class System:
         settings = {"stats_interval": 0.2, **(server or {})}
         lines = ["[server]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
         self.pools = pools or {"default": (["*"], workers)}
-        for name, (channels, _) in self.pools.items():
+        for name, (channels, *_) in self.pools.items():
             lines += [f"[pools.{name}]", f"channels = {json.dumps(channels)}"]
+            if name in pool_capacity:
+                lines.append(f"capacity = {pool_capacity[name]}")
         with open(self.config_path, "w") as f:
             f.write("\n".join(lines) + "\n")
         self.env = dict(os.environ,
