@@ -16,9 +16,12 @@ frames (or ``--duration`` seconds have passed):
 Meanwhile ``--echo`` clients do numbered round trips on /ws/echo and ``--chat``
 clients talk in one chat room. The report says how many frames of each kind went
 out, how many round trips and chat messages the good clients completed, and whether
-every one of them got every expected answer, in order, with no unexpected close, and
-whether every server process (by PID, from run_dir/ready) is still alive. Exit status
-0 only if all of that holds.
+every one of them got every expected answer (echo: in order; chat: every message of
+every member exactly once) with no unexpected close, and whether every server
+process (by PID, from run_dir/ready) is still alive. Exit status 0 only if all of
+that holds. Chat streams that arrived out of order are reported, not failed: the
+runtime does not order group sends made by consecutive events of one connection
+when those run on different workers (docs/architecture.md, Known gaps).
 
     scripts/fuzz --frames 100000 --run-dir run        # against scripts/run
 
@@ -388,11 +391,15 @@ async def chat_clients(url: str, count: int, tally: Tally, stop: asyncio.Event,
     for i in range(count):
         for j in range(count):
             got = received[i].get(f"c{j}", [])
-            if got != list(range(sent[j])):
+            if sorted(got) != list(range(sent[j])):
                 missing = len(set(range(sent[j])) - set(got))
                 tally.failures.append(f"chat client {i} from c{j}: {len(got)} of {sent[j]} "
-                                      f"messages, {missing} missing, in order: "
-                                      f"{got == sorted(got)}")
+                                      f"messages, {missing} missing")
+            elif got != sorted(got):
+                # Not a failure: consecutive messages of one client are consecutive events,
+                # which may run on different workers, and group sends from different
+                # workers are not ordered with each other (docs/architecture.md, Known gaps).
+                tally.note("chat streams received out of order (known gap)")
     for ws in clients:
         ws.close()
     for listener in listeners:
