@@ -499,9 +499,9 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
 
 
 def _peer_port(request: Any) -> int | None:
-    stream = getattr(request.connection, "stream", None)
-    try:
-        address = stream.socket.getpeername() if stream is not None else None
+    sock = getattr(getattr(request.connection, "stream", None), "socket", None)
+    try:  # the socket is None once the client has gone
+        address = sock.getpeername() if sock is not None else None
     except OSError:
         return None
     return address[1] if isinstance(address, tuple) and len(address) > 1 else None

@@ -144,7 +144,7 @@ class Connection:
         """Write one complete frame, or keep it until the handshake is done."""
         if self.state is State.OPEN:
             ws = self.handler.ws_connection if self.handler else None
-            if self.stream is None or ws is None or ws.server_terminated:
+            if self.stream is None or ws is None or ws.server_terminated or self.stream.closed():
                 counters.incr("dropped_to_closing")
                 return
             if self.unsent() + len(data) > self.outbound_limit():
@@ -173,7 +173,8 @@ class Connection:
     def unsent(self) -> int:
         """Bytes written to the stream that the kernel has not taken yet. Tornado
         keeps no public count; without one, its own write limit is the backstop."""
-        return len(getattr(self.stream, "_write_buffer", b""))
+        buffer = getattr(self.stream, "_write_buffer", None)  # None once it has closed
+        return len(buffer) if buffer is not None else 0
 
     def outbound_limit(self) -> int:
         return self.handler.server.config.max_outbound_bytes if self.handler else 0

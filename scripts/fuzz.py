@@ -506,8 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     if tally.total() < args.frames:
         print(f"FAIL only {tally.total()} of {args.frames} frames sent within "
               f"{args.duration:g} s")
-    print("fuzz: OK, every well-behaved client got every answer in order" if ok
-          else "fuzz: FAILED")
+    print("fuzz: OK, every echo answer came back in order, every chat message reached "
+          "every member once, no server process died" if ok else "fuzz: FAILED")
     return 0 if ok else 1
 
 

@@ -155,13 +155,18 @@ def test_invalid_utf8_in_a_text_frame_closes_with_1007_and_disturbs_no_one(syste
     (b"GET /ws/echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
      b"Sec-WebSocket-Version: 13\r\n\r\n", {b"400"}),  # no Sec-WebSocket-Key
 ])
+@pytest.mark.parametrize("eof", [False, True], ids=["open", "half-closed"])
 def test_malformed_http_gets_an_error_or_a_close_and_disturbs_no_one(system, request_bytes,
-                                                                      statuses):
+                                                                      statuses, eof):
+    """Also with the client half-closing right after its request: the upgrade request
+    then reached the interface with its socket already gone (it used to raise)."""
     before = pids(system)
+    if eof:
+        statuses = statuses | {b""}
 
     async def scenario():
         bystander = await system.connect("/ws/echo")
-        answer = await raw_exchange(system.port, request_bytes)
+        answer = await raw_exchange(system.port, request_bytes, eof=eof)
         bystander.write_message("still fine")
         assert await read(bystander) == "still fine"
         bystander.close()
