@@ -1,8 +1,11 @@
 """/test/echo-rc: an echo that first tells the client its reply channel (and with it
 the interface it is on), for the fault tests."""
+import os
 import time
 
 from runtime import consumer, group_send
+
+from _record import record
 
 
 @consumer("websocket.connect", path="/test/echo-rc")
@@ -33,3 +36,12 @@ def slow_accept(message):
 @consumer("websocket.receive", path="/test/slow-echo")
 def echo_after_slow_accept(message):
     message.reply_channel.send(text=message.text)
+
+
+@consumer("websocket.receive", path="/test/hold")
+def hold(message):
+    """Records its worker's pid, holds the event for float(text) seconds, then answers
+    whether this is a redelivery."""
+    record("hold", message.reply_channel.name, os.getpid(), int(message.redelivered))
+    time.sleep(float(message.text))
+    message.reply_channel.send(text=f"held {message.redelivered}")
