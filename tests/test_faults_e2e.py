@@ -125,11 +125,13 @@ class Load:
 
     # -- what the clients saw ----------------------------------------------------
 
-    def check_echo(self, allowed_close_codes, duplicates_allowed=False):
+    def check_echo(self, allowed_close_codes, duplicates_allowed=False, hung=None):
         """Every answer in order; a client that lost one saw its socket close. With
         `duplicates_allowed` (at-least-once delivery after a worker died between its
         reply and asking for more work), an answer may come twice in a row; the client
-        then reads one answer behind."""
+        then reads one answer behind. Clients that waited READ_TIMEOUT for an answer
+        without their socket closing fail the check, unless a `hung` list collects
+        them (the router case: see its test)."""
         closed = []
         for client in self.echo:
             answers = client["answers"]
@@ -137,6 +139,9 @@ class Load:
                 answers = [a for i, a in enumerate(answers) if i == 0 or answers[i - 1] != a]
             expected = [f"{client['rc']} {i}" for i in range(len(answers))]
             assert answers == expected, f"{client['rc']}: answers out of order"
+            if client["hung"] and hung is not None:
+                hung.append(client)
+                continue
             assert not client["hung"], f"{client['rc']}: waited {READ_TIMEOUT}s, no close"
             repeated = len(client["answers"]) - len(answers)
             unanswered = client["sent"] - len(answers) - repeated
@@ -251,7 +256,9 @@ def test_a_killed_relay_is_restarted_and_traffic_resumes(system, relay):
         return load, restarted
 
     load, restarted = run(scenario(), timeout=90)
-    closed = load.check_echo(allowed_close_codes=(1011,))
+    hung = []
+    closed = load.check_echo(allowed_close_codes=(1011,),
+                             hung=hung if relay == "router" else None)
     interfaces = system.settled_counters("interface")
     # Every 1011 is an event lost with the relay, and counted as such.
     assert len(closed) <= interfaces.get("event_timeouts", 0)
@@ -262,6 +269,8 @@ def test_a_killed_relay_is_restarted_and_traffic_resumes(system, relay):
         group_resumed = load.group_resumed_after(restarted)
         report(f"{relay}: group traffic resumed within", group_resumed)
         assert group_resumed < RESUME_BOUND
+    elif load.sender_closed == "hung" and relay == "router":
+        hung.append("the group sender")  # its "sent" was lost: the same gap as below
     else:
         assert load.sender_closed == 1011
     workers = wait_until(lambda: system.counters("worker"), 5, "worker stats")
@@ -277,6 +286,12 @@ def test_a_killed_relay_is_restarted_and_traffic_resumes(system, relay):
         report("router: messages lost inside the killed router (to_router - from_router)",
                lost, "messages")
         assert lost >= 0
+        # The router can lose a reply while the "done" after it, still queued in the
+        # worker, gets through: that client waits for an answer that will not come, and
+        # only the ledger shows the loss (a known gap, see docs/operations.md). Seen in
+        # about one run in ten.
+        report("router: echo clients left waiting for a lost reply", len(hung), "")
+        assert len(hung) <= lost
 
 
 def test_a_killed_interface_closes_its_clients_and_the_other_serves_at_once(system):
