@@ -41,7 +41,6 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import zmq
 

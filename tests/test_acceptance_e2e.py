@@ -1,7 +1,6 @@
 """The two acceptance scenarios of the faults issue: clients that stop reading during a
 broadcast flood, and a burst of 1,000 connects against a saturated pool."""
 import asyncio
-import os
 import resource
 import socket
 import threading

@@ -2,7 +2,6 @@
 malformed HTTP. Each is logged and dropped (and counted, where it reaches the
 runtime's own code), every process survives, and well-behaved clients see nothing."""
 import asyncio
-import glob
 import importlib.util
 import json
 import os
