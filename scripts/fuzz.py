@@ -105,7 +105,7 @@ PEER_TYPES = {"router-workers": zmq.DEALER, "router-interfaces": zmq.DEALER,
 
 def zmq_endpoints(run_dir: str) -> dict[str, tuple[str, int]]:
     """name -> (endpoint, socket type) for every IPC socket in the run directory."""
-    found = {}
+    found: dict[str, tuple[str, int]] = {}
     for name in sorted(os.listdir(run_dir)):
         path = os.path.join(run_dir, name)
         if name in PEER_TYPES:
@@ -409,7 +409,7 @@ async def chat_clients(url: str, count: int, tally: Tally, stop: asyncio.Event,
 
 def server_pids(run_dir: str) -> dict[int, str]:
     ready = os.path.join(run_dir, "ready")
-    found = {}
+    found: dict[int, str] = {}
     for name in os.listdir(ready) if os.path.isdir(ready) else []:
         role, _, pid = name.rpartition(".")
         if pid.isdigit():
