@@ -1,4 +1,6 @@
 """A worker killed in the middle of an event: the event goes to another worker, once."""
+import asyncio
+
 import pytest
 
 from harness import checked_system, read, run, wait_until
@@ -88,3 +90,29 @@ def test_a_poison_event_is_dropped_after_two_workers_and_its_connection_closed(s
                10, "the interface to count the event timeout")
     poison = [r for r in system.records() if r[0] == "crash" and r[2] == "poison"]
     assert [r[4] for r in poison] == ["0", "1"]
+
+
+def test_a_worker_stopped_cleanly_finishes_its_event_and_causes_no_redelivery(system):
+    """SIGTERM: the worker finishes the event it holds, says BYE, and exits; the queue
+    hands nothing on, so the consumer runs once."""
+    before = system.settled_counters("queue").get("redelivered", 0)
+
+    async def scenario():
+        ws = await system.connect("/test/hold")
+        ws.write_message("1.0")
+        holding = await asyncio.to_thread(
+            wait_until, lambda: [r for r in system.records() if r[0] == "hold"], 10,
+            "a worker to take the held event")
+        name = next(n for n, p in system.processes.items() if p.pid == int(holding[0][2]))
+        system.processes[name].terminate()
+        answer = await read(ws, timeout=10)
+        await asyncio.to_thread(system.processes[name].wait, 10)
+        ws.close()
+        return answer, name
+
+    answer, name = run(scenario(), timeout=30)
+    assert answer == "held False"
+    assert system.processes[name].returncode == 0
+    system.restart(name)
+    assert len([r for r in system.records() if r[0] == "hold"]) == 1, "it ran once"
+    assert system.settled_counters("queue").get("redelivered", 0) == before
