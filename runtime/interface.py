@@ -476,6 +476,7 @@ class Interface:
         if len(frames) == 2 and frames[0] == wire.PING and frames[1] == wire.PONG:
             self.router_answered = True
             return
+        counters.incr("from_router")  # against the workers' to_router: the router's losses
         if len(frames) not in (2, 3):
             counters.incr("garbage")
             log.warning("dropped a malformed message from the router (%d frames)", len(frames))
@@ -487,6 +488,11 @@ class Interface:
         except (ValueError, KeyError) as e:
             counters.incr("garbage")
             log.warning("dropped a malformed message from worker %r: %s", frames[0], e)
+            return
+        if not isinstance(op, str) or type(conn_id) is not int or not _valid_fields(header):
+            counters.incr("garbage")
+            log.warning("dropped a message with wrong field types from worker %r: %.200r",
+                        frames[0], frames[1])
             return
         conn = self.conns.get(conn_id)
         if op == wire.OP_SEND:
@@ -587,6 +593,7 @@ class Interface:
             if payload == self.id.encode():
                 self.probe_seen = True
             return
+        counters.incr("group_received")  # against the workers' group_sends
         members = self.groups.members(group)
         if not members:
             return
@@ -595,6 +602,11 @@ class Interface:
         except ValueError as e:
             counters.incr("garbage")
             log.warning("dropped a malformed group message for %r: %s", group, e)
+            return
+        if not _valid_fields(header):
+            counters.incr("garbage")
+            log.warning("dropped a group message with wrong field types for %r: %.200r",
+                        group, raw_header)
             return
         counters.incr("group_deliveries", len(members))
         # A snapshot: a write or close may end a member's connection, and with it its
@@ -634,6 +646,19 @@ class StaticFiles(tornado.web.StaticFileHandler):
         return self.max_age
 
 
+def _valid_fields(header: dict[str, Any]) -> bool:
+    """Whether the optional fields the interface acts on have usable values (a worker
+    never sends anything else; this is about garbage on the sockets)."""
+    if not isinstance(header.get("kind", ""), str):
+        return False
+    if header.get("op") == wire.OP_CLOSE:
+        try:
+            wire.check_close(header.get("code", 1000), header.get("reason", ""))
+        except (ValueError, TypeError, AttributeError):
+            return False
+    return True
+
+
 def _log_request(handler: tornado.web.RequestHandler) -> None:
     """Like Tornado's access log, but a 503 or 504 is a refusal the interface has
     already explained and counted: a warning, not an error."""
@@ -647,9 +672,9 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
 
 
 def _peer_port(request: Any) -> int | None:
-    stream = getattr(request.connection, "stream", None)
-    try:
-        address = stream.socket.getpeername() if stream is not None else None
+    sock = getattr(getattr(request.connection, "stream", None), "socket", None)
+    try:  # the socket is None once the client has gone
+        address = sock.getpeername() if sock is not None else None
     except OSError:
         return None
     return address[1] if isinstance(address, tuple) and len(address) > 1 else None

@@ -79,6 +79,7 @@ class Layer:
         if payload is not None:
             frames.append(payload)
         self._send(self.router, frames, "the route to %s", reply_channel)
+        counters.incr("to_router")  # what the router lost when it died: see docs/operations.md
 
     def send(self, channel: str, content: dict[str, Any] | None = None,
              payload: bytes = b"") -> None:
@@ -119,6 +120,7 @@ class Layer:
                 header["id"] = id
         self._send(self.groups, [group.encode(), wire.encode(header), payload],
                    "group %r", group)
+        counters.incr("group_sends")
 
     # -- membership --------------------------------------------------------
 

@@ -220,6 +220,12 @@ class Message:
         self.session = Session(content.get("session") or ())
 
     @property
+    def redelivered(self) -> bool:
+        """True if the worker this message was first given to died before it finished
+        (see docs/consumers.md): the consumer may already have acted on it once."""
+        return bool(self.content.get("redelivered"))
+
+    @property
     def text(self) -> str | None:
         """The payload of a text frame, or None for a binary one."""
         if self.content.get("kind") == wire.KIND_TEXT:

@@ -36,6 +36,7 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_CONSUMER_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_POLICY = 1008
+CLOSE_INVALID_PAYLOAD = 1007
 
 # Bytes past max_outbound_bytes that Tornado's own frames (pings, pongs, the close
 # frame) may still queue: its write limit must never fail one of those.
@@ -58,7 +59,8 @@ def frame(opcode: int, payload: bytes) -> bytes:
 def unsent_bytes(stream: IOStream | None) -> int:
     """Bytes written to the stream that the kernel has not taken yet. Tornado keeps
     no public count; without one, its own write limit is the backstop."""
-    return len(getattr(stream, "_write_buffer", b""))
+    buffer = getattr(stream, "_write_buffer", None)  # None once the stream has closed
+    return len(buffer) if buffer is not None else 0
 
 
 NO_GROUPS: set[bytes] = set()  # shared by connections in no group; GroupTable never adds to it
@@ -176,7 +178,7 @@ class Connection:
         """Write one complete frame, or keep it until the handshake is done."""
         if self.state is State.OPEN:
             ws = self.handler.ws_connection if self.handler else None
-            if self.stream is None or ws is None or ws.server_terminated:
+            if self.stream is None or ws is None or ws.server_terminated or self.stream.closed():
                 counters.incr("dropped_to_closing")
                 return
             if self.unsent() + len(data) > self.outbound_limit():
@@ -251,13 +253,30 @@ class LingeringClose(tornado.websocket.WebSocketProtocol13):
     LINGER = 2.0  # seconds
     _close_code: int | None = None
     _lingering = False
+    _in_text_message = False
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
         if self._close_code is None:
             self._close_code = code
         super().close(code, reason)
 
+    def _handle_message(self, opcode: int, data: bytes) -> "asyncio.Future[None] | None":
+        # Tornado aborts the connection, without a close frame or a log line, on a
+        # text message that is not UTF-8; `_abort` turns that into a close with 1007.
+        self._in_text_message = opcode == OPCODE_TEXT
+        try:
+            return super()._handle_message(opcode, data)
+        finally:
+            self._in_text_message = False
+
     def _abort(self) -> None:
+        if self._in_text_message and not self.server_terminated:
+            self._in_text_message = False
+            counters.incr("invalid_utf8")
+            log.warning("a text message that is not UTF-8: closing with %d",
+                        CLOSE_INVALID_PAYLOAD)
+            self.close(CLOSE_INVALID_PAYLOAD, "text message is not valid UTF-8")
+            return
         if self._lingering:
             return
         stream = self.stream

@@ -20,7 +20,7 @@ from .config import WEBSOCKET_CHANNELS, Config
 from .exceptions import ZChannelsError
 from .layer import Layer, set_current
 from .message import Message
-from .poolqueue import READY
+from .poolqueue import BYE, READY
 from .process import Service
 from .stats import counters
 
@@ -33,6 +33,7 @@ READY_INTERVAL = 1.0  # seconds between READYs while idle: a restarted queue lea
 STOP_DRAIN = 2.0
 STOP_IDLE = 0.2
 STOP_DRAIN_MS = 50  # how long a stopped worker waits for a message already on its way
+BYE_LINGER_MS = 500  # how long a stopped worker's BYE may wait to reach the queue
 
 CLOSE_NO_CONSUMER = 4404  # WebSocket close code: nothing handles this path
 NOT_FOUND_BODY = "404 Not Found: no consumer for this path\n"
@@ -99,6 +100,13 @@ class Worker(Service):
         while self.events.poll(STOP_DRAIN_MS):
             self.handled += 1
             self.handle(self.events.recv_multipart())
+        # Tell the queue what we finished, so it hands on only what we did not: a
+        # worker that just vanishes has its message redelivered.
+        self.events.linger = BYE_LINGER_MS
+        try:
+            self.events.send(b"%s%d" % (BYE, self.handled), zmq.NOBLOCK)
+        except zmq.Again:
+            pass
         self.layer.close()  # with linger: what consumers sent still goes out
         set_current(None)
 

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
@@ -73,11 +74,14 @@ class System:
     def __init__(self, *, workers: int = 2, interfaces: int = 2,
                  consumers: tuple[str, ...] = (DEMO_CONSUMERS, TEST_CONSUMERS),
                  server: dict[str, Any] | None = None,
-                 pools: dict[str, tuple[Any, ...]] | None = None,
+                 pools: dict[str, tuple[list[str], int]] | None = None,
+                 pool_capacity: dict[str, int] | None = None,
                  env: dict[str, str] | None = None) -> None:
-        """`pools`: name -> (channel patterns, number of workers[, capacity]), in
-        routing order; default: one pool "default" serving "*" with `workers` workers.
+        """`pools`: name -> (channel patterns, number of workers), in routing order;
+        default: one pool "default" serving "*" with `workers` workers.
+        `pool_capacity`: name -> capacity, for the pools that do not use the default.
         `env`: more environment variables for every process."""
+        pool_capacity = pool_capacity or {}
         # IPC paths must fit in 107 bytes: keep the run directory short.
         self.run_dir = tempfile.mkdtemp(prefix="zc", dir="/tmp")
         self.config_path = os.path.join(self.run_dir, "zchannels.toml")
@@ -85,10 +89,10 @@ class System:
         settings = {"stats_interval": 0.2, **(server or {})}
         lines = ["[server]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
         self.pools = pools or {"default": (["*"], workers)}
-        for name, (channels, *rest) in self.pools.items():
+        for name, (channels, *_) in self.pools.items():
             lines += [f"[pools.{name}]", f"channels = {json.dumps(channels)}"]
-            if len(rest) > 1:
-                lines.append(f"capacity = {rest[1]}")
+            if name in pool_capacity:
+                lines.append(f"capacity = {pool_capacity[name]}")
         with open(self.config_path, "w") as f:
             f.write("\n".join(lines) + "\n")
         self.env = dict(os.environ,
@@ -100,6 +104,8 @@ class System:
         self.env.pop("ZCHANNELS_PORT", None)
         self.interfaces = interfaces
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.arguments: dict[str, tuple[str, ...]] = {}  # name -> `python -m runtime` args
+        self.restarts: list[tuple[str, int, int]] = []  # (name, old pid, new pid)
         self.expected_errors: list[re.Pattern[str]] = []
         self.port = 0
 
@@ -111,6 +117,7 @@ class System:
                                 env=self.env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.processes[name] = proc
+        self.arguments[name] = args
         return proc
 
     def ready_info(self, role: str, proc: subprocess.Popen[bytes]) -> dict[str, Any] | None:
@@ -157,6 +164,7 @@ class System:
         proc = self.spawn(f"interface-{index}", "interface", "--port", str(self.port))
         info = self.wait_ready("interface", proc)
         self.port = info["port"]
+        self.arguments[f"interface-{index}"] = ("interface", "--port", str(self.port))
         return proc
 
     def kill(self, name: str) -> None:
@@ -165,12 +173,55 @@ class System:
         proc.kill()
         proc.wait(10)
 
-    def restart(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        """Start `name` again with the same role arguments and wait until it is ready."""
-        role = {"router": "router", "forwarder": "forwarder"}[name]
-        proc = self.spawn(name, role, *args)
-        self.wait_ready(role, proc)
+    def restart(self, name: str, wait: bool = True) -> subprocess.Popen[bytes]:
+        """Start `name` again with the same arguments; `wait` until it is ready."""
+        old = self.processes[name]
+        args = self.arguments[name]
+        proc = self.spawn(name, *args)
+        self.restarts.append((name, old.pid, proc.pid))
+        if wait:
+            info = self.wait_ready(self.role_of(name), proc)
+            if name.startswith("interface"):
+                assert info["port"] == self.port
         return proc
+
+    def role_of(self, name: str) -> str:
+        args = self.arguments[name]
+        return f"{args[0]}-{args[2]}" if args[0] in ("queue", "worker") else args[0]
+
+    @contextlib.contextmanager
+    def supervised(self, prefix: str, interval: float = 0.1) -> Iterator[None]:
+        """Restart any process whose name starts with `prefix` when it exits, as
+        supervisord's autorestart would, while the block runs."""
+        done = threading.Event()
+        failures: list[BaseException] = []
+
+        def restart_dead() -> None:
+            for name, proc in list(self.processes.items()):
+                if name.startswith(prefix) and proc.poll() is not None:
+                    self.restart(name, wait=False)  # it may die again before it is ready
+
+        def watch() -> None:
+            while not done.wait(interval):
+                try:
+                    restart_dead()
+                except BaseException as e:  # reported when the block ends
+                    failures.append(e)
+                    return
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            done.set()
+            watcher.join(5)
+        if failures:
+            raise failures[0]
+        # Leave every supervised process running and ready for what comes next.
+        restart_dead()
+        for name, proc in list(self.processes.items()):
+            if name.startswith(prefix):
+                self.wait_ready(self.role_of(name), proc)
 
     def stop(self) -> None:
         """SIGTERM every process, interfaces first; SIGKILL any still there after the timeout."""

@@ -306,8 +306,9 @@ def test_pool_full_is_503_with_retry_after():
     """One worker blocked, a pool queue that holds one message: the requests beyond
     what the pipes hold are refused at once, with Retry-After. (The bodies are large
     so that the kernel's socket buffers between the processes fill up quickly too.)"""
-    pools = {"web": (["http.*"], 1, 1), "default": (["*"], 1)}
-    with checked_system(server=dict(SERVER, http_timeout=30.0), pools=pools) as system:
+    pools = {"web": (["http.*"], 1), "default": (["*"], 1)}
+    with checked_system(server=dict(SERVER, http_timeout=30.0), pools=pools,
+                        pool_capacity={"web": 1}) as system:
         async def scenario():
             async def get(i):
                 reader, writer = await asyncio.open_connection("127.0.0.1", system.port)

@@ -1,4 +1,5 @@
 """The pool queue's credit-based dispatch, driven step by step over real ZeroMQ sockets."""
+import json
 import shutil
 import tempfile
 import time
@@ -78,13 +79,27 @@ def test_a_ready_that_crossed_a_message_is_ignored(queue):
     assert [w1.recv_multipart()[1] for _ in range(2)] == [b"first", b"second"]
 
 
-def test_a_worker_that_left_after_ready_is_skipped(queue):
+def test_a_worker_that_left_after_ready_is_dropped_from_the_free_list(queue):
     pool_queue, sender, worker = queue
     gone = worker(b"gone")
     gone.send(b"R0")
     run_until(pool_queue, lambda: b"gone" in pool_queue.ready)
     gone.close(linger=0)
-    time.sleep(0.2)  # let the queue's ROUTER see the disconnect
+    run_until(pool_queue, lambda: b"gone" not in pool_queue.ready)  # the monitor saw it
+    sender.send_multipart([b"{}", b"for someone"])
+    w2 = worker(b"w2")
+    w2.send(b"R0")
+    run_until(pool_queue, lambda: counters.get("dispatched", 0) == 1)
+    assert w2.poll(2000) and w2.recv_multipart() == [b"{}", b"for someone"]
+    assert "redelivered" not in counters  # it held nothing
+
+
+def test_a_free_worker_that_cannot_be_reached_is_skipped(queue):
+    """The race the monitor cannot close: a worker that vanished after its READY and
+    before the queue heard of it. The send fails (ROUTER_MANDATORY) and the message
+    waits for the next worker."""
+    pool_queue, sender, worker = queue
+    pool_queue.ready[b"ghost"] = None  # said READY, connection already gone
     sender.send_multipart([b"{}", b"for someone"])
     run_until(pool_queue, lambda: pool_queue.held is not None)
     assert counters["gone_workers"] == 1
@@ -92,6 +107,71 @@ def test_a_worker_that_left_after_ready_is_skipped(queue):
     w2.send(b"R0")
     run_until(pool_queue, lambda: counters.get("dispatched", 0) == 1)
     assert w2.poll(2000) and w2.recv_multipart() == [b"{}", b"for someone"]
+
+
+def test_the_message_of_a_worker_that_dies_goes_to_another_marked_redelivered(queue):
+    pool_queue, sender, worker = queue
+    w1 = worker(b"w1")
+    w1.send(b"R0")
+    run_until(pool_queue, lambda: b"w1" in pool_queue.ready)
+    sender.send_multipart([b'{"channel":"x"}', b"work", b"7"])
+    run_until(pool_queue, lambda: pool_queue.dispatched.get(b"w1") == 1)
+    assert w1.poll(2000) and w1.recv_multipart() == [b'{"channel":"x"}', b"work", b"7"]
+    w2 = worker(b"w2")
+    w2.send(b"R0")
+    run_until(pool_queue, lambda: b"w2" in pool_queue.ready)
+    w1.close(linger=0)  # dies holding "work"
+    run_until(pool_queue, lambda: counters.get("redelivered", 0) == 1)
+    assert w2.poll(2000)
+    header, payload, seq = w2.recv_multipart()
+    assert json.loads(header) == {"channel": "x", "redelivered": True}
+    assert (payload, seq) == (b"work", b"7"), "payload and seq travel unchanged"
+    # It kills its second worker too: dropped and counted, not handed on again.
+    w3 = worker(b"w3")
+    w3.send(b"R0")
+    run_until(pool_queue, lambda: b"w3" in pool_queue.ready)
+    w2.close(linger=0)
+    run_until(pool_queue, lambda: counters.get("dropped_after_redelivery", 0) == 1)
+    for _ in range(5):
+        pool_queue.step(pool_queue.poll())
+    assert not w3.poll(200), "a message that killed two workers is not handed on"
+    assert counters["redelivered"] == 1
+
+
+def test_a_worker_that_finished_its_message_and_dies_causes_no_redelivery(queue):
+    pool_queue, sender, worker = queue
+    w1 = worker(b"w1")
+    w1.send(b"R0")
+    run_until(pool_queue, lambda: b"w1" in pool_queue.ready)
+    sender.send_multipart([b"{}", b"work"])
+    run_until(pool_queue, lambda: pool_queue.dispatched.get(b"w1") == 1)
+    assert w1.poll(2000) and w1.recv_multipart()[1] == b"work"
+    w1.send(b"R1")
+    run_until(pool_queue, lambda: b"w1" in pool_queue.ready)
+    w1.close(linger=0)
+    run_until(pool_queue, lambda: b"w1" not in pool_queue.ready)
+    assert "redelivered" not in counters and pool_queue.holding == {}
+
+
+def test_bye_hands_on_only_what_the_worker_did_not_take(queue):
+    pool_queue, sender, worker = queue
+    w1 = worker(b"w1")
+    w1.send(b"R0")
+    run_until(pool_queue, lambda: b"w1" in pool_queue.ready)
+    sender.send_multipart([b"{}", b"unread"])
+    run_until(pool_queue, lambda: pool_queue.dispatched.get(b"w1") == 1)
+    w1.send(b"B0")  # stopping; it had handled nothing when it said so
+    run_until(pool_queue, lambda: len(pool_queue.redeliveries) == 1)
+    w2 = worker(b"w2")
+    w2.send(b"R0")
+    run_until(pool_queue, lambda: counters.get("dispatched", 0) == 2)
+    assert w2.recv_multipart() == [b"{}", b"unread"], "never ran: handed on unmarked"
+    w2.send(b"B1")  # it finished it, then stopped
+    run_until(pool_queue, lambda: b"w2" not in pool_queue.dispatched)
+    w2.close(linger=0)
+    for _ in range(5):
+        pool_queue.step(pool_queue.poll())
+    assert "redelivered" not in counters and pool_queue.holding == {}
 
 
 def test_garbage_from_a_worker_is_counted_and_ignored(queue):
