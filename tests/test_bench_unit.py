@@ -97,6 +97,20 @@ def test_echo_figures_add_up_across_processes():
     assert not unbalanced["balanced"]
 
 
+def test_idle_reports_no_client_cpu():
+    # One process's 10 ms clock tick over its 9.9 ms check would read as 101 % of a core.
+    warnings = []
+    figures = runner.aggregate("idle", {}, [
+        result({"sent": 4, "received": 4}, [0.001] * 4, cpu=0.01, wall=0.0099),
+        result({"sent": 4, "received": 4}, [0.001] * 4, cpu=0.0, wall=0.016)], warnings)
+    assert figures["client_cpu"] is None and figures["client_cpu_max_process"] is None
+    assert not any("bottleneck" in w for w in warnings)
+    run = {"name": "zchannels", "system": "project", "figures": {**figures, "opened": 8}}
+    lines = report.table("idle", [run], []).splitlines()
+    assert [line.split()[-1] for line in lines if line.startswith(("client CPU", "busiest"))] \
+        == ["-", "-"]
+
+
 def test_broadcast_loss_is_counted_per_member():
     warnings = []
     figures = runner.aggregate("broadcast", {}, [

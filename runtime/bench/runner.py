@@ -213,7 +213,11 @@ def aggregate(mode: str, spec: dict[str, Any], results: list[dict[str, Any]],
         "client_cpu": sum(r["cpu_seconds"] for r in results) / max(1e-9, wall),
         "client_cpu_max_process": max(cpu), "client_processes": len(results),
         "duration": wall, "errors": errors[:10]}
-    if max(cpu) > CLIENT_SATURATED and mode != "idle":  # idle's check is too short to tell
+    if mode == "idle":
+        # idle's load phase (one check) lasts milliseconds: its CPU is a clock tick or two,
+        # which would print as 0 % or 100 % of a core, not a share of one.
+        figures.update(client_cpu=None, client_cpu_max_process=None)
+    elif max(cpu) > CLIENT_SATURATED:
         warnings.append(f"a client process used {max(cpu):.0%} of a core: the load generator "
                         "may be the bottleneck (try more --processes)")
     if mode in ("echo", "idle"):
