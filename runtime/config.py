@@ -57,7 +57,7 @@ class Config:
     sse_heartbeat: float = 15.0  # seconds between comment lines on an idle SSE stream
     allowed_origins: tuple[str, ...] = ()  # empty: only the page's own host may connect
     max_message_bytes: int = 1024 * 1024  # larger incoming frames close with 1009
-    max_connections: int = 10_000  # per interface process: WebSockets + HTTP requests
+    max_connections: int = 20_000  # per interface process: WebSockets + HTTP requests
     rate_limit: float = 1000.0  # WebSocket messages per second per connection (0: off)
     rate_burst: int = 2000  # messages a connection may send at once above rate_limit
     handshake_timeout: float = 10.0  # seconds the connect consumer has to accept or reject

@@ -1,7 +1,6 @@
 """scripts/bench http end to end against zchannels: the HTTP consumer (GET /hello) and
 the WSGI fallback (GET /app/hello, consumers/demo_wsgi.py), each beside its baseline
-(raw Tornado; gunicorn with 2 workers). Needs HTTP support in the interface: until it
-lands every request gets 404 and this test fails."""
+(raw Tornado; gunicorn with 2 workers)."""
 import pytest
 
 from harness import DEMO_CONSUMERS, TEST_CONSUMERS, checked_system
