@@ -77,7 +77,7 @@ class Exchange:
     __slots__ = (
         "id", "reply_channel", "handler", "path", "state", "queue", "in_flight",
         "in_flight_since", "sequence", "overdue", "closing", "connect_delivered", "closed_at",
-        "retry_scheduled", "groups", "mode", "started", "ended", "deadline", "hold",
+        "retry_scheduled", "groups", "arrived", "mode", "started", "ended", "deadline", "hold",
         "last_write", "done",
     )
 
@@ -91,6 +91,7 @@ class Exchange:
         self.in_flight: str | None = None
         self.in_flight_since = 0.0
         self.sequence = 0
+        self.arrived = 0  # messages from workers since the request was dispatched
         self.overdue = False
         self.closing = False
         self.connect_delivered = False

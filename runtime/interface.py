@@ -420,6 +420,7 @@ class Interface:
             conn.sequence = sequence
             conn.in_flight = channel
             conn.in_flight_since = time.monotonic()
+            conn.arrived = 0
             self.busy.add(conn)
             conn.connect_delivered = True  # the first event: connect, or the request
         if conn.resume is not None and len(conn.queue) < self.config.max_queued_events:
@@ -495,6 +496,8 @@ class Interface:
                         frames[0], frames[1])
             return
         conn = self.conns.get(conn_id)
+        if conn is not None and op != wire.OP_DONE:
+            conn.arrived += 1
         if op == wire.OP_SEND:
             if conn is None:
                 counters.incr("dropped_to_closed")
@@ -564,7 +567,16 @@ class Interface:
         session = header.get("session")
         if isinstance(session, dict):
             conn.set_session(session)
-        if header.get("error"):
+        sent = header.get("sent")
+        if type(sent) is int and sent > conn.arrived:
+            # The consumer's messages travel the same path as its "done", in order: if
+            # the done is here and they are not, they were lost (in a router that was
+            # killed). The client must not wait for an answer that will not come.
+            counters.incr("replies_lost", sent - conn.arrived)
+            log.error("%s: %d of the %d messages the %s consumer sent were lost on the "
+                      "way; closing", conn.reply_channel, sent - conn.arrived, sent, channel)
+            conn.consumer_failed()
+        elif header.get("error"):
             conn.consumer_failed()
         elif isinstance(conn, Connection) and channel == "websocket.connect":
             conn.decide(Decision.ACCEPT)  # a connect consumer that returns accepts

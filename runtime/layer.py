@@ -44,6 +44,11 @@ class Layer:
         self.pools: dict[str, zmq.Socket] = {}
         self._send_timeout_ms = send_timeout_ms
         self._requests = itertools.count(1)
+        # The route of the event a worker is running, and how many messages its consumer
+        # has sent there: the "done" tells the interface, which can then tell whether
+        # one was lost on the way (in a router that died).
+        self.current_route: tuple[bytes, int] | None = None
+        self.current_sends = 0
 
     def _socket(self, kind: int, endpoint: str, send_timeout_ms: int,
                 routing_id: bytes | None = None) -> zmq.Socket:
@@ -80,6 +85,8 @@ class Layer:
             frames.append(payload)
         self._send(self.router, frames, "the route to %s", reply_channel)
         counters.incr("to_router")  # what the router lost when it died: see docs/operations.md
+        if (interface_id, conn_id) == self.current_route:
+            self.current_sends += 1
 
     def send(self, channel: str, content: dict[str, Any] | None = None,
              payload: bytes = b"") -> None:

@@ -85,7 +85,7 @@ class Connection:
         "connect_delivered", "close_code", "closed_at", "retry_scheduled", "sequence",
         "overdue", "closing",
         "groups", "session", "pending", "pending_bytes", "resume", "_receive_headers",
-        "tokens", "tokens_at", "ping_at", "pong",
+        "tokens", "tokens_at", "ping_at", "pong", "arrived",
     )
 
     def __init__(self, conn_id: int, reply_channel: str, handler: "ConsumerSocket",
@@ -111,6 +111,7 @@ class Connection:
         self.in_flight: str | None = None  # channel of the event a consumer is running
         self.in_flight_since = 0.0
         self.sequence = 0  # number of the last event dispatched; acks must name it
+        self.arrived = 0  # messages from workers since then (the done says how many to expect)
         self.overdue = False  # the in-flight event has overrun event_timeout
         self.closing = False  # the server has begun to close the socket
         self.connect_delivered = False

@@ -134,6 +134,8 @@ class Worker(Service):
         counters.incr("events")
         error = False
         started = time.monotonic()
+        self.layer.current_route = message.reply_channel.route if message.reply_channel else None
+        self.layer.current_sends = 0
         try:
             self.dispatch(message)
         except Exception:
@@ -186,7 +188,9 @@ class Worker(Service):
     def acknowledge(self, message: Message, sequence: int | None, error: bool,
                     elapsed: float) -> None:
         assert message.reply_channel is not None
-        header: dict[str, Any] = {"op": wire.OP_DONE, "seq": sequence}
+        header: dict[str, Any] = {"op": wire.OP_DONE, "seq": sequence,
+                                  "sent": self.layer.current_sends}
+        self.layer.current_route = None
         if error:
             header["error"] = True
         if message.session.modified:

@@ -254,3 +254,17 @@ def test_too_much_data_before_the_handshake_closes_1008(system):
     wait_until(lambda: "(too much data before the handshake finished); closing with 1008"
                        in system.all_logs(), 5,
                "the interface's log line")
+
+
+def test_a_reply_lost_on_the_way_closes_the_connection_when_its_done_arrives(system):
+    """The worker's "done" says how many messages its consumer sent to the connection;
+    fewer arrived (one was lost in a killed router, simulated by the test consumer), so
+    the client is told with 1011 instead of waiting for an answer that will not come."""
+    system.expect_error(r"were lost on the way")
+
+    async def scenario():
+        ws = await system.connect("/test/lost-reply")
+        ws.write_message("go")
+        return await read_until_closed(ws), ws.close_code
+    assert run(scenario()) == (["first"], 1011)
+    assert system.settled_counters("interface")["replies_lost"] == 1

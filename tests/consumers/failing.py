@@ -60,3 +60,12 @@ def firehose(message):
     chunk = b"y" * 65536
     for _ in range(int(message.text)):
         message.reply_channel.send(bytes=chunk)
+
+
+@consumer("websocket.receive", path="/test/lost-reply")
+def lose_a_reply(message):
+    """Answers, then counts one more message than it sent, as if a second answer had
+    been lost inside a router that was killed (its "done" still arrives)."""
+    from runtime.layer import current
+    message.reply_channel.send(text="first")
+    current().current_sends += 1
