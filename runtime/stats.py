@@ -39,7 +39,7 @@ class Counters(dict[str, int]):
         self.path = os.path.join(directory, f"{role}.{os.getpid()}.json")
         for name in os.listdir(directory):
             pid = name.split(".")[-2] if name.endswith(".json") else ""
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not alive(int(pid)):
                 try:
                     os.unlink(os.path.join(directory, name))
                 except FileNotFoundError:  # another process pruned it first
@@ -90,12 +90,13 @@ def collect(run_dir: str) -> list[dict[str, Any]]:
                 data = json.load(f)
         except (OSError, ValueError):
             continue
-        if _alive(data.get("pid")):
+        if alive(data.get("pid")):
             result.append(data)
     return result
 
 
-def _alive(pid: Any) -> bool:
+def alive(pid: Any) -> bool:
+    """Is there a process with this pid (ours or not)?"""
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:

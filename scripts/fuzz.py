@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 
 import zmq
 
+from runtime.stats import alive
+
 CLOSE_CODES = [1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1011, 1015, 2999,
                3000, 4999, 5000, 0, 65535]
 WRONG_TYPED_HEADERS = [
@@ -415,16 +417,6 @@ def server_pids(run_dir: str) -> dict[int, str]:
         if pid.isdigit():
             found[int(pid)] = role
     return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 async def fuzz(args: argparse.Namespace) -> Tally:

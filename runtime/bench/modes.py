@@ -62,7 +62,20 @@ class EchoConn:
         self.ws.close()
 
 
-class EchoClient(Client):
+class ClosedLoopClient(Client):
+    """Connections that each wait for one answer at a time: an answer still awaited
+    when the load has ended and drained is lost."""
+
+    def drained(self) -> bool:
+        return not any(conn.waiting for conn in self.conns)
+
+    def extra_result(self) -> dict[str, Any]:
+        waiting = sum(1 for conn in self.conns if conn.waiting)
+        self.count("lost", waiting)
+        return {}
+
+
+class EchoClient(ClosedLoopClient):
     """C connections to the echo URL, each a closed loop: send, wait for the echo."""
 
     def __init__(self, *args: Any) -> None:
@@ -83,14 +96,6 @@ class EchoClient(Client):
     def answered(self, conn: EchoConn | None) -> None:
         if self.running and conn is not None:
             conn.send_next()
-
-    def drained(self) -> bool:
-        return not any(conn.waiting for conn in self.conns)
-
-    def extra_result(self) -> dict[str, Any]:
-        waiting = sum(1 for conn in self.conns if conn.waiting)
-        self.count("lost", waiting)
-        return {}
 
 
 # -- idle ---------------------------------------------------------------------------
@@ -316,7 +321,7 @@ class HttpLoop:
             self.protocol.transport.close()
 
 
-class HttpClient(Client):
+class HttpClient(ClosedLoopClient):
     def connections_needed(self) -> int:
         return share(self.spec["connections"], self.index, self.spec["processes"])
 
@@ -329,15 +334,6 @@ class HttpClient(Client):
     def start_load(self) -> None:
         for conn in self.conns:
             conn.send()
-
-    def drained(self) -> bool:
-        return not any(conn.waiting for conn in self.conns)
-
-    def extra_result(self) -> dict[str, Any]:
-        waiting = sum(1 for conn in self.conns if conn.waiting)
-        self.count("lost", waiting)
-        return {}
-
 
 CLIENTS = {"echo": EchoClient, "idle": IdleClient, "broadcast": BroadcastClient,
            "http": HttpClient}
