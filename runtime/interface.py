@@ -6,7 +6,8 @@ replies find their way back through the stateless router. Per connection the
 interface keeps the event queue (one event in flight: promise 1), the group
 memberships of its own sockets (promise 2: a ``group_add`` is answered only
 after the table has changed), and writes group messages to local members,
-framing each WebSocket message once.
+framing each WebSocket message once. What it does with the workers' messages is in
+`delivery`, its timers in `sweeps`.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import resource
 import secrets
 import signal
 import time
+from functools import partial
 from typing import Any, Awaitable
 from urllib.parse import urlsplit
 
@@ -26,29 +28,26 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.routing
 import tornado.web
-import tornado.websocket
 import zmq
 
-from . import wire
+from . import delivery, sweeps, wire
 from .config import CLIENT_CHANNELS, Config
 from .exchange import ConsumerRequest, Exchange, WebSocketUpgrade
 from .groups import GroupTable
 from .process import announce_ready, withdraw_ready
+from .static import StaticFiles, log_request
 from .stats import counters
-from .websocket import (CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER, OPCODE_BINARY,
-                        OPCODES, Connection, ConsumerSocket, Decision, State, frame)
+from .websocket import (CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER, Connection,
+                        ConsumerSocket, Decision, State)
 from .zmqio import SocketReader
 
 log = logging.getLogger("runtime.interface")
-access_log = logging.getLogger("runtime.access")
 
 POOL_SEND_HWM = 100  # events buffered towards a pool queue before new work is refused
-SWEEP_INTERVAL = 1.0  # seconds between checks for consumers that overran event_timeout
 LAYER_CHECK_INTERVAL = 0.05  # seconds between probes of the router and forwarder at start
 LAYER_WAIT_LOG = 5.0  # seconds between "still waiting for router/forwarder" lines
 DISCONNECT_RETRY = 0.1  # seconds before re-offering a disconnect event to a full pool
 SHUTDOWN_GRACE = 2.0  # seconds to hand disconnect events to the pool at shutdown
-PROBE_GROUP = b"\x00probe"  # group messages used to check the forwarder path
 
 
 class Interface:
@@ -90,8 +89,8 @@ class Interface:
                 sock.linger = 0
                 sock.connect(pool.endpoint_in)
             self.pool_sockets[channel] = by_pool[pool.name]
-        self.router_reader = SocketReader(self.router, self.on_router, loop)
-        self.sub_reader = SocketReader(self.sub, self.on_group, loop)
+        self.router_reader = SocketReader(self.router, partial(delivery.on_router, self), loop)
+        self.sub_reader = SocketReader(self.sub, partial(delivery.on_group, self), loop)
 
         counters.setup(self.config.run_dir, "interface")
         counters.gauges.update(connections=lambda: len(self.conns),
@@ -102,7 +101,7 @@ class Interface:
 
         app = tornado.web.Application(
             self.rules(),
-            log_function=_log_request,
+            log_function=log_request,
             websocket_max_message_size=self.config.max_message_bytes,
             # Pings come from one pinger task for every socket (`ping`), not from a
             # task per socket as Tornado's websocket_ping_interval would start.
@@ -121,8 +120,8 @@ class Interface:
         self.stopped = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop)
-        sweeper = asyncio.create_task(self.sweep())
-        pinger = asyncio.create_task(self.ping()) if self.config.ping_interval else None
+        sweeper = asyncio.create_task(sweeps.sweep(self))
+        pinger = asyncio.create_task(sweeps.ping(self)) if self.config.ping_interval else None
         announce_ready(self.config.run_dir, "interface", id=self.id, port=self.port)
         log.info("interface %s listening on %s:%d", self.id, self.config.host, self.port)
         await self.stopped.wait()
@@ -162,7 +161,8 @@ class Interface:
                 self.router_reader.kick()
             if not self.probe_seen:
                 try:
-                    probe.send_multipart([PROBE_GROUP, b"{}", self.id.encode()], zmq.NOBLOCK)
+                    probe.send_multipart([delivery.PROBE_GROUP, b"{}", self.id.encode()],
+                                        zmq.NOBLOCK)
                 except zmq.Again:
                     pass
             await asyncio.sleep(LAYER_CHECK_INTERVAL)
@@ -204,85 +204,6 @@ class Interface:
         self.sub_reader.close()
         self.context.destroy(linger=500)  # flush the disconnect events already queued
         log.info("interface %s stopped", self.id)
-
-    async def sweep(self) -> None:
-        """Deal with consumers that overran event_timeout; write the counters.
-
-        An overdue event closes its connection with 1011 at once and drops the
-        events queued behind it, but the disconnect still waits for the overdue
-        consumer to return (promise 1). Only after a second event_timeout is
-        the event presumed lost (its worker died) and the disconnect released.
-        """
-        while True:
-            await asyncio.sleep(min(SWEEP_INTERVAL, self.config.stats_interval))
-            now = time.monotonic()
-            for conn in [c for c in self.busy
-                         if now - c.in_flight_since > self.config.event_timeout]:
-                if not conn.overdue:
-                    conn.overdue = True
-                    counters.incr("event_timeouts")
-                    log.error("%s: consumer for %s did not finish within %gs; closing with "
-                              "1011", conn.reply_channel, conn.in_flight,
-                              self.config.event_timeout)
-                    self.drop_queued_receives(conn)
-                    conn.timed_out()
-                elif now - conn.in_flight_since > 2 * self.config.event_timeout:
-                    counters.incr("events_abandoned")
-                    log.error("%s: no answer for %s after %gs; presumed lost with its "
-                              "worker", conn.reply_channel, conn.in_flight,
-                              2 * self.config.event_timeout)
-                    self.finished(conn)
-                    self.dispatch_next(conn)
-            self.sweep_exchanges(now)
-            if counters.due(self.config.stats_interval):
-                counters.write(force=True)
-
-    async def ping(self) -> None:
-        """Ping every open WebSocket every ping_interval; close (1000, "ping timed out")
-        one that has not answered within ping_timeout, so a half-open TCP peer is
-        found and its disconnect consumer runs. One task for all sockets: a task
-        per socket (Tornado's way) costs each connection a kilobyte or two."""
-        interval, timeout = self.config.ping_interval, self.config.ping_timeout
-        period = max(0.02, min(SWEEP_INTERVAL, (timeout or interval) / 4))
-        while True:
-            await asyncio.sleep(period)
-            now = time.monotonic()
-            for conn in list(self.conns.values()):
-                if not isinstance(conn, Connection) or conn.state is not State.OPEN \
-                        or conn.handler is None or conn.closing:
-                    continue
-                if timeout and not conn.pong:
-                    if now - conn.ping_at >= timeout:
-                        counters.incr("ping_timeouts")
-                        log.info("%s: no pong within %gs; closing", conn.reply_channel,
-                                 timeout)
-                        conn.close(1000, "ping timed out")
-                elif now - conn.ping_at >= interval:
-                    conn.ping_at = now
-                    conn.pong = False
-                    try:
-                        conn.handler.ping()
-                    except tornado.websocket.WebSocketClosedError:
-                        pass
-
-    def sweep_exchanges(self, now: float) -> None:
-        """HTTP responses that did not start within http_timeout (504), held
-        long-polls whose time is up, and heartbeats on idle event streams."""
-        heartbeat = self.config.sse_heartbeat
-        for exchange in list(self.exchanges):
-            if exchange.hold is not None:
-                if now > exchange.deadline:
-                    exchange.release_hold()
-            elif not exchange.started:
-                if now > exchange.deadline:
-                    counters.incr("http_timeouts")
-                    log.warning("%s: no response to %s %s within %gs; answering 504",
-                                exchange.reply_channel,
-                                exchange.handler.request.method if exchange.handler else "?",
-                                exchange.path, self.config.http_timeout)
-                    exchange.fail(504, "no response in time")
-            else:
-                exchange.heartbeat(now, heartbeat)
 
     # -- connections -------------------------------------------------------
 
@@ -470,218 +391,6 @@ class Interface:
         conn.in_flight = None
         conn.overdue = False
         self.busy.discard(conn)
-
-    # -- messages from workers (via the router) ---------------------------
-
-    def on_router(self, frames: list[bytes]) -> None:
-        if len(frames) == 2 and frames[0] == wire.PING and frames[1] == wire.PONG:
-            self.router_answered = True
-            return
-        counters.incr("from_router")  # against the workers' to_router: the router's losses
-        if len(frames) not in (2, 3):
-            counters.incr("garbage")
-            log.warning("dropped a malformed message from the router (%d frames)", len(frames))
-            return
-        try:
-            header = wire.decode(frames[1])
-            op = header["op"]
-            conn_id = header["conn"]
-        except (ValueError, KeyError) as e:
-            counters.incr("garbage")
-            log.warning("dropped a malformed message from worker %r: %s", frames[0], e)
-            return
-        if not isinstance(op, str) or type(conn_id) is not int or not _valid_fields(header):
-            counters.incr("garbage")
-            log.warning("dropped a message with wrong field types from worker %r: %.200r",
-                        frames[0], frames[1])
-            return
-        conn = self.conns.get(conn_id)
-        if conn is not None and op != wire.OP_DONE:
-            conn.arrived += 1
-        if op == wire.OP_SEND:
-            if conn is None:
-                counters.incr("dropped_to_closed")
-                return
-            payload = frames[2] if len(frames) == 3 else b""
-            if isinstance(conn, Connection):
-                conn.write(frame(OPCODES.get(header.get("kind"), OPCODE_BINARY), payload))
-            else:
-                conn.deliver(header.get("kind"), payload, header)
-        elif op == wire.OP_DONE:
-            if conn is None or conn.in_flight is None or header.get("seq") != conn.sequence:
-                # The connection is gone, or its event timed out and a later one is
-                # in flight: this ack must not release that one.
-                counters.incr("late_acks")
-                return
-            self.acknowledged(conn, header)
-        elif op in (wire.OP_GROUP_ADD, wire.OP_GROUP_DISCARD):
-            ok = self.membership(conn, op, header.get("group"))
-            try:
-                self.router.send_multipart(
-                    [frames[0], wire.encode({"req": header.get("req"), "ok": ok})],
-                    zmq.NOBLOCK)
-            except zmq.Again:  # the worker gives up after group_timeout and says so
-                counters.incr("dropped_answers")
-            self.router_reader.kick()
-        elif conn is None:
-            counters.incr("dropped_to_closed")
-        elif isinstance(conn, Exchange):
-            self.http_response(conn, op, header, frames[2] if len(frames) == 3 else None)
-        elif op == wire.OP_ACCEPT:
-            subprotocol = header.get("subprotocol")
-            if subprotocol is not None and subprotocol not in conn.subprotocols:
-                log.warning("%s: consumer chose subprotocol %r, which the client did not "
-                            "offer (%s); ignored", conn.reply_channel, subprotocol,
-                            conn.subprotocols)
-                subprotocol = None
-            conn.subprotocol = subprotocol
-            conn.decide(Decision.ACCEPT)
-        elif op == wire.OP_REJECT:
-            conn.decide(Decision.REJECT)
-        elif op == wire.OP_CLOSE:
-            code = header.get("code", 1000)
-            conn.close(code if isinstance(code, int) else 1000, str(header.get("reason", "")))
-        else:
-            counters.incr("garbage")
-            log.warning("dropped a message with unknown op %r", op)
-
-    def http_response(self, exchange: Exchange, op: str, header: dict[str, Any],
-                      payload: bytes | None) -> None:
-        if op == wire.OP_START:
-            exchange.start(header, payload)
-        elif op == wire.OP_BODY:
-            exchange.body(payload or b"", bool(header.get("more")))
-        elif op == wire.OP_HOLD:
-            exchange.hold_until_message(header)
-        elif op == wire.OP_CLOSE:
-            exchange.close()
-        elif op in (wire.OP_ACCEPT, wire.OP_REJECT):
-            exchange.invalid(f"{op} is for WebSocket connections")
-        else:
-            counters.incr("garbage")
-            log.warning("dropped a message with unknown op %r", op)
-
-    def acknowledged(self, conn: Connection | Exchange, header: dict[str, Any]) -> None:
-        channel = conn.in_flight
-        self.finished(conn)
-        session = header.get("session")
-        if isinstance(session, dict):
-            conn.set_session(session)
-        sent = header.get("sent")
-        if type(sent) is int and sent > conn.arrived:
-            # The consumer's messages travel the same path as its "done", in order: if
-            # the done is here and they are not, they were lost (in a router that was
-            # killed). The client must not wait for an answer that will not come.
-            counters.incr("replies_lost", sent - conn.arrived)
-            log.error("%s: %d of the %d messages the %s consumer sent were lost on the "
-                      "way; closing", conn.reply_channel, sent - conn.arrived, sent, channel)
-            conn.consumer_failed()
-        elif header.get("error"):
-            conn.consumer_failed()
-        elif isinstance(conn, Connection) and channel == "websocket.connect":
-            conn.decide(Decision.ACCEPT)  # a connect consumer that returns accepts
-        self.dispatch_next(conn)
-
-    def membership(self, conn: Connection | Exchange | None, op: str, group: Any) -> bool:
-        if not isinstance(group, str) or not group:
-            counters.incr("garbage")
-            return False
-        if conn is None or conn.state is State.CLOSED:
-            return False  # it has left every group already
-        if op == wire.OP_GROUP_ADD:
-            self.groups.add(group.encode(), conn)
-            return True
-        return self.groups.discard(group.encode(), conn)
-
-    # -- group messages (via the forwarder) ----------------------------------
-
-    def on_group(self, frames: list[bytes]) -> None:
-        if len(frames) != 3:
-            counters.incr("garbage")
-            log.warning("dropped a malformed group message (%d frames)", len(frames))
-            return
-        group, raw_header, payload = frames
-        if group == PROBE_GROUP:
-            if payload == self.id.encode():
-                self.probe_seen = True
-            return
-        counters.incr("group_received")  # against the workers' group_sends
-        members = self.groups.members(group)
-        if not members:
-            return
-        try:
-            header = wire.decode(raw_header)
-        except ValueError as e:
-            counters.incr("garbage")
-            log.warning("dropped a malformed group message for %r: %s", group, e)
-            return
-        if not _valid_fields(header):
-            counters.incr("garbage")
-            log.warning("dropped a group message with wrong field types for %r: %.200r",
-                        group, raw_header)
-            return
-        counters.incr("group_deliveries", len(members))
-        # A snapshot: a write or close may end a member's connection, and with it its
-        # memberships.
-        targets = tuple(members)
-        if header.get("op") == wire.OP_CLOSE:
-            code = header.get("code")
-            for conn in targets:
-                conn.close(code if isinstance(code, int) else 1000, "")
-            return
-        kind = header.get("kind")
-        data = None  # framed once, for every WebSocket member
-        for conn in targets:
-            if isinstance(conn, Connection):
-                if data is None:
-                    data = frame(OPCODES.get(kind, OPCODE_BINARY), payload)
-                conn.write(data)
-            else:
-                conn.deliver(kind, payload, header)
-
-
-class StaticFiles(tornado.web.StaticFileHandler):
-    """Static files with caching headers: ``Cache-Control: max-age`` (static_max_age;
-    ten years for ``?v=`` versioned URLs), plus ETag and Last-Modified, so a
-    revalidation answers 304. The page at ``/`` is always revalidated."""
-
-    def initialize(self, max_age: int = 0, **kwargs: Any) -> None:  # type: ignore[override]
-        super().initialize(**kwargs)
-        self.max_age = max_age
-
-    def get_cache_time(self, path: str, modified: Any, mime_type: str) -> int:
-        if "v" in self.request.arguments:
-            return self.CACHE_MAX_AGE
-        if self.default_filename is not None:
-            self.set_header("Cache-Control", "no-cache")
-            return 0
-        return self.max_age
-
-
-def _valid_fields(header: dict[str, Any]) -> bool:
-    """Whether the optional fields the interface acts on have usable values (a worker
-    never sends anything else; this is about garbage on the sockets)."""
-    if not isinstance(header.get("kind", ""), str):
-        return False
-    if header.get("op") == wire.OP_CLOSE:
-        try:
-            wire.check_close(header.get("code", 1000), header.get("reason", ""))
-        except (ValueError, TypeError, AttributeError):
-            return False
-    return True
-
-
-def _log_request(handler: tornado.web.RequestHandler) -> None:
-    """Like Tornado's access log, but a 503 or 504 is a refusal the interface has
-    already explained and counted: a warning, not an error."""
-    status = handler.get_status()
-    if status < 400:
-        return  # successful requests (and every WebSocket upgrade) are not logged
-    level = logging.INFO if status < 500 else logging.WARNING
-    request = handler.request
-    access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, request.uri,
-                   request.remote_ip, 1000.0 * request.request_time())
-
 
 def _peer_port(request: Any) -> int | None:
     sock = getattr(getattr(request.connection, "stream", None), "socket", None)
