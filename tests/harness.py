@@ -419,3 +419,21 @@ def read_gated_stream(system: System, path: str, gate: str) -> tuple[Any, bytes,
     finally:
         conn.close()
         os.unlink(gate_file)
+
+
+def raw_websocket(port: int, path: str) -> socket.socket:
+    """A WebSocket client on a raw blocking socket with a tiny receive window, for
+    clients that stop reading: the handshake is read byte by byte, so the frames that
+    follow it stay unread in the kernel."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                  "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(1)
+    assert response.startswith(b"HTTP/1.1 101"), response
+    return sock

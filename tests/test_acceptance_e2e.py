@@ -2,7 +2,6 @@
 broadcast flood, and a burst of 1,000 connects against a saturated pool."""
 import asyncio
 import resource
-import socket
 import threading
 import time
 
@@ -10,7 +9,7 @@ import pytest
 from tornado.httpclient import HTTPClientError
 from tornado.websocket import websocket_connect
 
-from harness import checked_system, join_member, read, run, wait_until
+from harness import checked_system, join_member, raw_websocket, read, run, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -49,21 +48,9 @@ def rss_bound(baseline, connections, interfaces, workers, message_bytes):
 
 
 def raw_member(port, group):
-    """A member of `group` (tests/consumers/membership.py) on a raw socket with a tiny
-    receive window, which never reads after the handshake."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.settimeout(10)
-    sock.connect(("127.0.0.1", port))
-    sock.sendall((f"GET /test/member/{group} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                  "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
-    response = b""
-    while b"\r\n\r\n" not in response:
-        response += sock.recv(1)
-    assert response.startswith(b"HTTP/1.1 101"), response
-    return sock
+    """A member of `group` (tests/consumers/membership.py) that never reads after the
+    handshake."""
+    return raw_websocket(port, f"/test/member/{group}")
 
 
 class Sampler(threading.Thread):

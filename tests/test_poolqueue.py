@@ -48,6 +48,14 @@ def run_until(pool_queue, condition, timeout=5.0):
         pool_queue.step(pool_queue.poll())
 
 
+def free_worker(pool_queue, worker, name):
+    """A worker DEALER named `name` that has said READY and is on the free list."""
+    sock = worker(name)
+    sock.send(b"R0")
+    run_until(pool_queue, lambda: name in pool_queue.ready)
+    return sock
+
+
 def test_a_message_waits_for_a_free_worker_and_goes_to_it(queue):
     pool_queue, sender, worker = queue
     sender.send_multipart([b'{"channel": "x"}', b"payload"])
@@ -63,9 +71,7 @@ def test_a_message_waits_for_a_free_worker_and_goes_to_it(queue):
 
 def test_a_ready_that_crossed_a_message_is_ignored(queue):
     pool_queue, sender, worker = queue
-    w1 = worker(b"w1")
-    w1.send(b"R0")
-    run_until(pool_queue, lambda: b"w1" in pool_queue.ready)
+    w1 = free_worker(pool_queue, worker, b"w1")
     sender.send_multipart([b"{}", b"first"])
     run_until(pool_queue, lambda: pool_queue.dispatched.get(b"w1") == 1)
     w1.send(b"R0")  # the idle heartbeat, sent before "first" arrived
@@ -81,9 +87,7 @@ def test_a_ready_that_crossed_a_message_is_ignored(queue):
 
 def test_a_worker_that_left_after_ready_is_dropped_from_the_free_list(queue):
     pool_queue, sender, worker = queue
-    gone = worker(b"gone")
-    gone.send(b"R0")
-    run_until(pool_queue, lambda: b"gone" in pool_queue.ready)
+    gone = free_worker(pool_queue, worker, b"gone")
     gone.close(linger=0)
     run_until(pool_queue, lambda: b"gone" not in pool_queue.ready)  # the monitor saw it
     sender.send_multipart([b"{}", b"for someone"])
@@ -111,15 +115,11 @@ def test_a_free_worker_that_cannot_be_reached_is_skipped(queue):
 
 def test_the_message_of_a_worker_that_dies_goes_to_another_marked_redelivered(queue):
     pool_queue, sender, worker = queue
-    w1 = worker(b"w1")
-    w1.send(b"R0")
-    run_until(pool_queue, lambda: b"w1" in pool_queue.ready)
+    w1 = free_worker(pool_queue, worker, b"w1")
     sender.send_multipart([b'{"channel":"x"}', b"work", b"7"])
     run_until(pool_queue, lambda: pool_queue.dispatched.get(b"w1") == 1)
     assert w1.poll(2000) and w1.recv_multipart() == [b'{"channel":"x"}', b"work", b"7"]
-    w2 = worker(b"w2")
-    w2.send(b"R0")
-    run_until(pool_queue, lambda: b"w2" in pool_queue.ready)
+    w2 = free_worker(pool_queue, worker, b"w2")
     w1.close(linger=0)  # dies holding "work"
     run_until(pool_queue, lambda: counters.get("redelivered", 0) == 1)
     assert w2.poll(2000)
@@ -127,9 +127,7 @@ def test_the_message_of_a_worker_that_dies_goes_to_another_marked_redelivered(qu
     assert json.loads(header) == {"channel": "x", "redelivered": True}
     assert (payload, seq) == (b"work", b"7"), "payload and seq travel unchanged"
     # It kills its second worker too: dropped and counted, not handed on again.
-    w3 = worker(b"w3")
-    w3.send(b"R0")
-    run_until(pool_queue, lambda: b"w3" in pool_queue.ready)
+    w3 = free_worker(pool_queue, worker, b"w3")
     w2.close(linger=0)
     run_until(pool_queue, lambda: counters.get("dropped_after_redelivery", 0) == 1)
     for _ in range(5):
@@ -140,9 +138,7 @@ def test_the_message_of_a_worker_that_dies_goes_to_another_marked_redelivered(qu
 
 def test_a_worker_that_finished_its_message_and_dies_causes_no_redelivery(queue):
     pool_queue, sender, worker = queue
-    w1 = worker(b"w1")
-    w1.send(b"R0")
-    run_until(pool_queue, lambda: b"w1" in pool_queue.ready)
+    w1 = free_worker(pool_queue, worker, b"w1")
     sender.send_multipart([b"{}", b"work"])
     run_until(pool_queue, lambda: pool_queue.dispatched.get(b"w1") == 1)
     assert w1.poll(2000) and w1.recv_multipart()[1] == b"work"
@@ -155,9 +151,7 @@ def test_a_worker_that_finished_its_message_and_dies_causes_no_redelivery(queue)
 
 def test_bye_hands_on_only_what_the_worker_did_not_take(queue):
     pool_queue, sender, worker = queue
-    w1 = worker(b"w1")
-    w1.send(b"R0")
-    run_until(pool_queue, lambda: b"w1" in pool_queue.ready)
+    w1 = free_worker(pool_queue, worker, b"w1")
     sender.send_multipart([b"{}", b"unread"])
     run_until(pool_queue, lambda: pool_queue.dispatched.get(b"w1") == 1)
     w1.send(b"B0")  # stopping; it had handled nothing when it said so

@@ -4,27 +4,11 @@ import socket
 
 import pytest
 
-from harness import checked_system, echo_once, run, wait_until
+from harness import checked_system, echo_once, raw_websocket, run, wait_until
 
 pytestmark = pytest.mark.e2e
 
 LIMIT = 256 * 1024
-
-
-def handshake(port: int, path: str) -> socket.socket:
-    """A WebSocket client on a raw socket with a tiny receive window."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.settimeout(10)
-    sock.connect(("127.0.0.1", port))
-    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                  "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
-    response = b""
-    while b"\r\n\r\n" not in response:
-        response += sock.recv(1)  # byte by byte: leave the frames that follow unread
-    assert response.startswith(b"HTTP/1.1 101"), response
-    return sock
 
 
 def send_text(sock: socket.socket, text: str) -> None:
@@ -35,7 +19,7 @@ def send_text(sock: socket.socket, text: str) -> None:
 
 def test_a_client_that_does_not_read_is_closed_and_others_carry_on():
     with checked_system(server={"max_outbound_bytes": LIMIT}) as system:
-        slow = handshake(system.port, "/test/firehose")
+        slow = raw_websocket(system.port, "/test/firehose")
         send_text(slow, "128")  # 8 MiB: more than the kernel buffers and the limit
         counts = wait_until(lambda: (c := system.counters("interface"))
                             and c.get("outbound_overflow") and c, 20,
