@@ -36,7 +36,6 @@ NO_BODY_STATUSES = frozenset({204, 304})
 SSE_HEADERS = (("Content-Type", "text/event-stream; charset=utf-8"),
                ("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no"))
 SSE_HEARTBEAT = b": keep-alive\n\n"
-CLOSE_CONSUMER_ERROR = 1011
 
 
 def sse_event(payload: bytes, event: Any = None, event_id: Any = None) -> bytes:
@@ -72,11 +71,10 @@ class Exchange:
     sees a connection (queue, one event in flight, groups) plus the response."""
 
     resume = None  # HTTP requests are read whole; there is nothing to pause
-    session = None
 
     __slots__ = (
         "id", "reply_channel", "handler", "path", "state", "queue", "in_flight",
-        "in_flight_since", "sequence", "overdue", "closing", "connect_delivered", "closed_at",
+        "in_flight_since", "sequence", "overdue", "connect_delivered", "closed_at",
         "retry_scheduled", "groups", "arrived", "mode", "started", "ended", "deadline", "hold",
         "last_write", "done",
     )
@@ -93,7 +91,6 @@ class Exchange:
         self.sequence = 0
         self.arrived = 0  # messages from workers since the request was dispatched
         self.overdue = False
-        self.closing = False
         self.connect_delivered = False
         self.closed_at = 0.0
         self.retry_scheduled = False

@@ -76,16 +76,17 @@ class Layer:
                      payload: bytes | None = None) -> None:
         """Send an operation for one connection to the interface that owns it (via the router)."""
         if isinstance(reply_channel, ReplyChannel):
-            interface_id, conn_id = reply_channel.route  # parsed once, when it was made
+            route = reply_channel.route  # parsed once, when it was made
         else:
-            interface_id, conn_id = wire.split_reply_channel(reply_channel)
+            route = wire.split_reply_channel(reply_channel)
+        interface_id, conn_id = route
         header["conn"] = conn_id
         frames = [interface_id, wire.encode(header)]
         if payload is not None:
             frames.append(payload)
         self._send(self.router, frames, "the route to %s", reply_channel)
         counters.incr("to_router")  # what the router lost when it died: see docs/operations.md
-        if (interface_id, conn_id) == self.current_route:
+        if route == self.current_route:  # no new tuple: this is the per-message path
             self.current_sends += 1
 
     def send(self, channel: str, content: dict[str, Any] | None = None,

@@ -96,9 +96,8 @@ class ReplyChannel:
         """Send a complete HTTP response. A str body is sent as UTF-8 and defaults to
         ``text/plain; charset=utf-8``; bytes default to ``application/octet-stream``."""
         payload, content_type = _body(body, content_type)
-        self._layer.to_interface(self, {
-            "op": wire.OP_START, "status": _status(status), "more": False,
-            "headers": _headers(headers, content_type)}, payload)
+        self._start(_status(status), _headers(headers, content_type), False,
+                    wire.MODE_RESPONSE, payload)
 
     def start_response(self, status: int = 200, headers: Headers = None,
                        content_type: str | None = None, body: str | bytes = b"") -> None:
@@ -107,18 +106,17 @@ class ReplyChannel:
         any other process -- until `end`. Chunked transfer encoding unless the
         headers give a Content-Length."""
         payload, _ = _body(body, None)
-        self._layer.to_interface(self, {
-            "op": wire.OP_START, "status": _status(status), "more": True,
-            "mode": wire.MODE_STREAM, "headers": _headers(headers, content_type)}, payload)
+        self._start(_status(status), _headers(headers, content_type), True, wire.MODE_STREAM,
+                    payload)
 
     def send_body(self, body: str | bytes, more: bool = True) -> None:
         """One more part of a started response; ``more=False`` ends it."""
         payload, _ = _body(body, None)
-        self._layer.to_interface(self, {"op": wire.OP_BODY, "more": bool(more)}, payload)
+        self._part(payload, bool(more))
 
     def end(self) -> None:
         """End a started response (streamed or Server-Sent Events)."""
-        self._layer.to_interface(self, {"op": wire.OP_BODY, "more": False}, b"")
+        self._part(b"", False)
 
     def start_events(self, headers: Headers = None, retry_ms: int | None = None) -> None:
         """Turn the response into a Server-Sent Events stream (``text/event-stream``).
@@ -126,9 +124,7 @@ class ReplyChannel:
         `send`, or a `group_send` to a group it joined -- is an event; idle streams get
         a comment line every ``sse_heartbeat`` seconds."""
         first = b"retry: %d\n\n" % retry_ms if retry_ms is not None else b""
-        self._layer.to_interface(self, {
-            "op": wire.OP_START, "status": 200, "more": True, "mode": wire.MODE_SSE,
-            "headers": _headers(headers, None)}, first)
+        self._start(200, _headers(headers, None), True, wire.MODE_SSE, first)
 
     def send_event(self, data: str, event: str | None = None, id: str | int | None = None) -> None:
         """One Server-Sent Event on a stream started with `start_events`."""
@@ -139,6 +135,17 @@ class ReplyChannel:
             header["id"] = id
         kind, payload = wire.payload_of(data, None)
         self._layer.to_interface(self, header, payload)
+
+    def _start(self, status: int, headers: list[list[str]], more: bool, mode: str,
+               payload: bytes) -> None:
+        """The "start" operation: status and headers (checked), maybe a first part.
+        Also what the WSGI adapter (runtime/wsgi.py) sends."""
+        self._layer.to_interface(self, {"op": wire.OP_START, "status": status, "more": more,
+                                        "mode": mode, "headers": headers}, payload)
+
+    def _part(self, payload: bytes, more: bool) -> None:
+        """The "body" operation: one more part; ``more=False`` ends the response."""
+        self._layer.to_interface(self, {"op": wire.OP_BODY, "more": more}, payload)
 
     def hold(self, timeout: float, status: int = 200, headers: Headers = None,
              content_type: str | None = None, timeout_status: int = 204) -> None:

@@ -121,14 +121,13 @@ class Response:
         self.send(bytes(data), more=not last)
 
     def send(self, payload: bytes, more: bool) -> None:
-        route = self.reply_channel
         if not self.started:
             self.started = True
-            route._layer.to_interface(route, {
-                "op": wire.OP_START, "status": self.status, "headers": self.headers,
-                "more": more, "mode": wire.MODE_RESPONSE}, payload)
+            assert self.status is not None
+            self.reply_channel._start(self.status, self.headers, more, wire.MODE_RESPONSE,
+                                      payload)
         else:
-            route._layer.to_interface(route, {"op": wire.OP_BODY, "more": more}, payload)
+            self.reply_channel._part(payload, more)
         self.ended = not more
 
     def finish(self) -> None:
