@@ -10,6 +10,7 @@ import tempfile
 import pytest
 
 from harness import ROOT
+from runtime.bench import channels
 
 pytestmark = pytest.mark.e2e
 
@@ -34,31 +35,89 @@ def system_args(system):
 
 def test_echo_with_baseline_every_echo_matched(system, tmp_path):
     document, done = bench(tmp_path, "echo", *system_args(system), "--duration", "1",
-                           "-c", "6", "--baseline")
-    project, base = document["runs"]
-    assert (project["system"], base["system"]) == ("project", "baseline")
-    for run in (project, base):
-        f = run["figures"]
-        assert f["opened"] == 6
-        assert f["sent"] > 0
-        assert f["sent"] == f["received"] + f["lost"] + f["mismatched"]
-        assert f["mismatched"] == 0 and f["lost"] == 0
-        assert f["latency"]["count"] == f["received"]
-        assert 0 < f["latency"]["p50"] <= f["latency"]["p99"] <= f["latency"]["max"]
-        assert f["client_processes"] == 2
-    # Every zchannels process was found and measured.
-    assert project["figures"]["server_processes"] == len(system.processes)
+                           "-c", "6", "--baseline", "--rounds", "2")
+    runs = document["runs"]
+    # The systems alternate, round after round.
+    assert [(r["system"], r["round"]) for r in runs] == [
+        ("project", 0), ("baseline", 0), ("project", 1), ("baseline", 1)]
+    for run in runs:
+        # The throughput run with 6 connections, then the latency run with 1.
+        for f, connections in ((run["figures"], 6), (run["figures"]["single"], 1)):
+            assert f["opened"] == connections
+            assert f["sent"] > 0
+            assert f["sent"] == f["received"] + f["lost"] + f["mismatched"]
+            assert f["mismatched"] == 0 and f["lost"] == 0
+            assert f["latency"]["count"] == f["received"]
+            assert 0 < f["latency"]["p50"] <= f["latency"]["p99"] <= f["latency"]["max"]
+            assert f["cpu_per_op"] > 0
+        assert run["figures"]["client_processes"] == 2
+        assert run["figures"]["single"]["client_processes"] == 1
+    project, base = runs[0]["figures"], runs[1]["figures"]
+    # Every zchannels process was found and measured, whatever its role.
+    assert project["server_processes"] == len(system.processes)
+    assert len(project["zmq_sent_by_process"]) == len(system.processes)
+    counting = all(p["after"] is not None for p in project["zmq_sent_by_process"])
+    if counting:  # once every process counts zmq_sent, an echo costs some messages
+        assert all(run["figures"]["zmq_per_op"] > 0 for run in runs[::2])
+    else:  # until then: no figure, and a note that says why
+        assert project["zmq_per_op"] is None
+        assert "ZeroMQ messages per operation not measured" in done.stdout
+    assert "zmq_per_op" not in base  # no ZeroMQ in raw Tornado
     rate = [c for c in document["comparisons"] if c["metric"] == "rate"][0]
-    assert rate["ratio"] == pytest.approx(project["figures"]["rate"] / base["figures"]["rate"])
+    assert (rate["system"], rate["reference"]) == ("zchannels", "raw Tornado")
+    assert rate["rounds"] == [pytest.approx(runs[i]["figures"]["rate"]
+                                            / runs[i + 1]["figures"]["rate"]) for i in (0, 2)]
+    assert rate["ratio"] == pytest.approx(sum(rate["rounds"]) / 2)
     assert "round trips/s" in done.stdout and "raw Tornado" in done.stdout
+    header = done.stdout.splitlines()
+    for label in ("server CPU per round trip (µs)", "ZeroMQ messages per round trip",
+                  "1 connection: RTT p50 (ms)", "1 connection: RTT p99 (ms)"):
+        [row] = [line for line in header if line.startswith(label)]
+        cells = row[len(label):].split()
+        assert len(cells) == 2, row  # zchannels, raw Tornado
+        if label.startswith("ZeroMQ"):
+            assert cells[1] == "-" and (cells[0] != "-") == counting
+        else:
+            assert "-" not in cells, row
+    assert header[1].startswith("command: scripts/bench echo")
+    assert header[2].startswith("date:") and header[3].startswith("machine:")
     assert document["command"].startswith("scripts/bench echo")
     assert document["machine"]["cpus"] and document["versions"]["tornado"]
+    assert len(document["loadavg_before"]) == len(document["loadavg_after"]) == 3
+    assert [c["name"] for c in document["columns"]] == ["zchannels", "raw Tornado"]
     png = [n for n in os.listdir(tmp_path) if n.endswith(".png")]
     try:
         import matplotlib  # noqa: F401
         assert len(png) == 1
     except ImportError:  # the plot is an optional extra; the rest is still written
         assert png == [] and "matplotlib is not installed" in done.stderr
+
+
+def test_channels_without_its_packages_says_how_to_install(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "runtime.bench", "echo", "--channels",
+                           "--channels-venv", str(tmp_path / "none"), "--url",
+                           "http://127.0.0.1:9"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=BENCH_TIMEOUT)
+    assert done.returncode == 2
+    assert "scripts/bench-channels --install" in done.stderr
+
+
+@pytest.mark.skipif(channels.missing(channels.DEFAULT_VENV) != [],
+                    reason="Channels 4 is not installed (scripts/bench-channels --install)")
+def test_channels_in_the_same_rounds(system, tmp_path):
+    document, done = bench(tmp_path, "echo", *system_args(system), "--duration", "0.5",
+                           "-c", "2", "--channels", "--rounds", "1", "--no-latency",
+                           "--no-plot")
+    assert [r["name"] for r in document["runs"]] == ["zchannels", "Channels 4 async",
+                                                     "Channels 4 sync"]
+    for run in document["runs"]:
+        f = run["figures"]
+        assert f["received"] > 0 and f["lost"] == f["mismatched"] == 0, run["name"]
+    daphne = document["runs"][1]["figures"]
+    assert daphne["server_processes"] == 2  # Daphne and Redis
+    pairs = {(c["system"], c["reference"]) for c in document["comparisons"]}
+    assert pairs == {("zchannels", "Channels 4 async"), ("Channels 4 sync", "Channels 4 async")}
+    assert "Channels 4 sync vs Channels 4 async" in done.stdout
 
 
 @pytest.mark.parametrize("rate", ["20", "0"], ids=["fixed-rate", "flood"])

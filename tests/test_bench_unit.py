@@ -1,14 +1,17 @@
-"""The bench's pure logic: percentiles, adding up client counts, the report, the
-clients' parsers (fed bytes directly, no sockets)."""
+"""The bench's pure logic: percentiles, adding up client counts, the server's CPU and
+ZeroMQ messages per operation, medians and ratios over rounds, the report, the clients'
+parsers (fed bytes directly, no sockets)."""
 import asyncio
 import json
 import math
+import os
 import random
 import struct
+import time
 
 import pytest
 
-from runtime.bench import cli, report, runner
+from runtime.bench import accounting, channels, cli, report, runner, servers, summary
 from runtime.bench.histogram import GROWTH, Histogram
 from runtime.bench.httpclient import HttpProtocol, ResponseError
 from runtime.bench.client import share
@@ -106,7 +109,7 @@ def test_idle_reports_no_client_cpu():
     assert figures["client_cpu"] is None and figures["client_cpu_max_process"] is None
     assert not any("bottleneck" in w for w in warnings)
     run = {"name": "zchannels", "system": "project", "figures": {**figures, "opened": 8}}
-    lines = report.table("idle", [run], []).splitlines()
+    lines = report.table("idle", summary.columns("idle", [run]), []).splitlines()
     assert [line.split()[-1] for line in lines if line.startswith(("client CPU", "busiest"))] \
         == ["-", "-"]
 
@@ -134,23 +137,187 @@ def test_http_non_200_is_an_error():
     assert cli.problems({**figures, "opened": 1, "wanted": 1}) == ["wrong answers"]
 
 
+def run_of(name, system, round_index, target="/ws/echo", **figures):
+    return {"name": name, "system": system, "round": round_index, "target": target,
+            "figures": {"opened": 50, "wanted": 50, "warnings": [], "notes": [], **figures}}
+
+
 def test_comparisons_and_table():
-    project = {"name": "zchannels", "system": "project",
-               "figures": {"rate": 500.0, "latency": {"p50": 0.002}, "opened": 50,
-                           "warnings": ["something odd"]}}
-    base = {"name": "raw Tornado", "system": "baseline",
-            "figures": {"rate": 1000.0, "latency": {"p50": 0.001}, "opened": 50}}
-    rows = report.comparisons("echo", [(project, base)])
+    project = run_of("zchannels", "project", 0, rate=500.0, latency={"p50": 0.002},
+                     cpu_per_op=0.0008, warnings=["something odd"])
+    base = run_of("raw Tornado", "baseline", 0, rate=1000.0, latency={"p50": 0.001},
+                  cpu_per_op=0.0001)
+    rows = summary.comparisons("echo", [project, base])
     by_metric = {row["metric"]: row for row in rows}
-    assert by_metric["rate"]["ratio"] == 0.5
+    assert {(row["system"], row["reference"]) for row in rows} == {("zchannels", "raw Tornado")}
+    assert by_metric["rate"]["ratio"] == 0.5 and by_metric["rate"]["rounds"] == [0.5]
     assert by_metric["latency.p50"]["ratio"] == 2.0
+    assert by_metric["cpu_per_op"]["ratio"] == pytest.approx(8.0)
     assert by_metric["latency.p99"]["ratio"] is None  # missing figures give no ratio
-    text = report.table("echo", [project, base], rows)
+    text = report.table("echo", summary.columns("echo", [project, base]), rows)
     assert "round trips/s" in text and "1,000" in text and "0.50x" in text
+    assert "server CPU per round trip (µs)" in text and "(800 vs 100 µs)" in text
     assert "WARNING (zchannels): something odd" in text
     # Wrong answers void the comparison: a fast 404 is no result.
     project["figures"]["bad_status"] = 3
-    assert all(row["ratio"] is None for row in report.comparisons("echo", [(project, base)]))
+    assert all(row["ratio"] is None for row in summary.comparisons("echo", [project, base]))
+
+
+def test_medians_over_rounds_and_per_round_ratios():
+    runs = []
+    for r, (mine, tornado, chan_async, chan_sync) in enumerate(
+            [(100.0, 400.0, 200.0, 50.0), (300.0, 500.0, 250.0, 100.0),
+             (200.0, 1000.0, 100.0, 75.0)]):
+        runs += [run_of("zchannels", "project", r, rate=mine),
+                 run_of("raw Tornado", "baseline", r, rate=tornado),
+                 run_of("Channels 4 async", "channels-async", r, rate=chan_async),
+                 run_of("Channels 4 sync", "channels-sync", r, rate=chan_sync,
+                        single={"mismatched": 1} if r == 2 else {})]
+    columns = summary.columns("echo", runs)
+    assert [c["name"] for c in columns] == ["zchannels", "raw Tornado", "Channels 4 async",
+                                            "Channels 4 sync"]
+    assert [c["median"]["rate"] for c in columns] == [200.0, 500.0, 200.0, 75.0]
+    assert columns[0]["each_round"]["rate"] == [100.0, 300.0, 200.0]
+    assert all(c["rounds"] == 3 for c in columns)
+    rate = {(c["system"], c["reference"]): c for c in summary.comparisons("echo", runs)
+            if c["metric"] == "rate"}
+    # Every system against raw Tornado and against Channels async; never the reverse.
+    assert set(rate) == {("zchannels", "raw Tornado"), ("Channels 4 async", "raw Tornado"),
+                         ("Channels 4 sync", "raw Tornado"), ("zchannels", "Channels 4 async"),
+                         ("Channels 4 sync", "Channels 4 async")}
+    # The median of the per-round ratios, not the ratio of the medians (200 / 500).
+    assert rate[("zchannels", "raw Tornado")]["rounds"] == [0.25, 0.6, 0.2]
+    assert rate[("zchannels", "raw Tornado")]["ratio"] == 0.25
+    assert rate[("zchannels", "raw Tornado")]["value"] == 200.0
+    assert rate[("zchannels", "Channels 4 async")]["rounds"] == [0.5, 1.2, 2.0]
+    # Wrong answers in the 1-connection run void that round's ratios only.
+    assert rate[("Channels 4 sync", "raw Tornado")]["rounds"] == [0.125, 0.2, None]
+    assert rate[("Channels 4 sync", "raw Tornado")]["ratio"] == pytest.approx(0.1625)
+    text = report.table("echo", columns, summary.comparisons("echo", runs))
+    assert "median of the 3 per-round ratios" in text
+    assert "zchannels vs raw Tornado: round trips/s 0.25 0.60 0.20" in text
+    assert summary.median([None, 3, "x", 1]) == 2 and summary.median([None]) is None
+
+
+def test_table_has_server_cost_columns_and_dashes_for_what_is_unknown():
+    runs = [run_of("zchannels", "project", 0, target="/hello", rate=1000.0, cpu_per_op=0.00087,
+                   zmq_per_op=None, notes=["ZeroMQ messages per operation not measured"],
+                   single={"latency": {"p50": 0.0009, "p99": 0.002}, "cpu_per_op": 0.001}),
+            run_of("raw Tornado", "baseline", 0, target="/hello", rate=4000.0,
+                   cpu_per_op=0.00014)]
+    lines = report.table("http", summary.columns("http", runs), []).splitlines()
+    row = {line[:46].strip(): line[46:].split() for line in lines[1:] if line[:1] != " "}
+    assert row["server CPU per request (µs)"] == ["870", "140"]
+    assert row["ZeroMQ messages per request"] == ["-", "-"]
+    assert row["1 connection: latency p50 (ms)"] == ["0.90", "-"]
+    assert row["1 connection: server CPU per request (µs)"] == ["1,000", "-"]
+    assert "note (zchannels): ZeroMQ messages per operation not measured" in lines
+    # The 1-connection run exists for echo and http only.
+    assert not any(key.startswith("single.") for key, *_ in report.rows("broadcast"))
+
+
+def test_header_names_command_date_and_machine():
+    text = report.header({
+        "title": "echo, 50 connections", "command": "scripts/bench echo --rounds 3",
+        "started": "2026-12-01T10:00:00Z", "finished": "2026-12-01T10:01:00Z",
+        "machine": {"cpus": 2, "Model name": "AMD EPYC"}, "versions": {"git_commit": "abc1234"},
+        "loadavg_before": (1.0, 0.5, 0.25), "loadavg_after": (2.0, 1.0, 0.5)})
+    assert "command: scripts/bench echo --rounds 3" in text
+    assert "2026-12-01T10:00:00Z to 2026-12-01T10:01:00Z (git abc1234)" in text
+    assert "2 cores (AMD EPYC)" in text
+    assert "1.00 / 0.50 / 0.25 before, 2.00 / 1.00 / 0.50 after" in text
+
+
+def stats_file(pid, sent, at, role="broker"):
+    counters = {} if sent is None else {"zmq_sent": sent}
+    return {"role": role, "pid": pid, "time": at, "counters": counters, "gauges": {}}
+
+
+def test_messages_per_operation():
+    before = {1: stats_file(1, 100, 10.5), 2: stats_file(2, 0, 10.2, "interface")}
+    after = {1: stats_file(1, 2100, 20.5), 2: stats_file(2, 1000, 20.1, "interface")}
+    assert accounting.messages_per_op(before, after, 1000, 10.0, 20.0) == (3.0, None)
+    # The processes known from run_dir/ready must all have written a file.
+    value, why = accounting.messages_per_op(before, after, 1000, 10.0, 20.0, pids=[1, 2, 3])
+    assert value is None and "process 3" in why
+    # Nothing completed: no figure rather than a division by zero.
+    assert accounting.messages_per_op(before, after, 0, 10.0, 20.0)[0] is None
+
+
+def test_messages_per_operation_without_the_counter():
+    # Until every process counts zmq_sent, the figure is '-', never a partial sum.
+    none = {1: stats_file(1, None, 11.0), 2: stats_file(2, None, 11.0)}
+    later = {1: stats_file(1, None, 21.0), 2: stats_file(2, None, 21.0)}
+    value, why = accounting.messages_per_op(none, later, 10, 10.0, 20.0)
+    assert value is None and "counts no zmq_sent" in why
+    some = {1: stats_file(1, 5, 21.0), 2: stats_file(2, None, 21.0, "worker")}
+    value, why = accounting.messages_per_op(
+        {1: stats_file(1, 0, 11.0), 2: stats_file(2, None, 11.0)}, some, 10, 10.0, 20.0)
+    assert value is None and "worker.2" in why
+
+
+def test_messages_per_operation_with_stale_or_changing_stats():
+    before = {1: stats_file(1, 100, 10.5), 2: stats_file(2, 0, 10.2)}
+    after = {1: stats_file(1, 2100, 20.5), 2: stats_file(2, 1000, 20.1)}
+    # A file written before the quiet period (or before the last answer) is stale.
+    stale_before = {**before, 2: stats_file(2, 0, 9.0)}
+    value, why = accounting.messages_per_op(stale_before, after, 10, 10.0, 20.0)
+    assert value is None and "no fresh stats file from broker.2" in why
+    stale_after = {**after, 1: stats_file(1, 2000, 19.0)}
+    assert accounting.messages_per_op(before, stale_after, 10, 10.0, 20.0)[0] is None
+    # A process that appeared, disappeared or restarted during the load.
+    grown = {**after, 3: stats_file(3, 50, 20.3)}
+    value, why = accounting.messages_per_op(before, grown, 10, 10.0, 20.0)
+    assert value is None and "came or went" in why and "broker.3" in why
+    assert accounting.messages_per_op(before, {1: after[1]}, 10, 10.0, 20.0)[0] is None
+    restarted = {**after, 1: stats_file(1, 7, 20.5)}
+    value, why = accounting.messages_per_op(before, restarted, 10, 10.0, 20.0)
+    assert value is None and "backwards" in why
+
+
+def test_server_cpu_per_operation():
+    before = {1: 10.0, 2: 5.0, 3: 1.0}
+    after = {1: 10.5, 2: 5.25, 3: 0.0}  # 3 has gone: read as 0, its share not counted
+    assert accounting.cpu_per_op(before, after, 1000) == pytest.approx(0.00075)
+    assert accounting.cpu_per_op(before, after, 0) is None
+    assert accounting.cpu_per_op({}, {}, 10) is None
+
+
+def test_stats_files_are_read_fresh_from_live_processes(tmp_path):
+    stats_dir = tmp_path / "stats"
+    stats_dir.mkdir()
+    me = os.getpid()
+    (stats_dir / f"broker.{me}.json").write_text(json.dumps(stats_file(me, 7, time.time())))
+    (stats_dir / "worker.999999999.json").write_text(json.dumps(stats_file(999999999, 1, 0)))
+    (stats_dir / f"broker.{me}.json.tmp").write_text("{not json")  # being written
+    (stats_dir / "broken.999999998.json").write_text("{not json")
+    found = accounting.read_stats(str(tmp_path))
+    assert list(found) == [me]  # the dead process's and the broken file are left out
+    assert servers.server_pids(str(tmp_path)) == [me]
+    started = time.monotonic()
+    snapshot = accounting.wait_for_fresh(str(tmp_path), [me], time.time() + 60, timeout=0.3)
+    assert 0.3 <= time.monotonic() - started < 2  # bounded: nothing fresh came
+    assert accounting.fresh(snapshot, [me], time.time() + 60) == {}
+    snapshot = accounting.wait_for_fresh(str(tmp_path), [me], 0.0, timeout=5)
+    assert snapshot[me]["counters"]["zmq_sent"] == 7
+    assert accounting.StatsSource(str(tmp_path), 2.0).timeout == 6.0
+
+
+def test_channels_missing_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no redis-server on it
+    with pytest.raises(channels.SetupError) as caught:
+        channels.ChannelsServers(str(tmp_path / "no-venv"))
+    text = str(caught.value)
+    assert "redis-server" in text and "no-venv" in text
+    assert "scripts/bench-channels --install" in text and "redis<8" in text
+
+
+def test_latency_run_options():
+    args = cli.build_parser().parse_args(["echo", "--duration", "2", "--rounds", "3"])
+    assert cli.title("echo", args) == ("echo, 50 connections, 2 s, then 1 connection at "
+                                       "<= 500/s, 2 s; medians of 3 rounds")
+    args = cli.build_parser().parse_args(["echo", "--no-latency"])
+    assert cli.title("echo", args) == "echo, 50 connections, 5 s"
 
 
 def test_endpoints_per_mode():

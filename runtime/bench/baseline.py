@@ -138,14 +138,19 @@ def main(argv: list[str] | None = None) -> None:
 
 
 class Baseline:
-    """A baseline server the bench started: its URL base, its PIDs, and how to stop it."""
+    """A server the bench started to compare with: its URL base, its PIDs (its own, its
+    children's and `also`, e.g. the Redis server behind Daphne), and how to stop it."""
+
+    system = "baseline"  # what run["system"] says of its runs
+    stats = None  # no ZeroMQ, so no zmq_sent counters to read
 
     def __init__(self, name: str, proc: subprocess.Popen[bytes], port: int,
-                 workdir: str) -> None:
+                 workdir: str, also: list[int] | None = None) -> None:
         self.name = name
         self.proc = proc
         self.port = port
         self.workdir = workdir
+        self.also = list(also or [])
         self.notes: list[str] = []  # what keeps it from taking the whole load
 
     @property
@@ -154,7 +159,7 @@ class Baseline:
 
     def pids(self) -> list[int]:
         from .servers import with_descendants
-        return with_descendants([self.proc.pid])
+        return with_descendants([self.proc.pid] + self.also)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -167,7 +172,8 @@ class Baseline:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _wait_for(proc: subprocess.Popen[bytes], ready: Any, what: str, log_path: str) -> Any:
+def wait_for(proc: subprocess.Popen[bytes], ready: Any, what: str, log_path: str) -> Any:
+    """`ready()` once it is true (bounded); the process's log if it exits first."""
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -196,7 +202,7 @@ def start_tornado(workdir: str, fds: int = 0) -> Baseline:
                 return json.load(f)
         except (FileNotFoundError, ValueError):
             return None
-    info = _wait_for(proc, ready, "the raw Tornado baseline", log_path)
+    info = wait_for(proc, ready, "the raw Tornado baseline", log_path)
     baseline = Baseline("raw Tornado", proc, info["port"], workdir)
     with open(log_path, errors="replace") as f:
         baseline.notes = [line[len("baseline: "):].strip() for line in f
@@ -227,7 +233,7 @@ def start_gunicorn(workdir: str, workers: int) -> Baseline:
                 and len(children(proc.pid)) >= workers:
             return int(found.group(1))
         return None
-    port = _wait_for(proc, ready, "gunicorn", log_path)
+    port = wait_for(proc, ready, "gunicorn", log_path)
     return Baseline(f"gunicorn ({workers} workers)", proc, port, workdir)
 
 

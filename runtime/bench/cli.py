@@ -1,29 +1,63 @@
 """``scripts/bench MODE`` (``python -m runtime.bench``, ``zchannels bench``): load a
-running zchannels, and with ``--baseline`` the raw-Tornado (or gunicorn) ceiling in the
-same run, then print a table and write a JSON file and a PNG plot."""
+running zchannels, and with ``--baseline`` the raw-Tornado (or gunicorn) ceiling and with
+``--channels`` Django Channels 4 in the same invocation, alternating, then print a table
+and write a JSON file and a PNG plot."""
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import secrets
 import shlex
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 from urllib.parse import urlsplit
 
-from . import report, servers
-from .baseline import Baseline, start_gunicorn, start_tornado
+from . import accounting, report, servers, summary
+from .baseline import ROOT, Baseline, start_gunicorn, start_tornado
+from .channels import DEFAULT_VENV, FLAVOURS, ChannelsServers, SetupError
 from .runner import BenchError, run_load
 
 MODES = ("echo", "broadcast", "idle", "http")
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_CONNECTIONS = {"echo": 50, "idle": 1000, "http": 50}
+LATENCY_RATE = 500.0  # messages/s at most in the 1-connection latency run
+
+
+EPILOG = """\
+what each mode runs, per system and round:
+  echo, http  a throughput run with -c connections (default 50), each a closed loop;
+              then a latency run with 1 connection, sending the next message when the
+              last is answered but at most --latency-rate per second; each --duration
+              seconds (--no-latency: only the throughput run)
+  broadcast   one run; idle: connections opened, checked, held, memory read
+
+beside every figure:
+  server CPU per round trip (request, delivery): user + system CPU of every server
+  process (/proc/<pid>/stat) over the load and its drain, divided by the answers
+  ZeroMQ messages per round trip: the growth of the zmq_sent counters in the stats
+  files (<run-dir>/stats/<role>.<pid>.json) of every server process, from a file
+  written after the connections went quiet to one written after the last answer (the
+  bench waits up to 3 x --stats-interval for them), divided by the answers; '-' when a
+  process wrote no such file, the server counts no zmq_sent, or there is no ZeroMQ
+  (raw Tornado, gunicorn, Channels)
+
+comparisons:
+  --baseline and --channels run in the same invocation, alternating: each round runs
+  zchannels, raw Tornado (gunicorn for /app/ paths), Channels 4 async, Channels 4 sync,
+  each with the same load. The table shows each system's median over --rounds rounds;
+  each ratio is taken within a round and the median of the per-round ratios is shown,
+  with every round's ratio below it. The output and the JSON start with the command,
+  the date and the machine (cores, model, load average before and after).
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n\n")[0],
+                                epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("mode", choices=MODES, help="echo: closed-loop round trips on /ws/echo; "
                    "broadcast: one chat room (/ws/chat/<room>), fixed rate or flood; idle: "
                    "connections held open, server memory per connection; http: GET requests")
@@ -33,7 +67,25 @@ def build_parser() -> argparse.ArgumentParser:
                    "default /hello, the HTTP consumer, and /app/hello, the WSGI fallback)")
     p.add_argument("--baseline", action="store_true", help="also run the same load against "
                    "raw Tornado (gunicorn for WSGI paths) started by the bench, and print ratios")
+    p.add_argument("--channels", action="store_true", help="also run Django Channels 4 "
+                   "(one Daphne process, channels_redis on a Redis server; async, then sync "
+                   "consumers) started by the bench from --channels-venv; install it with "
+                   "scripts/bench-channels --install")
+    p.add_argument("--channels-venv", default=DEFAULT_VENV, help="the virtualenv holding "
+                   "channels, daphne, channels_redis (default $CHANNELS_VENV or %(default)s)")
+    p.add_argument("--rounds", type=int, help="rounds of every system, alternating; "
+                   "medians are reported (default 3 with --baseline or --channels, else 1)")
     p.add_argument("--duration", type=float, default=5.0, help="seconds of load (default 5)")
+    p.add_argument("--no-latency", action="store_true", help="echo, http: skip the "
+                   "1-connection latency run after the throughput run")
+    p.add_argument("--latency-rate", type=float, default=LATENCY_RATE, help="echo, http: "
+                   "most messages (requests) per second of the 1-connection run, which "
+                   "otherwise sends each as soon as the last is answered (default "
+                   "%(default)g, under zchannels' default rate_limit of 1000/s per "
+                   "connection, beyond which it closes the connection; 0: no limit)")
+    p.add_argument("--stats-interval", type=float, help="seconds between two writes of a "
+                   "server process's stats file (default: stats_interval of "
+                   "$ZCHANNELS_CONFIG or conf/zchannels.toml)")
     p.add_argument("-c", "--connections", type=int,
                    help="echo/http: connections, each a closed loop (default 50); "
                    "idle: connections held (default 1000)")
@@ -53,8 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", type=float, default=1.0, help="broadcast: seconds without a "
                    "delivery that end the drain (default 1)")
     p.add_argument("--run-dir", default=os.environ.get("ZCHANNELS_RUN_DIR", "run"),
-                   help="zchannels run directory, to find the server processes "
-                   "(ready/<role>.<pid>) for CPU and memory (default $ZCHANNELS_RUN_DIR or run)")
+                   help="zchannels run directory, to find every server process "
+                   "(ready/<role>.<pid>, stats/<role>.<pid>.json) for CPU, memory and "
+                   "ZeroMQ messages (default "
+                   "$ZCHANNELS_RUN_DIR or run)")
     p.add_argument("--server-pid", type=int, action="append", default=[],
                    help="measure these processes (and their children) instead (repeatable)")
     p.add_argument("--name", default="zchannels", help="what the measured server is called "
@@ -103,65 +157,176 @@ def spec_for(args: argparse.Namespace, url: str) -> dict[str, Any]:
 
 
 def title(mode: str, args: argparse.Namespace) -> str:
+    rounds = args.rounds or 1
+    medians = f"; medians of {rounds} rounds" if rounds > 1 else ""
     if mode == "broadcast":
         kind = "flood" if args.rate <= 0 else f"{args.rate:g} msg/s"
-        return f"broadcast, {args.subscribers:,} subscribers, {kind}"
+        return f"broadcast, {args.subscribers:,} subscribers, {kind}{medians}"
     if mode == "idle":
-        return f"idle, {args.connections or DEFAULT_CONNECTIONS['idle']:,} connections"
+        return f"idle, {args.connections or DEFAULT_CONNECTIONS['idle']:,} connections{medians}"
+    pace = f" at <= {args.latency_rate:g}/s" if args.latency_rate > 0 else ""
+    single = "" if args.no_latency else f", then 1 connection{pace}, {args.duration:g} s"
     return f"{mode}, {args.connections or DEFAULT_CONNECTIONS[mode]} connections, " \
-        f"{args.duration:g} s"
+        f"{args.duration:g} s{single}{medians}"
+
+
+def configured_stats_interval() -> float:
+    """stats_interval of the config scripts/run would read ($ZCHANNELS_CONFIG or
+    conf/zchannels.toml), else its default."""
+    from runtime.config import Config, ConfigError, load
+    path = os.environ.get("ZCHANNELS_CONFIG") or os.path.join(ROOT, "conf", "zchannels.toml")
+    try:
+        return load(path).stats_interval
+    except (ConfigError, OSError):
+        return Config().stats_interval
+
+
+class Project:
+    """The running zchannels under test (given by --url; the bench neither starts nor
+    stops it). Its processes are found in --run-dir, or given by --server-pid."""
+
+    system = "project"
+    notes: list[str] = []
+
+    def __init__(self, args: argparse.Namespace, url: str) -> None:
+        self.name = args.name
+        self.base = urlsplit(url).netloc
+        self.server_pid = args.server_pid
+        self.run_dir = args.run_dir
+        # Another server's processes (--server-pid) keep no zchannels stats files.
+        self.stats = None if args.server_pid else \
+            accounting.StatsSource(args.run_dir, args.stats_interval)
+
+    def pids(self) -> list[int]:
+        if self.server_pid:
+            return servers.with_descendants(self.server_pid)
+        return servers.server_pids(self.run_dir)
+
+    def stop(self) -> None:
+        pass
+
+
+class Server(Protocol):
+    """A system under load for one run: the running zchannels (Project), or a server the
+    bench started to compare with (baseline.Baseline: raw Tornado, gunicorn, Daphne)."""
+
+    name: str
+    notes: list[str]  # what keeps it from taking the whole load
+
+    @property
+    def system(self) -> str:
+        """run["system"]: project, baseline, channels-async or channels-sync."""
+
+    @property
+    def base(self) -> str:
+        """host:port it listens on."""
+
+    @property
+    def stats(self) -> accounting.StatsSource | None:
+        """Where its processes write zmq_sent (None: no ZeroMQ)."""
+
+    def pids(self) -> list[int]:
+        """Every process of it now, for CPU and memory."""
+
+    def stop(self) -> None:
+        """Stop it, if the bench started it (by its PID, bounded in time)."""
+
+
+def plan(args: argparse.Namespace, url: str,
+         channels: ChannelsServers | None) -> list[Callable[[], Server]]:
+    """The systems one round runs against `url`, in order, each as a function that
+    starts it: zchannels, then raw Tornado (gunicorn for WSGI paths), then Channels 4
+    with async and with sync consumers (not for WSGI paths: Django is the application
+    there, as on /hello)."""
+    parts = urlsplit(url)
+    wsgi = args.mode == "http" and parts.path.startswith("/app/")
+    starters: list[Callable[[], Server]] = [lambda: Project(args, url)]
+    if args.baseline:
+        starters.append(lambda: start_baseline(args, wsgi))
+    if channels is not None and not wsgi:
+        starters += [functools.partial(channels.start_daphne, flavour) for flavour in FLAVOURS]
+    return starters
+
+
+def start_baseline(args: argparse.Namespace, wsgi: bool) -> Baseline:
+    """Raw Tornado, or for a WSGI path gunicorn, in a fresh directory of its own."""
+    workdir = tempfile.mkdtemp(prefix="zcbench")
+    if wsgi:
+        return start_gunicorn(workdir, args.http_workers)
+    return start_tornado(workdir, args.connections or 0 if args.mode == "idle" else 0)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.processes < 1 or args.duration <= 0 and args.mode != "idle":
         raise SystemExit("scripts/bench: --processes must be >= 1 and --duration > 0")
+    if args.rounds is not None and args.rounds < 1:
+        raise SystemExit("scripts/bench: --rounds must be >= 1")
+    args.rounds = args.rounds or (3 if args.baseline or args.channels else 1)
+    if args.stats_interval is None:
+        args.stats_interval = configured_stats_interval()
     show = {"on": True, "off": False}.get(args.progress, sys.stderr.isatty())
     targets = endpoints(args.mode, args.url, args.path)
     command = " ".join(shlex.quote(a) for a in [os.environ.get("ZCHANNELS_BENCH_PROG",
                                                                "scripts/bench")]
                        + list(sys.argv[1:] if argv is None else argv))
-
-    def project_pids() -> list[int]:
-        if args.server_pid:
-            return servers.with_descendants(args.server_pid)
-        return sorted(servers.zchannels_pids(args.run_dir))
-
-    if args.mode == "idle" and not project_pids():
+    if args.mode == "idle" and not Project(args, args.url).pids():
         print(f"scripts/bench: no running zchannels process found in {args.run_dir}/ready "
               "(idle measures server memory): give --run-dir or --server-pid", file=sys.stderr)
         return 2
+    channels = None
+    if args.channels:
+        try:
+            channels = ChannelsServers(args.channels_venv)
+        except SetupError as e:
+            print(f"scripts/bench: {e}", file=sys.stderr)
+            return 2
 
-    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    print(f"{title(args.mode, args)} -- {command}", file=sys.stderr)
+    document: dict[str, Any] = {
+        "mode": args.mode, "title": title(args.mode, args), "command": command,
+        "argv": sys.argv if argv is None else argv, "started": utc_now(),
+        "machine": report.machine(), "loadavg_before": os.getloadavg(),
+        "versions": report.versions(), "options": vars(args), "rounds": args.rounds}
+    if channels is not None:
+        document["versions"]["channels"] = channels.versions()
+    print(f"{document['title']} -- {command}", file=sys.stderr)
     runs: list[dict[str, Any]] = []
-    pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
     try:
-        for url in targets:
-            project = measure(args, url, f"{args.name} {urlsplit(url).path}"
-                              if len(targets) > 1 else args.name, "project", project_pids, show)
-            runs.append(project)
-            if args.baseline:
-                base = run_baseline(args, url, show)
-                runs.append(base)
-                pairs.append((project, base))
-    except BenchError as e:
+        for round_index in range(args.rounds):
+            for url in targets:
+                for start in plan(args, url, channels):
+                    server = start()
+                    try:
+                        runs.append(measure(args, url, server, round_index, len(targets) > 1,
+                                            show))
+                    finally:
+                        server.stop()
+    except (BenchError, RuntimeError) as e:
         print(f"scripts/bench: {e}", file=sys.stderr)
         return 1
-    compared = report.comparisons(args.mode, pairs)
-    print(report.table(args.mode, runs, compared))
+    finally:
+        if channels is not None:
+            channels.stop()
+    document.update(finished=utc_now(), loadavg_after=os.getloadavg())
+    columns = summary.columns(args.mode, runs)
+    compared = summary.comparisons(args.mode, runs)
+    print(report.header(document))
+    print(report.table(args.mode, columns, compared))
+    document.update(runs=runs, columns=[{k: v for k, v in c.items() if "histogram" not in k}
+                                        for c in columns], comparisons=compared)
     os.makedirs(args.results_dir, exist_ok=True)
     stem = os.path.join(args.results_dir, f"{args.mode}-{time.strftime('%Y%m%d-%H%M%S')}")
-    document = {"mode": args.mode, "title": title(args.mode, args), "command": command,
-                "argv": sys.argv if argv is None else argv, "started": started,
-                "machine": report.machine(), "versions": report.versions(),
-                "options": vars(args), "runs": runs, "comparisons": compared}
     report.write_json(stem + ".json", document)
     print(f"figures: {stem}.json", file=sys.stderr)
     if not args.no_plot:
-        why_not = report.plot(stem + ".png", args.mode, runs)
+        why_not = report.plot(stem + ".png", args.mode, columns)
         print(f"note: {why_not}" if why_not else f"plot: {stem}.png", file=sys.stderr)
-    return 1 if any(problems(run["figures"]) for run in runs) else 0
+    return 1 if any(problems(f) for run in runs
+                    for f in (run["figures"], run["figures"].get("single")) if f) else 0
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def problems(figures: dict[str, Any]) -> list[str]:
@@ -176,26 +341,21 @@ def problems(figures: dict[str, Any]) -> list[str]:
     return found
 
 
-def measure(args: argparse.Namespace, url: str, name: str, system: str,
-            pids: Callable[[], list[int]], show: bool) -> dict[str, Any]:
-    spec = spec_for(args, url)
-    figures = run_load(args.mode, spec, pids, name, show)
-    return {"name": name, "system": system, "url": url, "spec": spec, "figures": figures}
-
-
-def run_baseline(args: argparse.Namespace, url: str, show: bool) -> dict[str, Any]:
-    """Start the matching baseline, run the identical load against it, stop it."""
+def measure(args: argparse.Namespace, url: str, server: Server, round_index: int,
+            several_targets: bool, show: bool) -> dict[str, Any]:
+    """Run the load against one started server: the throughput run, then (echo, http)
+    the 1-connection latency run. One run record of the JSON."""
     parts = urlsplit(url)
-    workdir = tempfile.mkdtemp(prefix="zcbench")
-    wsgi = args.mode == "http" and parts.path.startswith("/app/")
-    fds = args.connections or 0 if args.mode == "idle" else 0
-    server: Baseline = start_gunicorn(workdir, args.http_workers) if wsgi \
-        else start_tornado(workdir, fds)
-    try:
-        base_url = f"{parts.scheme}://{server.base}{parts.path}" \
-            + (f"?{parts.query}" if parts.query else "")
-        run = measure(args, base_url, server.name, "baseline", server.pids, show)
-        run["figures"]["warnings"] += [f"baseline server: {note}" for note in server.notes]
-        return run
-    finally:
-        server.stop()
+    name = server.name + (f" {parts.path}" if several_targets
+                          and server.system != "baseline" else "")
+    url = f"{parts.scheme}://{server.base}{parts.path}" + (f"?{parts.query}"
+                                                           if parts.query else "")
+    label = name + (f" ({round_index + 1}/{args.rounds})" if args.rounds > 1 else "")
+    spec = spec_for(args, url)
+    figures = run_load(args.mode, spec, server.pids, label, show, server.stats)
+    if args.mode in report.SINGLE_MODES and not args.no_latency:
+        single = {**spec, "connections": 1, "processes": 1, "pace": args.latency_rate}
+        figures["single"] = run_load(args.mode, single, server.pids, f"{label}, 1 conn", show)
+    figures["warnings"] += [f"{server.system} server: {note}" for note in server.notes]
+    return {"name": name, "system": server.system, "target": parts.path,
+            "round": round_index, "url": url, "spec": spec, "figures": figures}

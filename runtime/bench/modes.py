@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Callable
 
 import ujson
 
@@ -64,7 +64,13 @@ class EchoConn:
 
 class ClosedLoopClient(Client):
     """Connections that each wait for one answer at a time: an answer still awaited
-    when the load has ended and drained is lost."""
+    when the load has ended and drained is lost. With spec["pace"] (messages/s per
+    connection), each waits for its answer and for 1/pace seconds since its last send."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        pace = self.spec.get("pace") or 0.0
+        self.gap = 1.0 / pace if pace > 0 else 0.0  # seconds between sends at least
 
     def drained(self) -> bool:
         return not any(conn.waiting for conn in self.conns)
@@ -95,7 +101,21 @@ class EchoClient(ClosedLoopClient):
 
     def answered(self, conn: EchoConn | None) -> None:
         if self.running and conn is not None:
-            conn.send_next()
+            paced(self, conn.sent_at, conn.send_next)
+
+
+def paced(client: ClosedLoopClient, last_sent: float, send: Callable[[], None]) -> None:
+    """Send now, or (with a pace, spec["pace"] messages/s per connection) once
+    1/pace seconds have passed since the last send; not at all once the load is over."""
+    wait = last_sent + client.gap - time.monotonic()
+    if wait <= 0:
+        send()
+        return
+
+    def later() -> None:
+        if client.running:
+            send()
+    asyncio.get_running_loop().call_later(wait, later)
 
 
 # -- idle ---------------------------------------------------------------------------
@@ -297,7 +317,7 @@ class HttpLoop:
                 asyncio.ensure_future(self.reconnect_and_send())
             return
         if client.running:
-            self.send()
+            paced(client, self.sent_at, self.send)
 
     async def reconnect_and_send(self) -> None:
         self.client.count("reconnects")

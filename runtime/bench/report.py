@@ -32,6 +32,44 @@ METRICS: dict[str, list[tuple[str, str, str, bool]]] = {
              ("latency.p99", "latency p99 (ms)", "ms", False),
              ("latency.max", "latency max (ms)", "ms", False)],
 }
+OPERATION = {"echo": "round trip", "broadcast": "delivery", "http": "request"}
+SINGLE_MODES = ("echo", "http")  # modes that also run 1 connection for latency
+SINGLE = "1 connection: "  # label prefix of the 1-connection run's figures
+# Per mode: the figure keys compared between systems, with a short column label.
+RATIOS: dict[str, list[tuple[str, str]]] = {
+    "echo": [("rate", "round trips/s"), ("latency.p50", "RTT p50"),
+             ("latency.p99", "RTT p99"), ("single.latency.p50", "1-conn p50"),
+             ("single.latency.p99", "1-conn p99"), ("cpu_per_op", "server CPU/op")],
+    "http": [("rate", "requests/s"), ("latency.p50", "p50"), ("latency.p99", "p99"),
+             ("single.latency.p50", "1-conn p50"), ("single.latency.p99", "1-conn p99"),
+             ("cpu_per_op", "server CPU/op")],
+    "broadcast": [("rate", "deliveries/s"), ("latency.p50", "p50"), ("latency.p99", "p99"),
+                  ("cpu_per_op", "server CPU/op")],
+    "idle": [("rss_per_connection", "RSS/connection")],
+}
+EACH_ROUND = ("rate", "single.latency.p50", "cpu_per_op", "rss_per_connection")
+EXTRA_ROWS = [("connections", "opened", "{:,.0f}"), ("client CPU (cores)", "client_cpu", "{:.2f}"),
+              ("busiest client process", "client_cpu_max_process", "{:.0%}"),
+              ("server CPU (cores)", "server_cpu", "{:.2f}"),
+              ("server processes", "server_processes", "{:,.0f}"),
+              ("machine load average (1 min)", "loadavg.0", "{:.2f}")]
+
+
+def rows(mode: str) -> list[tuple[str, str, str, bool]]:
+    """Every row of the mode's table: (figure key, label, format, higher is better)."""
+    found = list(METRICS[mode])
+    if mode in OPERATION:
+        op = OPERATION[mode]
+        found += [("cpu_per_op", f"server CPU per {op} (µs)", "us", False),
+                  ("zmq_per_op", f"ZeroMQ messages per {op}", "{:.2f}", False)]
+    if mode in SINGLE_MODES:
+        found += [(f"single.{key}", SINGLE + label, style, better)
+                  for key, label, style, better in METRICS[mode]
+                  if key in ("latency.p50", "latency.p99")]
+        found.append(("single.cpu_per_op", f"{SINGLE}server CPU per {OPERATION[mode]} (µs)",
+                      "us", False))
+    found += [(key, label, style, False) for label, key, style in EXTRA_ROWS]
+    return found
 
 
 def lookup(figures: dict[str, Any], key: str) -> Any:
@@ -51,6 +89,8 @@ def fmt(value: Any, style: str) -> str:
         return "-"
     if style == "ms":
         return f"{value * 1000:.2f}"
+    if style == "us":
+        return f"{value * 1e6:,.0f}"
     if style == "kib":
         return f"{value / 1024:.1f}"
     if style == "mib":
@@ -58,57 +98,83 @@ def fmt(value: Any, style: str) -> str:
     return style.format(value)
 
 
-def ratio(value: Any, base: Any) -> float | None:
-    if not isinstance(value, (int, float)) or not isinstance(base, (int, float)) or not base:
-        return None
-    return value / base
+def header(document: dict[str, Any]) -> str:
+    """What docs/benchmarks.md must show beside every figure: command, date, machine."""
+    machine = document["machine"]
+    model = machine.get("Model name")
+    before, after = document.get("loadavg_before"), document.get("loadavg_after")
+
+    def load(values: Any) -> str:
+        return " / ".join(f"{v:.2f}" for v in values) if values else "?"
+    commit = document.get("versions", {}).get("git_commit")
+    return "\n".join([
+        f"{document['title']}",
+        f"command: {document['command']}",
+        f"date:    {document['started']} to {document.get('finished', '?')}"
+        + (f" (git {commit})" if commit else ""),
+        f"machine: {machine.get('cpus')} cores" + (f" ({model})" if model else "")
+        + f", load average (1 / 5 / 15 min) {load(before)} before, {load(after)} after"])
 
 
-def comparisons(mode: str, pairs: list[tuple[dict[str, Any], dict[str, Any]]]
-                ) -> list[dict[str, Any]]:
-    """For each (project run, baseline run): every metric and project / baseline."""
-    rows = []
-    for project, base in pairs:
-        # A run that got wrong answers has no ratio: its speed means nothing.
-        wrong = any(run["figures"].get(k) for run in (project, base)
-                    for k in ("bad_status", "mismatched"))
-        for key, label, _, higher_better in METRICS[mode]:
-            mine, theirs = lookup(project["figures"], key), lookup(base["figures"], key)
-            rows.append({"project": project["name"], "baseline": base["name"], "metric": key,
-                         "label": label, "value": mine, "baseline_value": theirs,
-                         "ratio": None if wrong else ratio(mine, theirs),
-                         "higher_is_better": higher_better})
-    return rows
-
-
-def table(mode: str, runs: list[dict[str, Any]], compared: list[dict[str, Any]]) -> str:
-    """The figures of every run side by side, then the ratios."""
-    metrics = METRICS[mode]
-    names = [run["name"] for run in runs]
-    width = max([26] + [len(label) for _, label, _, _ in metrics])
-    cols = [max(14, len(n)) for n in names]
-    lines = [" " * width + "  " + "  ".join(n.rjust(c) for n, c in zip(names, cols))]
-    extra_rows = [("connections", "opened", "{:,}"), ("client CPU (cores)", "client_cpu", "{:.2f}"),
-                  ("busiest client process", "client_cpu_max_process", "{:.0%}"),
-                  ("server CPU (cores)", "server_cpu", "{:.2f}"),
-                  ("machine load average (1 min)", "loadavg.0", "{:.2f}")]
-    rows = [(label, key, style) for key, label, style, _ in metrics] + \
-        [(label, key, style) for label, key, style in extra_rows]
-    for label, key, style in rows:
-        cells = [fmt(lookup(run["figures"], key), style).rjust(c) for run, c in zip(runs, cols)]
+def table(mode: str, columns: list[dict[str, Any]], compared: list[dict[str, Any]]) -> str:
+    """The figures of every system side by side (medians over the rounds), then the
+    ratios, then the warnings and notes of every run."""
+    found = rows(mode)
+    width = max([30] + [len(label) for _, label, _, _ in found])
+    cols = [max(14, len(c["name"])) for c in columns]
+    lines = [" " * width + "  " + "  ".join(c["name"].rjust(w) for c, w in zip(columns, cols))]
+    for key, label, style, _ in found:
+        cells = [fmt(c["median"].get(key), style).rjust(w) for c, w in zip(columns, cols)]
         lines.append(label.ljust(width) + "  " + "  ".join(cells))
-    shown = [c for c in compared if c["ratio"] is not None]
-    if shown:
-        lines.append("")
-        lines.append("ratio (project / baseline; higher is better for throughput, "
-                     "lower for latency and memory):")
-        for c in shown:
-            lines.append(f"  {c['label']:<{width}} {c['project']} / {c['baseline']}: "
-                         f"{c['ratio']:.2f}x")
-    for run in runs:
-        for warning in run["figures"].get("warnings", []):
-            lines.append(f"WARNING ({run['name']}): {warning}")
+    lines += ratio_table(mode, compared)
+    seen: set[tuple[str, str, str]] = set()
+    for column in columns:
+        for kind, items in (("WARNING", column["warnings"]), ("note", column["notes"])):
+            for text in items:
+                if (kind, column["name"], text) not in seen:
+                    seen.add((kind, column["name"], text))
+                    lines.append(f"{kind} ({column['name']}): {text}")
     return "\n".join(lines)
+
+
+def ratio_table(mode: str, compared: list[dict[str, Any]]) -> list[str]:
+    """One line per pair of systems: each ratio (median of the per-round ratios), the
+    server CPU per operation of both beside it; then each round's ratios."""
+    pairs: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for c in compared:
+        pairs.setdefault((c["system"], c["reference"]), {})[c["metric"]] = c
+    if not any(c["ratio"] is not None for c in compared):
+        return []
+    metrics = RATIOS[mode]
+    rounds = max(len(c["rounds"]) for c in compared)
+    names = [f"{a} vs {b}" for a, b in pairs]
+    width = max([28] + [len(n) for n in names])
+    cols = [max(10, len(label)) for _, label in metrics]
+    lines = ["", "ratios, first system / second (" + (
+        f"median of the {rounds} per-round ratios; " if rounds > 1 else "")
+        + "higher is better for throughput, lower for the rest):",
+             " " * width + "  " + "  ".join(label.rjust(w) for (_, label), w
+                                            in zip(metrics, cols))]
+    details = []
+    for name, by_metric in zip(names, pairs.values()):
+        cells = []
+        for (key, _), w in zip(metrics, cols):
+            row = by_metric.get(key)
+            cells.append(("-" if row is None or row["ratio"] is None
+                          else f"{row['ratio']:.2f}x").rjust(w))
+        cpu = by_metric.get("cpu_per_op")
+        beside = ""
+        if cpu is not None and cpu["value"] is not None and cpu["reference_value"] is not None:
+            beside = f"  ({fmt(cpu['value'], 'us')} vs {fmt(cpu['reference_value'], 'us')} µs)"
+        lines.append(name.ljust(width) + "  " + "  ".join(cells) + beside)
+        if rounds > 1:  # the headline ratios only; the JSON has every one
+            each = [f"{label} " + " ".join("-" if r is None else f"{r:.2f}"
+                                           for r in by_metric[key]["rounds"])
+                    for key, label in metrics if key in by_metric and key in EACH_ROUND]
+            details.append(f"  {name}: " + "; ".join(each))
+    if details:
+        lines += ["each round:"] + details
+    return lines
 
 
 def machine() -> dict[str, Any]:
@@ -160,9 +226,9 @@ def write_json(path: str, document: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def plot(path: str, mode: str, runs: list[dict[str, Any]]) -> str | None:
-    """Latency distribution and throughput (or memory), project vs baseline, as a PNG.
-    Returns why it was not drawn, or None."""
+def plot(path: str, mode: str, columns: list[dict[str, Any]]) -> str | None:
+    """Latency distribution and throughput (or memory) of every system (its rounds merged,
+    and their median), as a PNG. Returns why it was not drawn, or None."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -171,11 +237,15 @@ def plot(path: str, mode: str, runs: list[dict[str, Any]]) -> str | None:
         return ("matplotlib is not installed, so no PNG was drawn (the JSON and the table "
                 "are complete); install it with: .venv/bin/pip install 'zchannels[bench]'")
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for run in runs:
-        hist = Histogram.from_dict(run["figures"]["histogram"])
-        if hist.count:
-            xs, ys = hist.cdf_points()
-            left.step([x * 1000 for x in xs], ys, where="post", label=run["name"])
+    for index, column in enumerate(columns):
+        colour = f"C{index % 10}"
+        for key, style, suffix in (("histogram", "-", ""),
+                                   ("single_histogram", "--", ", 1 connection")):
+            hist = Histogram.from_dict(column[key])
+            if hist.count:
+                xs, ys = hist.cdf_points()
+                left.step([x * 1000 for x in xs], ys, style, where="post", color=colour,
+                          label=column["name"] + suffix)
     left.set_xscale("log")
     left.set_xlabel("latency (ms, log scale)")
     left.set_ylabel("fraction of samples at or below")
@@ -183,19 +253,19 @@ def plot(path: str, mode: str, runs: list[dict[str, Any]]) -> str | None:
     left.grid(True, which="both", alpha=0.3)
     if left.get_legend_handles_labels()[0]:
         left.legend(fontsize=8)
-    names = [run["name"] for run in runs]
+    names = [column["name"] for column in columns]
     if mode == "idle":
-        values = [(run["figures"].get("rss_per_connection") or 0) / 1024 for run in runs]
+        values = [(c["median"].get("rss_per_connection") or 0) / 1024 for c in columns]
         right.set_ylabel("server RSS per connection (KiB)")
         right.set_title("idle: memory per connection (lower is better)")
     else:
-        values = [run["figures"].get("rate") or 0 for run in runs]
+        values = [c["median"].get("rate") or 0 for c in columns]
         unit = {"echo": "round trips/s", "broadcast": "deliveries/s", "http": "requests/s"}
         right.set_ylabel(unit[mode])
         right.set_title(f"{mode}: throughput (higher is better)")
     bars = right.bar(range(len(names)), values,
-                     color=["tab:blue" if run["system"] == "project" else "tab:gray"
-                            for run in runs])
+                     color=["tab:blue" if c["system"] == "project" else "tab:gray"
+                            for c in columns])
     right.set_xticks(range(len(names)))
     right.set_xticklabels(names, rotation=15, ha="right", fontsize=8)
     right.bar_label(bars, fmt="%.0f" if mode != "idle" else "%.1f", fontsize=8)

@@ -1,6 +1,7 @@
 """Run one load against one server: start the client processes, step them through
-their phases (client.py, modes.py), show progress, measure the server's CPU and memory, and add
-up what the clients counted into one dict of figures."""
+their phases (client.py, modes.py), show progress, measure the server's CPU, memory and
+ZeroMQ messages (accounting.py), and add up what the clients counted into one dict of
+figures."""
 from __future__ import annotations
 
 import multiprocessing
@@ -10,7 +11,7 @@ import time
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable
 
-from . import servers
+from . import accounting, servers
 from .histogram import Histogram
 from .modes import client_process
 
@@ -19,6 +20,9 @@ START_DELAY = 0.2  # seconds between "go" and the first message, so all start to
 IDLE_SETTLE = 1.0  # seconds between the last idle check and the memory reading
 CLIENT_SATURATED = 0.9  # share of one core above which a client process is the bottleneck
 STOP_TIMEOUT = 10.0  # seconds for a client process to exit once told to close
+# Seconds for the last messages of the handshakes (or the answers) to settle in the
+# server's counters before its stats files count as "before" (or "after").
+QUIET_MARGIN = 0.1
 
 
 class BenchError(Exception):
@@ -125,9 +129,12 @@ class Progress:
 
 
 def run_load(mode: str, spec: dict[str, Any], server_pids: Callable[[], list[int]],
-             label: str, show_progress: bool) -> dict[str, Any]:
-    """Run `mode` with `spec` (see cli.py) against one server; every figure measured."""
+             label: str, show_progress: bool,
+             stats: accounting.StatsSource | None = None) -> dict[str, Any]:
+    """Run `mode` with `spec` (see cli.py) against one server; every figure measured.
+    With `stats`, also the ZeroMQ messages its processes sent per operation."""
     warnings: list[str] = []
+    notes: list[str] = []
     pids = server_pids()
     rss_before = servers.total_rss(pids) if pids else None
     rss_each = servers.rss_by_pid(pids)
@@ -147,6 +154,15 @@ def run_load(mode: str, spec: dict[str, Any], server_pids: Callable[[], list[int
             clients.send_all(("settle",))
             clients.gather("settled", PHASE_TIMEOUT)
         pids = server_pids()
+        counted = stats is not None and mode != "idle"
+        if counted:
+            assert stats is not None
+            # From here until "go" the server is quiet: its files written after now
+            # hold the counters as they are when the load starts.
+            time.sleep(QUIET_MARGIN)
+            quiet_since = time.time()
+            stats_before = accounting.wait_for_fresh(stats.run_dir, pids, quiet_since,
+                                                     stats.timeout)
         cpu_before = servers.cpu_by_pid(pids)
         start = time.monotonic() + START_DELAY
         deadline = start + spec["duration"]
@@ -161,9 +177,17 @@ def run_load(mode: str, spec: dict[str, Any], server_pids: Callable[[], list[int
                 at_deadline.update(cpu=servers.cpu_by_pid(pids), time=time.monotonic())
         results = clients.gather("result", spec["duration"] + spec["drain"] + PHASE_TIMEOUT,
                                  while_waiting)
+        # Every answer counted is in: the CPU per operation covers the drain too.
+        cpu_end = servers.cpu_by_pid(pids)
         progress.update(final=True)
         if not at_deadline:
             at_deadline.update(cpu=servers.cpu_by_pid(pids), time=time.monotonic())
+        if counted:
+            assert stats is not None
+            time.sleep(QUIET_MARGIN)
+            answered_by = time.time()
+            stats_after = accounting.wait_for_fresh(stats.run_dir, pids, answered_by,
+                                                    stats.timeout)
         cpu_after = at_deadline["cpu"]
         server_wall = max(1e-9, at_deadline["time"] - start)
         figures: dict[str, Any] = {"connect_seconds": round(connect_seconds, 3),
@@ -192,7 +216,20 @@ def run_load(mode: str, spec: dict[str, Any], server_pids: Callable[[], list[int
         used = sum(cpu_after.get(p, 0.0) - cpu_before.get(p, 0.0) for p in pids)
         figures["server_cpu"] = used / server_wall  # in cores
         figures["server_processes"] = len(pids)
+        figures["cpu_per_op"] = accounting.cpu_per_op(cpu_before, cpu_end,
+                                                      figures["received"])
+    if counted:
+        figures["zmq_per_op"], why_not = accounting.messages_per_op(
+            stats_before, stats_after, figures["received"], quiet_since, answered_by, pids)
+        figures["zmq_sent_by_process"] = [
+            {"pid": pid, "role": stats_after.get(pid, stats_before.get(pid, {})).get("role"),
+             "before": stats_before.get(pid, {}).get("counters", {}).get(accounting.COUNTER),
+             "after": stats_after.get(pid, {}).get("counters", {}).get(accounting.COUNTER)}
+            for pid in sorted(set(stats_before) | set(stats_after))]
+        if why_not:
+            notes.append(f"ZeroMQ messages per operation not measured: {why_not}")
     figures["warnings"] = warnings
+    figures["notes"] = notes
     return figures
 
 

@@ -23,6 +23,22 @@ def zchannels_pids(run_dir: str) -> dict[int, str]:
     return found
 
 
+def server_pids(run_dir: str) -> list[int]:
+    """Every live process of the zchannels copy using `run_dir`, whatever its role: those
+    announced in ``run_dir/ready`` and those writing ``run_dir/stats/<role>.<pid>.json``."""
+    found = set(zchannels_pids(run_dir))
+    try:
+        names = os.listdir(os.path.join(run_dir, "stats"))
+    except FileNotFoundError:
+        names = []
+    for name in names:
+        parts = name.split(".")
+        if name.endswith(".json") and len(parts) >= 3 and parts[-2].isdigit() \
+                and os.path.exists(f"/proc/{parts[-2]}"):
+            found.add(int(parts[-2]))
+    return sorted(found)
+
+
 def children(pid: int) -> list[int]:
     """Direct children of a process (Linux 3.5+ exposes them per thread)."""
     result: list[int] = []

@@ -1,6 +1,7 @@
 """/ws/echo and /ws/chat/<room>, speaking the same protocol as zchannels' demo
-(consumers/echo.py, consumers/chat.py). BENCH_FLAVOUR=sync|async picks the consumer
-flavour served there; /ws/echo-sync and /ws/echo-async are always both served."""
+(consumers/echo.py, consumers/chat.py), and GET /hello (urls.py). BENCH_FLAVOUR=sync|async
+picks the consumer (and view) flavour served there; /ws/echo-sync and /ws/echo-async are
+always both served."""
 import os
 
 import django
