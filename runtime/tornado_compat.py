@@ -1,0 +1,145 @@
+"""Everything the interface borrows from Tornado's internals, in one place.
+
+Tornado has no public way to ask how much a stream still has to send, whether a
+handler's headers have gone out or its response has finished, or which reason
+phrase an error response carries; and two WebSocket behaviours (an over-size
+message, a text message that is not UTF-8) can only be fixed by overriding
+private methods of ``WebSocketProtocol13``. The rest of ``runtime`` calls the
+functions here and touches no private Tornado name itself.
+
+Tested on Tornado 6.4, 6.5.10 and 6.6.1; ``setup.cfg`` bounds Tornado to
+``>=6.4,<6.7``. Every name here has a test in ``tests/test_tornado_compat.py``,
+against real Tornado objects, that fails if an upgrade changes the internal it
+relies on; another test there fails once the installed Tornado is outside the
+bound, so moving the bound means running those tests first.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import tornado.web
+import tornado.websocket
+from tornado.iostream import IOStream, StreamClosedError
+
+from .stats import counters
+
+__all__ = ["unsent_bytes", "headers_written", "is_finished", "response_status",
+           "error_reason", "lingering_close", "LingeringClose"]
+
+log = logging.getLogger("runtime.interface")
+
+OPCODE_TEXT = 0x1
+CLOSE_INVALID_PAYLOAD = 1007
+CLOSE_MESSAGE_TOO_BIG = 1009
+
+
+def unsent_bytes(stream: IOStream | None) -> int:
+    """Bytes written to the stream that the kernel has not taken yet; 0 for no
+    stream or a closed one. Tornado keeps no public count; if the private buffer
+    ever disappears this says 0, and the stream's own ``max_write_buffer_size``
+    is the backstop."""
+    buffer = getattr(stream, "_write_buffer", None)  # None once the stream has closed
+    return len(buffer) if buffer is not None else 0
+
+
+def headers_written(handler: tornado.web.RequestHandler) -> bool:
+    """Whether the status line and headers have gone out (by a flush or a finish):
+    from then on only the body can be added, and an error response is impossible."""
+    return handler._headers_written
+
+
+def is_finished(handler: tornado.web.RequestHandler) -> bool:
+    """Whether ``finish()`` has been called (directly, or by ``send_error``)."""
+    return handler._finished
+
+
+def response_status(handler: tornado.web.RequestHandler) -> int:
+    """The status code the response has now. Public API (``get_status``), kept here
+    so that the call sites that used ``_status_code`` have one name to switch to."""
+    return handler.get_status()
+
+
+def error_reason(handler: tornado.web.RequestHandler) -> str:
+    """The reason phrase of the response: the ``reason`` given to ``send_error`` or
+    ``set_status`` or an ``HTTPError``, else the standard phrase of the status.
+    For ``write_error``, which Tornado calls without it."""
+    return handler._reason
+
+
+def lingering_close(protocol: tornado.websocket.WebSocketProtocol | None
+                    ) -> tornado.websocket.WebSocketProtocol | None:
+    """For ``WebSocketHandler.get_websocket_protocol``: the protocol Tornado chose,
+    as a ``LingeringClose`` when it is the RFC 6455 one (the only one Tornado has)::
+
+        def get_websocket_protocol(self):
+            return lingering_close(super().get_websocket_protocol())
+    """
+    if isinstance(protocol, tornado.websocket.WebSocketProtocol13):
+        return LingeringClose(protocol.handler, protocol.mask_outgoing, protocol.params)
+    return protocol
+
+
+class LingeringClose(tornado.websocket.WebSocketProtocol13):
+    """The server side of a WebSocket that closes with a code the client can see.
+
+    Tornado closes an over-size message with 1009 and tears the TCP connection
+    down at once. The rest of the big frame is then unread input, so the kernel
+    answers with a reset that destroys the close frame: the client sees 1006, not
+    1009. Here the connection instead lingers, reading and discarding, until the
+    client closes or LINGER seconds pass.
+
+    Tornado also drops the connection, without a close frame or a log line, on a
+    text message that is not UTF-8; here that is a close with 1007, counted
+    (``invalid_utf8``) and logged.
+    """
+
+    LINGER = 2.0  # seconds
+    _sent_close_code: int | None = None
+    _lingering = False
+    _in_text_message = False
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        if self._sent_close_code is None:
+            self._sent_close_code = code
+        super().close(code, reason)
+
+    def _handle_message(self, opcode: int, data: bytes) -> "asyncio.Future[None] | None":
+        # Tornado's answer to a text message that is not UTF-8 is `_abort()` from
+        # inside this method: remember that a text message is being handled.
+        self._in_text_message = opcode == OPCODE_TEXT
+        try:
+            return super()._handle_message(opcode, data)
+        finally:
+            self._in_text_message = False
+
+    def _abort(self) -> None:
+        if self._in_text_message and not self.server_terminated:
+            self._in_text_message = False
+            counters.incr("invalid_utf8")
+            log.warning("a text message that is not UTF-8: closing with %d",
+                        CLOSE_INVALID_PAYLOAD)
+            self.close(CLOSE_INVALID_PAYLOAD, "text message is not valid UTF-8")
+            return
+        if self._lingering:
+            return
+        stream = self.stream
+        if self._sent_close_code == CLOSE_MESSAGE_TOO_BIG and stream is not None \
+                and not stream.closed():
+            self._lingering = True
+            self.client_terminated = self.server_terminated = True
+            asyncio.ensure_future(self._discard_then_abort(stream))
+            return
+        super()._abort()
+
+    async def _discard_then_abort(self, stream: IOStream) -> None:
+        deadline = asyncio.get_running_loop().time() + self.LINGER
+        try:
+            while True:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                await asyncio.wait_for(stream.read_bytes(65536, partial=True), remaining)
+        except (StreamClosedError, asyncio.TimeoutError):
+            pass
+        stream.close()
