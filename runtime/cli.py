@@ -17,7 +17,7 @@ from .process import prepare_run_dir, setup_logging
 
 log = logging.getLogger("runtime.cli")
 
-ROLES = ("interface", "worker", "router", "forwarder", "queue")
+ROLES = ("interface", "worker", "broker")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,10 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     interface.add_argument("--port", type=int, help="override the configured port (0: any)")
     worker = roles.add_parser("worker", help="run consumers for one pool")
     worker.add_argument("--pool", default="default")
-    roles.add_parser("router", help="route replies to the interface that owns the socket")
-    roles.add_parser("forwarder", help="group broadcast (PULL in, XPUB out)")
-    queue = roles.add_parser("queue", help="a pool's queue (hands messages to free workers)")
-    queue.add_argument("--pool", default="default")
+    roles.add_parser("broker", help="the relay: pool queues, replies, group messages")
     roles.add_parser("check-config", help="validate the config and print it")
     roles.add_parser("bench", help="load a running server (see scripts/bench --help)",
                      add_help=False)
@@ -74,15 +71,9 @@ def run_role(args: argparse.Namespace) -> int:
         config.pool(args.pool)  # an unknown pool name is a configuration error
         load_consumers(config.consumers)
         Worker(config, args.pool).run()
-    elif args.role == "router":
-        from .router import Router
-        Router(config).run()
-    elif args.role == "forwarder":
-        from .forwarder import Forwarder
-        Forwarder(config).run()
-    elif args.role == "queue":
-        from .poolqueue import run as queue_run
-        queue_run(config, args.pool)
+    elif args.role == "broker":
+        from .broker import run as broker_run
+        broker_run(config)
     return 0
 
 

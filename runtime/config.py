@@ -2,7 +2,7 @@
 
 Every process reads the same file (``conf/zchannels.toml`` unless ``--config`` or
 ``ZCHANNELS_CONFIG`` names another), so endpoints and limits always agree between
-the interface, router, forwarder, queues and workers. Relative paths are taken
+the interfaces, the broker and the workers. Relative paths are taken
 from the directory the process runs in (supervisord runs everything from the
 project root). Unknown keys are errors, so a typo never silently becomes a default.
 """
@@ -69,14 +69,11 @@ class Config:
     ping_interval: float = 20.0  # seconds between WebSocket pings; 0 disables
     ping_timeout: float = 20.0  # seconds without a pong before closing; 0 off; default:
     # the same as ping_interval, which it may not exceed
-    router_hwm: int = 100_000  # messages buffered per peer on the router's sockets
-    forwarder_hwm: int = 100_000  # group messages buffered per subscriber
+    router_hwm: int = 100_000  # messages buffered per peer on the broker's router sockets
     stats_interval: float = 2.0  # seconds between writes of each process's counters
     pools: tuple[PoolConfig, ...] = ()
-    router_workers: str = ""  # workers' DEALERs connect here
-    router_interfaces: str = ""  # interfaces' DEALERs connect here
-    forwarder_in: str = ""  # group sends are PUSHed here
-    forwarder_out: str = ""  # interfaces SUBscribe here
+    router_interfaces: str = ""  # interfaces' DEALERs connect to the broker here
+    router_clients: str = ""  # processes that are not workers send through the broker here
     source: str = "<defaults>"
 
     def pool_for(self, channel: str) -> PoolConfig | None:
@@ -121,11 +118,10 @@ _SCALARS: dict[str, tuple[type, ...]] = {
     "ping_interval": (int, float),
     "ping_timeout": (int, float),
     "router_hwm": (int,),
-    "forwarder_hwm": (int,),
     "stats_interval": (int, float),
 }
 _LISTS = ("consumers", "allowed_origins")
-_ENDPOINTS = ("router_workers", "router_interfaces", "forwarder_in", "forwarder_out")
+_ENDPOINTS = ("router_interfaces", "router_clients")
 _POSITIVE = (
     "max_message_bytes",
     "max_connections",
@@ -140,7 +136,6 @@ _POSITIVE = (
     "group_timeout",
     "send_timeout",
     "router_hwm",
-    "forwarder_hwm",
     "stats_interval",
 )
 _POOL_KEYS = ("channels", "capacity", "endpoint_in", "endpoint_out")
@@ -326,10 +321,8 @@ def _parse_pools(raw: Any, config: Config, source: str) -> tuple[PoolConfig, ...
 
 def _default_endpoints(config: Config) -> dict[str, Any]:
     names = {
-        "router_workers": "router-workers",
         "router_interfaces": "router-interfaces",
-        "forwarder_in": "forwarder.in",
-        "forwarder_out": "forwarder.out",
+        "router_clients": "router-clients",
     }
     return {key: getattr(config, key) or f"ipc://{config.run_dir}/{name}"
             for key, name in names.items()}

@@ -1,6 +1,6 @@
-"""What the interface does with messages from the workers: through the router (replies,
-acknowledgements, membership requests, HTTP responses) and through the forwarder (group
-messages, delivered to the interface's own members, framed once for every WebSocket)."""
+"""What the interface does with messages from the workers, all through the broker: replies,
+acknowledgements, membership requests, HTTP responses, and group messages (delivered
+to the interface's own members, framed once for every WebSocket)."""
 from __future__ import annotations
 
 import logging
@@ -18,14 +18,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("runtime.interface")
 
-PROBE_GROUP = b"\x00probe"  # group messages used to check the forwarder path
-
 
 def on_router(iface: Interface, frames: list[bytes]) -> None:
+    if frames[0] == wire.FROM_GROUP:
+        on_group(iface, frames[1:])
+        return
     if len(frames) == 2 and frames[0] == wire.PING and frames[1] == wire.PONG:
         iface.router_answered = True
         return
-    counters.incr("from_router")  # against the workers' to_router: the router's losses
+    counters.incr("from_router")  # against the workers' to_router: the broker's losses
+    if len(frames) == 4:
+        # An operation and the done of the event that sent it, in one message.
+        on_operation(iface, frames[:3])
+        on_operation(iface, [frames[0], frames[3]])
+        return
+    on_operation(iface, frames)
+
+
+def on_operation(iface: Interface, frames: list[bytes]) -> None:
     if len(frames) not in (2, 3):
         counters.incr("garbage")
         log.warning("dropped a malformed message from the router (%d frames)", len(frames))
@@ -68,6 +78,7 @@ def on_router(iface: Interface, frames: list[bytes]) -> None:
             iface.router.send_multipart(
                 [frames[0], wire.encode({"req": header.get("req"), "ok": ok})],
                 zmq.NOBLOCK)
+            counters.incr("zmq_sent")
         except zmq.Again:  # the worker gives up after group_timeout and says so
             counters.incr("dropped_answers")
         iface.router_reader.kick()
@@ -150,10 +161,6 @@ def on_group(iface: Interface, frames: list[bytes]) -> None:
         log.warning("dropped a malformed group message (%d frames)", len(frames))
         return
     group, raw_header, payload = frames
-    if group == PROBE_GROUP:
-        if payload == iface.id.encode():
-            iface.probe_seen = True
-        return
     counters.incr("group_received")  # against the workers' group_sends
     members = iface.groups.members(group)
     if not members:

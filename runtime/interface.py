@@ -44,8 +44,8 @@ from .zmqio import SocketReader
 log = logging.getLogger("runtime.interface")
 
 POOL_SEND_HWM = 100  # events buffered towards a pool queue before new work is refused
-LAYER_CHECK_INTERVAL = 0.05  # seconds between probes of the router and forwarder at start
-LAYER_WAIT_LOG = 5.0  # seconds between "still waiting for router/forwarder" lines
+LAYER_CHECK_INTERVAL = 0.05  # seconds between hellos to the broker at start
+LAYER_WAIT_LOG = 5.0  # seconds between "still waiting for the broker" lines
 DISCONNECT_RETRY = 0.1  # seconds before re-offering a disconnect event to a full pool
 SHUTDOWN_GRACE = 2.0  # seconds to hand disconnect events to the pool at shutdown
 
@@ -60,7 +60,6 @@ class Interface:
         self.busy: set[Connection | Exchange] = set()  # connections with an event in flight
         self._conn_ids = itertools.count(1)
         self.stopping = False
-        self.probe_seen = False
         self.router_answered = False
         self.port = 0
 
@@ -72,12 +71,12 @@ class Interface:
         self.router = self.context.socket(zmq.DEALER)
         self.router.routing_id = self.id.encode()
         self.router.linger = 0
+        self.router.rcvhwm = self.config.router_hwm
+        # Say hello whenever the connection to the broker is (re)made: a broker that
+        # restarted sends group messages only to interfaces that said so.
+        self.router_monitor = self.router.get_monitor_socket(zmq.EVENT_CONNECTED)
+        self.router_monitor.linger = 0
         self.router.connect(self.config.router_interfaces)
-        self.sub = self.context.socket(zmq.SUB)
-        self.sub.rcvhwm = self.config.forwarder_hwm
-        self.sub.linger = 0
-        self.sub.setsockopt(zmq.SUBSCRIBE, b"")  # members are filtered here, locally
-        self.sub.connect(self.config.forwarder_out)
         self.pool_sockets: dict[str, zmq.Socket] = {}
         by_pool: dict[str, zmq.Socket] = {}
         for channel in CLIENT_CHANNELS:
@@ -90,7 +89,7 @@ class Interface:
                 sock.connect(pool.endpoint_in)
             self.pool_sockets[channel] = by_pool[pool.name]
         self.router_reader = SocketReader(self.router, partial(delivery.on_router, self), loop)
-        self.sub_reader = SocketReader(self.sub, partial(delivery.on_group, self), loop)
+        self.monitor_reader = SocketReader(self.router_monitor, self.reconnected, loop)
 
         counters.setup(self.config.run_dir, "interface")
         counters.gauges.update(connections=lambda: len(self.conns),
@@ -145,35 +144,29 @@ class Interface:
         return rules
 
     async def wait_for_layer(self) -> None:
-        """Accept no client before the router knows this interface's routing id and the
-        forwarder delivers group messages to it: otherwise the first replies or group
-        sends could be lost at start."""
-        probe = self.context.socket(zmq.PUSH)
-        probe.linger = 0
-        probe.connect(self.config.forwarder_in)
+        """Accept no client before the broker knows this interface's routing id (and so
+        sends it replies and group messages): otherwise the first of them could be lost
+        at start."""
         started = logged = time.monotonic()
-        while not (self.router_answered and self.probe_seen):
-            if not self.router_answered:
-                try:
-                    self.router.send_multipart([wire.PING, b"{}"], zmq.NOBLOCK)
-                except zmq.Again:  # the router has been away long enough to fill the pipe
-                    pass
-                self.router_reader.kick()
-            if not self.probe_seen:
-                try:
-                    probe.send_multipart([delivery.PROBE_GROUP, b"{}", self.id.encode()],
-                                        zmq.NOBLOCK)
-                except zmq.Again:
-                    pass
+        while not self.router_answered:
+            self.hello()
             await asyncio.sleep(LAYER_CHECK_INTERVAL)
             if time.monotonic() - logged > LAYER_WAIT_LOG:
                 logged = time.monotonic()
-                log.warning("still waiting for the %s after %.0fs",
-                            " and ".join(name for name, ok in (
-                                ("router", self.router_answered),
-                                ("forwarder", self.probe_seen)) if not ok),
-                            logged - started)
-        probe.close()
+                log.warning("still waiting for the broker after %.0fs", logged - started)
+
+    def hello(self) -> None:
+        try:
+            self.router.send_multipart([wire.PING, b"{}"], zmq.NOBLOCK)
+            counters.incr("zmq_sent")
+        except zmq.Again:  # the broker has been away long enough to fill the pipe
+            pass
+        self.router_reader.kick()
+
+    def reconnected(self, frames: list[bytes]) -> None:
+        """The DEALER (re)connected to the broker (a monitor event): say hello."""
+        if self.router_answered:
+            self.hello()
 
     def stop(self) -> None:
         if not self.stopping:
@@ -201,7 +194,8 @@ class Interface:
         withdraw_ready(self.config.run_dir, "interface")
         counters.write(force=True)
         self.router_reader.close()
-        self.sub_reader.close()
+        self.monitor_reader.close()
+        self.router_monitor.close()
         self.context.destroy(linger=500)  # flush the disconnect events already queued
         log.info("interface %s stopped", self.id)
 
@@ -333,6 +327,7 @@ class Interface:
             try:
                 self.pool_sockets[channel].send_multipart(
                     [header, payload, b"%d" % sequence], zmq.NOBLOCK)
+                counters.incr("zmq_sent")
             except zmq.Again:
                 if self.refused(conn, channel):
                     return  # retried later

@@ -5,16 +5,32 @@ module functions `send`, `group_add`, `group_discard` and `group_send`, and
 through ``message.reply_channel``. Any other process (a cron job, a management
 command) may call `connect(config)` and use the same functions.
 
+Everything except `send` to a named channel goes through one DEALER to the
+broker, in order: replies, membership requests, group messages, and a worker's
+credit. That one pipe is what keeps a connection's consecutive events' messages
+in order wherever they go (promise 8).
+
+The last operation a consumer sends to its own connection is held back for as
+long as the consumer keeps running Python without touching the layer, so that it
+can travel in one ZeroMQ message with the event's "done" and the worker's credit:
+an echo is then four messages end to end instead of seven. It is never held
+while the consumer waits or computes: a flusher thread sends it as soon as it
+can run, which is when the consumer blocks (I/O, sleep) or after the
+interpreter's switch interval (5 ms) of pure computation; any other layer call
+sends it first, too.
+
 Sends block for at most ``send_timeout`` seconds when the next hop is full,
 then raise `ChannelFull`: a consumer is never made to wait forever, and memory
 never grows without bound.
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import os
 import secrets
+import threading
 import time
 from typing import Any
 
@@ -29,32 +45,44 @@ from .stats import counters
 log = logging.getLogger("runtime.layer")
 
 LINGER = 1000  # ms a closing socket may keep flushing what consumers already sent
+FLUSHER_JOIN = 1.0  # seconds to wait for the flusher thread at close
+
+TO, GROUP = wire.VERB_TO, wire.VERB_GROUP
 
 
 class Layer:
     def __init__(self, config: Config, context: zmq.Context | None = None,
-                 identity: str | None = None) -> None:
+                 identity: str | None = None, endpoint: str | None = None) -> None:
+        """`endpoint`: where this process meets the broker -- a worker its pool's
+        ``endpoint_out``; any other process ``router_clients``."""
         self.config = config
         self.context = context or zmq.Context.instance()
         self.identity = (identity or f"w{os.getpid()}-{secrets.token_hex(3)}").encode()
-        send_timeout_ms = int(config.send_timeout * 1000)
-        self.router = self._socket(zmq.DEALER, config.router_workers, send_timeout_ms,
+        self._send_timeout_ms = int(config.send_timeout * 1000)
+        self.broker = self._socket(zmq.DEALER, endpoint or config.router_clients,
                                    routing_id=self.identity)
-        self.groups = self._socket(zmq.PUSH, config.forwarder_in, send_timeout_ms)
         self.pools: dict[str, zmq.Socket] = {}
-        self._send_timeout_ms = send_timeout_ms
         self._requests = itertools.count(1)
+        # Events the broker sent while a consumer waited for a membership answer.
+        self.inbox: collections.deque[list[bytes]] = collections.deque()
         # The route of the event a worker is running, and how many messages its consumer
         # has sent there: the "done" tells the interface, which can then tell whether
-        # one was lost on the way (in a router that died).
+        # one was lost on the way (in a broker that died).
         self.current_route: tuple[bytes, int] | None = None
         self.current_sends = 0
+        # The consumer's last operation for its own connection, not sent yet, and the
+        # thread that sends it if the consumer goes on running. The lock guards the
+        # broker socket and `pending`.
+        self.lock = threading.Lock()
+        self.pending: list[bytes] | None = None
+        self.wakeup = threading.Condition(self.lock)
+        self.closed = False
+        self.flusher: threading.Thread | None = None
 
-    def _socket(self, kind: int, endpoint: str, send_timeout_ms: int,
-                routing_id: bytes | None = None) -> zmq.Socket:
+    def _socket(self, kind: int, endpoint: str, routing_id: bytes | None = None) -> zmq.Socket:
         sock = self.context.socket(kind)
         sock.linger = LINGER
-        sock.sndtimeo = send_timeout_ms
+        sock.sndtimeo = self._send_timeout_ms
         if routing_id is not None:
             sock.routing_id = routing_id
         sock.connect(endpoint)
@@ -71,23 +99,39 @@ class Layer:
             counters.incr("channel_full")
             raise ChannelFull(f"{what % (subject,)} is full: not accepted within "
                               f"{self.config.send_timeout:g}s") from None
+        counters.incr("zmq_sent")
+
+    def _relay(self, frames: list[bytes]) -> None:
+        """Send an operation for a connection to the broker (lock held)."""
+        self._send(self.broker, frames, "the route to interface %s", frames[1])
+        counters.incr("to_router")  # what the broker lost when it died: docs/operations.md
+
+    def _flush(self) -> None:
+        """Send the held operation, if there is one (lock held)."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            self._relay(pending)
 
     def to_interface(self, reply_channel: ReplyChannel | str, header: dict[str, Any],
                      payload: bytes | None = None) -> None:
-        """Send an operation for one connection to the interface that owns it (via the router)."""
+        """Send an operation for one connection to the interface that owns it."""
         if isinstance(reply_channel, ReplyChannel):
             route = reply_channel.route  # parsed once, when it was made
         else:
             route = wire.split_reply_channel(reply_channel)
-        interface_id, conn_id = route
-        header["conn"] = conn_id
-        frames = [interface_id, wire.encode(header)]
+        header["conn"] = route[1]
+        frames = [TO, route[0], wire.encode(header)]
         if payload is not None:
             frames.append(payload)
-        self._send(self.router, frames, "the route to %s", reply_channel)
-        counters.incr("to_router")  # what the router lost when it died: see docs/operations.md
-        if route == self.current_route:  # no new tuple: this is the per-message path
-            self.current_sends += 1
+        with self.lock:
+            self._flush()
+            if route == self.current_route:  # no new tuple: this is the per-message path
+                self.current_sends += 1
+                if self.flusher is not None:
+                    self.pending = frames  # maybe it can ride with the done
+                    self.wakeup.notify()
+                    return
+            self._relay(frames)
 
     def send(self, channel: str, content: dict[str, Any] | None = None,
              payload: bytes = b"") -> None:
@@ -98,23 +142,25 @@ class Layer:
             raise UnknownChannel(f"no pool serves channel {channel!r}")
         header = dict(content or {})
         header["channel"] = channel
-        self._send(self._pool_socket(pool), [wire.encode(header), bytes(payload)],
-                   "channel %r", channel)
+        frames = [wire.encode(header), bytes(payload)]
+        with self.lock:
+            self._flush()
+            self._send(self._pool_socket(pool), frames, "channel %r", channel)
 
     def _pool_socket(self, pool: PoolConfig) -> zmq.Socket:
         sock = self.pools.get(pool.name)
         if sock is None:
-            sock = self.pools[pool.name] = self._socket(zmq.PUSH, pool.endpoint_in,
-                                                        self._send_timeout_ms)
+            sock = self.pools[pool.name] = self._socket(zmq.PUSH, pool.endpoint_in)
         return sock
 
     def group_send(self, group: str, text: str | None = None, bytes: bytes | None = None,
                    close: int | None = None, event: str | None = None,
                    id: str | int | None = None) -> None:
         """Deliver one message to every member of `group`: a text or binary frame, or,
-        with ``close=CODE``, a close. One ZeroMQ message, whatever the group's size.
-        `event` and `id` name the Server-Sent Event that HTTP event-stream members
-        receive; WebSocket members ignore them."""
+        with ``close=CODE``, a close. One ZeroMQ message to the broker and one from it
+        to each interface, whatever the group's size. `event` and `id` name the
+        Server-Sent Event that HTTP event-stream members receive; WebSocket members
+        ignore them."""
         wire.check_name(group, "group")
         header: dict[str, Any]
         if close is not None:
@@ -126,9 +172,64 @@ class Layer:
                 header["event"] = str(event)
             if id is not None:
                 header["id"] = id
-        self._send(self.groups, [group.encode(), wire.encode(header), payload],
-                   "group %r", group)
+        frames = [GROUP, group.encode(), wire.encode(header), payload]
+        with self.lock:
+            self._flush()
+            self._send(self.broker, frames, "group %r", group)
         counters.incr("group_sends")
+
+    # -- a worker's events -------------------------------------------------
+
+    def begin_event(self, route: tuple[bytes, int] | None) -> None:
+        self.current_route = route
+        self.current_sends = 0
+
+    def end_event(self, done: bytes, handled: int, credit: bool = True) -> None:
+        """The consumer has returned: send the event's done (encoded, for the current
+        route) with the worker's credit (unless it is stopping), and with the held
+        operation if there is one."""
+        route = self.current_route
+        assert route is not None
+        self.current_route = None
+        verb = b"%s%d" % (wire.VERB_DONE, handled) if credit else TO
+        with self.lock:
+            pending, self.pending = self.pending, None
+            if pending is None:
+                frames = [verb, route[0], done]
+            else:
+                frames = [verb, *pending[1:]]
+                if len(frames) == 3:
+                    frames.append(b"")  # no payload
+                frames.append(done)
+            self._relay(frames)
+
+    def credit(self, word: bytes, block: bool = False) -> None:
+        """A bare credit (READY or BYE) to the broker; dropped if it cannot go now."""
+        with self.lock:
+            self._flush()
+            try:
+                self.broker.send(word, 0 if block else zmq.NOBLOCK)
+                counters.incr("zmq_sent")
+            except zmq.Again:  # the broker is away; the next READY will tell it
+                pass
+
+    def next_event(self, timeout_ms: int = 0) -> list[bytes] | None:
+        """The next event the broker sent, within `timeout_ms`; answers and bounces that
+        nobody waits for any more are read and counted on the way."""
+        if self.inbox:
+            return self.inbox.popleft()
+        deadline = time.monotonic() + timeout_ms / 1000
+        with self.lock:
+            while True:
+                remaining = max(0, int((deadline - time.monotonic()) * 1000))
+                if not self.broker.poll(remaining):
+                    return None
+                frames = self.broker.recv_multipart()
+                if frames[0] == wire.TO_WORKER_EVENT:
+                    return frames[1:]
+                answer = self._answer(frames)
+                if answer is not None and "req" in answer and answer.get("ok") is not False:
+                    counters.incr("late_answers")
 
     # -- membership --------------------------------------------------------
 
@@ -145,53 +246,87 @@ class Layer:
     def _membership(self, op: str, group: str, reply_channel: ReplyChannel | str) -> bool:
         wire.check_name(group, "group")
         name = str(reply_channel)
+        route = (reply_channel.route if isinstance(reply_channel, ReplyChannel)
+                 else wire.split_reply_channel(reply_channel))
         request = next(self._requests)
-        self.to_interface(reply_channel, {"op": op, "group": group, "req": request})
+        header = wire.encode({"op": op, "group": group, "req": request, "conn": route[1]})
         # The interface answers once its table has changed: that confirmation is
         # what makes membership immediate (no slow-joiner race with group sends).
         deadline = time.monotonic() + self.config.group_timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self.router.poll(int(remaining * 1000) + 1):
-                counters.incr("group_timeouts")
-                raise GroupError(f"{op} {group!r} for {name}: the owning interface did not "
-                                 f"answer within {self.config.group_timeout:g}s")
-            answer = self._read_router()
-            if answer is not None and answer.get("req") == request:
-                return bool(answer.get("ok"))
+        with self.lock:
+            self._flush()
+            self._relay([TO, route[0], header])
+            if route == self.current_route:
+                self.current_sends += 1
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self.broker.poll(int(remaining * 1000) + 1):
+                    counters.incr("group_timeouts")
+                    raise GroupError(f"{op} {group!r} for {name}: the owning interface did "
+                                     f"not answer within {self.config.group_timeout:g}s")
+                frames = self.broker.recv_multipart()
+                if frames[0] == wire.TO_WORKER_EVENT:
+                    self.inbox.append(frames[1:])  # for after this consumer
+                    continue
+                answer = self._answer(frames)
+                if answer is not None and answer.get("req") == request:
+                    return bool(answer.get("ok"))
 
-    def _read_router(self) -> dict[str, Any] | None:
-        """Read one message the router sent to this process: an answer, or a bounce."""
-        frames = self.router.recv_multipart()
-        if len(frames) == 3 and frames[1] == wire.UNREACHABLE:
+    def _answer(self, frames: list[bytes]) -> dict[str, Any] | None:
+        """An answer to a membership request, or a bounce (lock held)."""
+        if len(frames) == 3 and frames[0] == wire.TO_WORKER_BOUNCE:
             # The interface that owned the connection is gone, so the connection is too.
             counters.incr("unreachable_interface")
-            log.debug("interface %r is gone; dropped a message for it", frames[0])
+            log.debug("interface %r is gone; dropped a message for it", frames[1])
             try:
                 original = wire.decode(frames[2])
             except ValueError:
                 return None
             return {"req": original.get("req"), "ok": False}
-        if len(frames) != 2:
+        if len(frames) != 3 or frames[0] != wire.TO_WORKER_ANSWER:
             counters.incr("garbage")
-            log.warning("dropped a malformed message from the router (%d frames)", len(frames))
+            log.warning("dropped a malformed message from the broker (%d frames)", len(frames))
             return None
         try:
-            return wire.decode(frames[1])
+            return wire.decode(frames[2])
         except ValueError as e:
             counters.incr("garbage")
-            log.warning("dropped a malformed answer from the router: %s", e)
+            log.warning("dropped a malformed answer from the broker: %s", e)
             return None
 
-    def drain_router(self) -> None:
-        """Read answers nobody waits for any more (late or bounced), so they are counted."""
-        while self.router.poll(0):
-            answer = self._read_router()
-            if answer is not None and "req" in answer and answer.get("ok") is not False:
-                counters.incr("late_answers")
+    # -- the flusher -------------------------------------------------------
+
+    def start_flusher(self) -> None:
+        """Let the consumer's last operation for its connection wait for the done (see
+        the module docstring): a worker calls this once it is set up."""
+        self.flusher = threading.Thread(target=self._flush_while_running, daemon=True,
+                                        name="zchannels-flusher")
+        self.flusher.start()
+
+    def _flush_while_running(self) -> None:
+        with self.wakeup:
+            while not self.closed:
+                if self.pending is None:
+                    self.wakeup.wait()
+                    continue
+                try:
+                    self._flush()
+                except ChannelFull as e:
+                    # The consumer has moved on; its done will tell the interface that
+                    # a message is missing, and the connection is closed with 1011.
+                    log.error("could not send a message for %s: %s", self.current_route, e)
 
     def close(self) -> None:
-        for sock in (self.router, self.groups, *self.pools.values()):
+        with self.wakeup:
+            self.closed = True
+            self.wakeup.notify()
+            try:
+                self._flush()
+            except ChannelFull as e:
+                log.error("at close: %s", e)
+        if self.flusher is not None:
+            self.flusher.join(FLUSHER_JOIN)
+        for sock in (self.broker, *self.pools.values()):
             sock.close()
         self.pools.clear()
 
@@ -213,7 +348,7 @@ def current() -> Layer:
 
 def connect(config: Config) -> Layer:
     """Open a layer for a process that is not a worker (scripts, management commands)."""
-    layer = Layer(config)
+    layer = Layer(config, identity=f"c{os.getpid()}-{secrets.token_hex(3)}")
     set_current(layer)
     return layer
 

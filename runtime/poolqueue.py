@@ -1,55 +1,56 @@
-"""A pool's queue: every sender PUSHes to it, and it hands each message to a free worker.
+"""One pool inside the broker: its input, its workers, and who holds what.
 
 Dispatch is credit-based (the ZeroMQ guide's load-balancing broker): a worker
-connects a DEALER to the queue's ROUTER and says READY whenever it is free, and
-each message goes to the worker that has been free longest, one at a time. A
+connects a DEALER to the pool's ROUTER and gives one credit whenever it is free,
+and each message goes to the worker that has been free longest, one at a time. A
 worker busy in a slow consumer is never handed more, so no message waits behind
 it while another worker is idle -- which plain PUSH/PULL round-robin cannot
 promise, since every IPC hop's kernel buffer holds a hundred or more small
-messages whatever the high-water marks say.
+messages whatever the high-water marks say. The credit rides on what a worker
+sends anyway: the "done" of the event it has just finished (``D<n>``), or a bare
+``R<n>`` after a message that needs no done, at start, and every second while idle.
 
-When no worker is free the queue stops reading its input, so messages wait in
-the input socket, up to ``capacity``; beyond it senders' non-blocking sends fail
-and the work is refused visibly (WebSocket close 1013, HTTP 503, `ChannelFull`).
+When no worker is free the broker stops reading the pool's input, so messages
+wait in the input socket, up to ``capacity``; beyond it senders' non-blocking
+sends fail and the work is refused visibly (WebSocket close 1013, HTTP 503,
+`ChannelFull`).
 
-The queue remembers the one message each worker holds. When a worker's
+The pool remembers the one message each worker holds. When a worker's
 connection drops (it was killed, or crashed) while it holds one, the message is
 handed to another worker with ``"redelivered": true`` in its header -- once: a
 message whose second worker dies too is dropped and counted
 (``dropped_after_redelivery``), so a message that kills every worker it touches
 cannot loop. A worker that stops cleanly says BYE with its count first, so what
 it finished is not run again. The disconnect is seen through a socket monitor;
-each message from a worker carries the file descriptor of its connection
+each credit from a worker carries the file descriptor of its connection
 (``SRCFD``), which ties the monitor's fd to a worker.
 """
 from __future__ import annotations
 
 import logging
 from collections import deque
+from typing import Callable
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from . import wire
+from .config import PoolConfig
 from .exceptions import BadMessage
-
-from .config import Config
-from .process import Service
 from .stats import counters
 
 log = logging.getLogger("runtime.poolqueue")
 
-READY = b"R"  # a worker's request for one message, followed by its count of messages
-# handled so far: a READY that crossed a message on its way to the worker is stale
-BYE = b"B"  # a stopping worker's last word, followed by the same count: take no more
-BATCH = 512
+READY = wire.VERB_READY
+BYE = wire.VERB_BYE
+BATCH = 512  # messages taken from the input per turn
 REDELIVERED = "redelivered"  # header key of a message handed on after its worker died
+EVENT = [wire.TO_WORKER_EVENT]
 
 
-class PoolQueue(Service):
-    def __init__(self, config: Config, pool_name: str) -> None:
-        self.pool = config.pool(pool_name)
-        super().__init__(config, f"queue-{self.pool.name}")
+class Pool:
+    def __init__(self, pool: PoolConfig, socket: Callable[[int], zmq.Socket]) -> None:
+        self.pool = pool
         # Free workers, longest-waiting first; a dict so a repeated READY counts once.
         self.ready: dict[bytes, None] = {}
         self.dispatched: dict[bytes, int] = {}  # messages sent to each worker
@@ -60,89 +61,38 @@ class PoolQueue(Service):
         self.worker_on_fd: dict[int, bytes] = {}
         self.fd_of_worker: dict[bytes, int] = {}
         self.stale_disconnects: dict[int, int] = {}
-        self.incoming = self.socket(zmq.PULL)
-        self.incoming.rcvhwm = self.pool.capacity
-        self.incoming.bind(self.pool.endpoint_in)
-        self.workers = self.socket(zmq.ROUTER)
+        self.incoming = socket(zmq.PULL)
+        self.incoming.rcvhwm = pool.capacity
+        self.incoming.bind(pool.endpoint_in)
+        self.workers = socket(zmq.ROUTER)
         self.workers.router_mandatory = 1  # a worker that has gone is an error, not a sink
         self.monitor = self.workers.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self.monitor.linger = 0
-        self.sockets.insert(0, self.monitor)
-        self.workers.bind(self.pool.endpoint_out)
-        # Input is read only while some worker is free: backpressure by pausing reads.
-        self.poller.register(self.incoming, zmq.POLLIN)
-        self.poller.register(self.workers, zmq.POLLIN)
-        self.poller.register(self.monitor, zmq.POLLIN)
-        self.workers_only = zmq.Poller()
-        self.workers_only.register(self.workers, zmq.POLLIN)
-        self.workers_only.register(self.monitor, zmq.POLLIN)
-        counters.gauges["free_workers"] = lambda: len(self.ready)
-        counters.gauges["busy_workers"] = lambda: len(self.holding)
+        self.workers.bind(pool.endpoint_out)
 
-    def run(self) -> None:
-        log.info("queue for pool %s up: in %s, workers at %s, capacity %d", self.pool.name,
-                 self.pool.endpoint_in, self.pool.endpoint_out, self.pool.capacity)
-        self.serve()
+    def taking(self) -> bool:
+        """Whether to read the input now: only while a worker is free to take it."""
+        return bool(self.ready) and self.held is None and not self.redeliveries
 
-    def poll(self) -> dict[zmq.Socket, int]:
-        taking = self.ready and self.held is None and not self.redeliveries
-        poller = self.poller if taking else self.workers_only
-        return dict(poller.poll(self.POLL_INTERVAL_MS))
-
-    def step(self, ready: dict[zmq.Socket, int]) -> None:
-        if self.workers in ready:
-            self.from_workers(self.workers)
-        # After the workers' messages: a READY from a new connection that reuses a
-        # dead worker's fd may come before the monitor reports that fd closed.
-        if self.monitor in ready:
-            self.from_monitor(self.monitor)
-        while self.redeliveries and self.ready:
-            self.dispatch(self.workers, self.redeliveries.popleft(), front=True)
-        if self.held is not None and self.ready:
-            held, self.held = self.held, None
-            self.dispatch(self.workers, held)
-        if self.incoming in ready:
-            self.from_senders(self.incoming, self.workers)
-
-    def closing(self) -> None:
-        # What is still queued now will not run: count it, do not lose it silently.
-        lost = (1 if self.held is not None else 0) + len(self.redeliveries)
-        while self.incoming.poll(0):
-            self.incoming.recv_multipart()
-            lost += 1
-        if lost:
-            counters.incr("dropped_at_stop", lost)
-            log.warning("stopping with %d message(s) queued for pool %s; they are lost",
-                        lost, self.pool.name)
-
-    def from_workers(self, workers: zmq.Socket) -> None:
-        for _ in range(BATCH):
-            try:
-                parts = workers.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            frames = [part.bytes for part in parts]
-            worker = frames[0]
-            word = frames[1] if len(frames) == 2 else b""
-            if word[:1] not in (READY, BYE) or not word[1:].isdigit():
-                counters.incr("garbage")
-                log.warning("dropped a malformed message from worker %r (%d frames)",
-                            worker, len(frames))
-                continue
-            self.seen_on(worker, parts[1].get(zmq.SRCFD))
-            # It has handled everything sent to it, or this READY is stale.
-            finished = int(word[1:]) >= self.dispatched.get(worker, 0)
-            if finished:
-                self.holding.pop(worker, None)
-            if word[:1] == BYE:
-                # It stopped without taking what it was last sent: that never ran, so it
-                # goes to another worker as it is.
-                unread = None if finished else self.holding.pop(worker, None)
-                if unread is not None:
-                    self.redeliveries.appendleft(unread)
-                self.forget(worker)
-            elif finished:
-                self.ready[worker] = None
+    def credit(self, worker: bytes, word: bytes, fd: int) -> bool:
+        """A READY (``R<n>``) or BYE (``B<n>``) from `worker`; False if it is garbage."""
+        if word[:1] not in (READY, BYE) or not word[1:].isdigit():
+            return False
+        self.seen_on(worker, fd)
+        # It has handled everything sent to it, or this READY is stale.
+        finished = int(word[1:]) >= self.dispatched.get(worker, 0)
+        if finished:
+            self.holding.pop(worker, None)
+        if word[:1] == BYE:
+            # It stopped without taking what it was last sent: that never ran, so it
+            # goes to another worker as it is.
+            unread = None if finished else self.holding.pop(worker, None)
+            if unread is not None:
+                self.redeliveries.appendleft(unread)
+            self.forget(worker)
+        elif finished:
+            self.ready[worker] = None
+        return True
 
     def seen_on(self, worker: bytes, fd: int) -> None:
         """Note the connection a worker speaks on."""
@@ -153,12 +103,13 @@ class PoolQueue(Service):
             self.stale_disconnects[fd] = self.stale_disconnects.get(fd, 0) + 1
             self.worker_gone(previous)
         old_fd = self.fd_of_worker.get(worker)
-        if old_fd is not None and old_fd != fd:  # reconnected (the queue restarted)
+        if old_fd is not None and old_fd != fd:  # reconnected (the broker restarted)
             self.worker_on_fd.pop(old_fd, None)
         self.worker_on_fd[fd] = worker
         self.fd_of_worker[worker] = fd
 
-    def from_monitor(self, monitor: zmq.Socket) -> None:
+    def from_monitor(self) -> None:
+        monitor = self.monitor
         while monitor.poll(0):
             event = recv_monitor_message(monitor)
             if event["event"] != zmq.EVENT_DISCONNECTED:
@@ -204,24 +155,33 @@ class PoolQueue(Service):
                         header.get("reply_channel") or "no reply channel")
             self.redeliveries.append([wire.encode(header), *frames[1:]])
 
-    def from_senders(self, incoming: zmq.Socket, workers: zmq.Socket) -> None:
+    def release(self) -> None:
+        """Hand out what waits inside the broker: redeliveries first, then a held message."""
+        while self.redeliveries and self.ready:
+            self.dispatch(self.redeliveries.popleft(), front=True)
+        if self.held is not None and self.ready:
+            held, self.held = self.held, None
+            self.dispatch(held)
+
+    def from_senders(self) -> None:
+        recv = self.incoming.recv_multipart
         for _ in range(BATCH):
-            if not self.ready or self.held is not None or self.redeliveries:
+            if not self.taking():
                 return
             try:
-                frames = incoming.recv_multipart(zmq.NOBLOCK)
+                frames = recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self.dispatch(workers, frames)
+            self.dispatch(frames)
 
-    def dispatch(self, workers: zmq.Socket, frames: list[bytes], front: bool = False) -> None:
+    def dispatch(self, frames: list[bytes], front: bool = False) -> None:
         """Give one message to the longest-free worker; hold it if every one has gone
         (a redelivery goes back to the `front` of the redeliveries)."""
         while self.ready:
             worker = next(iter(self.ready))
             del self.ready[worker]
             try:
-                workers.send_multipart([worker, *frames], zmq.NOBLOCK)
+                self.workers.send_multipart([worker, *EVENT, *frames], zmq.NOBLOCK)
             except zmq.ZMQError:
                 # EHOSTUNREACH: it disconnected (stopped or died) since it said READY.
                 counters.incr("gone_workers")
@@ -230,12 +190,17 @@ class PoolQueue(Service):
             self.dispatched[worker] = self.dispatched.get(worker, 0) + 1
             self.holding[worker] = frames
             counters.incr("dispatched")
+            counters.incr("zmq_sent")
             return
         if front:
             self.redeliveries.appendleft(frames)
         else:
             self.held = frames
 
-
-def run(config: Config, pool_name: str) -> None:
-    PoolQueue(config, pool_name).run()
+    def drop_queued(self) -> int:
+        """At stop: what is still queued will not run. How many that is."""
+        lost = (1 if self.held is not None else 0) + len(self.redeliveries)
+        while self.incoming.poll(0):
+            self.incoming.recv_multipart()
+            lost += 1
+        return lost

@@ -34,6 +34,9 @@ class Counters(dict[str, int]):
 
     def setup(self, run_dir: str, role: str) -> None:
         self.role = role
+        # Every process counts the ZeroMQ messages it sends (the bench's messages per
+        # operation): 0 means "none", absent would mean "not counted".
+        self.setdefault("zmq_sent", 0)
         directory = os.path.join(run_dir, "stats")
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self.path = os.path.join(directory, f"{role}.{os.getpid()}.json")

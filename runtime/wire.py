@@ -4,16 +4,24 @@ Every message is a small ujson header frame plus, where there is one, a raw
 payload frame, so binary WebSocket data and large bodies are never base64'd or
 JSON-escaped, and nothing is ever unpickled. The frames of each hop:
 
-==========================  ==============================================
-event to a pool (PUSH)       ``[header, payload]``; WebSocket events add ``seq``
-worker -> router (DEALER)    ``[interface id, header, payload?]``
-router -> interface          ``[worker id, header, payload?]``
-interface -> router          ``[worker id, header]``  (answers to requests)
-router -> worker             ``[interface id, header]``
-router bounce to a worker    ``[interface id, UNREACHABLE, original header]``
-interface -> router ping     ``[PING, header]``, answered ``[PING, PONG]``
-group send (PUSH, then PUB)  ``[group, header, payload]``
-==========================  ==============================================
+==================================  ==============================================
+event to a pool (PUSH)               ``[header, payload]``; client events add ``seq``
+broker -> worker                     ``[E, <the event's frames>]``
+worker -> broker: credit             ``[R<n>]`` (free), ``[B<n>]`` (stopping)
+worker -> broker: to a connection    ``[T, interface id, header, payload?]``
+worker -> broker: ... ending event   ``[D<n>, interface id, header, payload, done]``
+                                     or ``[D<n>, interface id, done]`` (credit too)
+worker -> broker: group send         ``[G, group, header, payload]``
+broker -> interface                  ``[worker id, header, payload?, done?]``
+broker -> interface: group message   ``[*, group, header, payload]``
+interface -> broker                  ``[worker id, header]``  (answers to requests)
+broker -> worker: answer             ``[A, interface id, header]``
+broker -> worker: bounce             ``[U, interface id, original header]``
+interface -> broker ping             ``[PING, header]``, answered ``[PING, PONG]``
+==================================  ==============================================
+
+One echo is four messages: event to the broker, broker to a worker, the reply with
+the done and the worker's credit to the broker, and on to the interface.
 
 Header keys: ``op`` says what a router or group message asks of an interface
 (`OP_*` below); ``conn`` is the connection number inside the interface;
@@ -52,6 +60,20 @@ MODE_HOLD = "hold"  # the first message is the whole body
 
 KIND_TEXT = "text"
 KIND_BYTES = "bytes"
+
+# The first frame of what a worker (or any other process) sends the broker.
+VERB_READY = b"R"  # R<n>: free for one more message; n counts the messages received
+VERB_BYE = b"B"  # B<n>: stopping; take no more
+VERB_TO = b"T"  # an operation for one connection, relayed to its interface
+VERB_DONE = b"D"  # D<n>: the same, ending with the event's done, and a credit (R<n>)
+VERB_GROUP = b"G"  # a group message, to every interface
+# The first frame of what the broker sends a worker.
+TO_WORKER_EVENT = b"E"
+TO_WORKER_ANSWER = b"A"
+TO_WORKER_BOUNCE = b"U"
+# The first frame of a group message from the broker to an interface; anything else
+# there is the id of the process that sent the operation (or PING).
+FROM_GROUP = b"*"
 
 UNREACHABLE = b"unreachable"
 PING = b""

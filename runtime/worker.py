@@ -2,10 +2,12 @@
 
 Consumers are ordinary synchronous functions. Each call is isolated: an
 exception is logged with its traceback and ends that event (a WebSocket client
-gets close 1011), never the worker. For WebSocket events the worker sends a
-"done" acknowledgement to the owning interface after the consumer returns; the
+gets close 1011), never the worker. For client events the worker sends a "done"
+acknowledgement to the owning interface after the consumer returns; the
 interface releases the connection's next event only then, which is what keeps
-per-connection order across workers.
+per-connection order across workers. The done is also the worker's credit with
+the broker (it is free again), and carries the consumer's last message to its own
+connection when there is one: one ZeroMQ message for all three.
 """
 from __future__ import annotations
 
@@ -20,20 +22,19 @@ from .config import WEBSOCKET_CHANNELS, Config
 from .exceptions import ZChannelsError
 from .layer import Layer, set_current
 from .message import Message
-from .poolqueue import BYE, READY
 from .process import Service
 from .stats import counters
 
 log = logging.getLogger("runtime.worker")
 
-READY_INTERVAL = 1.0  # seconds between READYs while idle: a restarted queue learns of us
+READY_INTERVAL = 1.0  # seconds between READYs while idle: a restarted broker learns of us
 # On SIGTERM a worker keeps taking queued work -- above all the disconnect events of the
 # interfaces that stopped just before it -- until none has come for STOP_IDLE seconds,
 # for STOP_DRAIN seconds at most (supervisord's stopwaitsecs for workers is 3).
 STOP_DRAIN = 2.0
 STOP_IDLE = 0.2
 STOP_DRAIN_MS = 50  # how long a stopped worker waits for a message already on its way
-BYE_LINGER_MS = 500  # how long a stopped worker's BYE may wait to reach the queue
+BYE_LINGER_MS = 500  # how long a stopped worker's BYE may wait to reach the broker
 
 CLOSE_NO_CONSUMER = 4404  # WebSocket close code: nothing handles this path
 NOT_FOUND_BODY = "404 Not Found: no consumer for this path\n"
@@ -46,19 +47,18 @@ class Worker(Service):
         super().__init__(config, f"worker-{self.pool.name}")
         self.registry = registry
         self.unhandled_seen: set[str] = set()
-        self.layer = Layer(config, self.context)
+        # One DEALER to the broker for everything: events in; replies, group sends,
+        # membership requests and credit out. Credit-based dispatch: the broker sends
+        # one event per READY (or done).
+        self.layer = Layer(config, self.context, endpoint=self.pool.endpoint_out)
         # The WSGI application answers the HTTP requests no consumer claims; it is
         # loaded now so that a broken one stops the worker at start, loudly.
         self.wsgi_app = (wsgi.load_app(config.wsgi_app)
                          if config.wsgi_app and self.pool.serves("http.request") else None)
-        # Credit-based dispatch: the pool queue sends one message per READY.
-        self.events = self.socket(zmq.DEALER)
-        self.events.routing_id = self.layer.identity
-        self.events.connect(self.pool.endpoint_out)
-        self.poller.register(self.events, zmq.POLLIN)
-        self.poller.register(self.layer.router, zmq.POLLIN)
+        self.poller.register(self.layer.broker, zmq.POLLIN)
         self.last_ready = 0.0
-        self.handled = 0  # messages received from the queue, told to it with each READY
+        self.handled = 0  # messages received from the broker, told to it with each credit
+        self.draining = False  # stopped: finish what was sent, ask for nothing more
         self.stop_requested: float | None = None
         self.last_message = 0.0
 
@@ -67,6 +67,7 @@ class Worker(Service):
         log.info("worker %s serving pool %s (%s) with %d route(s)",
                  self.layer.identity.decode(), self.pool.name, ", ".join(self.pool.channels),
                  len(self.registry.routes))
+        self.layer.start_flusher()
         self.ask_for_work()
         # A gauge makes the worker write its stats every stats_interval, like the other
         # roles, so a reader can tell "nothing changed" from "not written yet".
@@ -79,14 +80,15 @@ class Worker(Service):
             self.stop_requested = time.monotonic()
 
     def step(self, ready: dict[zmq.Socket, int]) -> None:
-        if self.layer.router in ready:
-            self.layer.drain_router()
         now = time.monotonic()
-        if self.events in ready:
+        event = self.layer.next_event() if self.layer.broker in ready or self.layer.inbox \
+            else None
+        if event is not None:
             self.handled += 1
-            self.handle(self.events.recv_multipart())
+            self.last_ready = now
+            if not self.handle(event):
+                self.ask_for_work()
             self.last_message = now = time.monotonic()
-            self.ask_for_work()
         elif now - self.last_ready > READY_INTERVAL:
             self.ask_for_work()
         if self.stop_requested is not None:
@@ -95,34 +97,30 @@ class Worker(Service):
                 self.stopping = True
 
     def closing(self) -> None:
-        # A message the queue sent in answer to our last READY is ours: finish it
-        # rather than lose it.
-        while self.events.poll(STOP_DRAIN_MS):
+        # A message the broker sent in answer to our last credit is ours: finish it
+        # rather than lose it (its done is then no credit).
+        self.draining = True
+        while (event := self.layer.next_event(STOP_DRAIN_MS)) is not None:
             self.handled += 1
-            self.handle(self.events.recv_multipart())
-        # Tell the queue what we finished, so it hands on only what we did not: a
+            self.handle(event)
+        # Tell the broker what we finished, so it hands on only what we did not: a
         # worker that just vanishes has its message redelivered.
-        self.events.linger = BYE_LINGER_MS
-        try:
-            self.events.send(b"%s%d" % (BYE, self.handled), zmq.NOBLOCK)
-        except zmq.Again:
-            pass
+        self.layer.broker.linger = BYE_LINGER_MS
+        self.layer.credit(b"%s%d" % (wire.VERB_BYE, self.handled))
         self.layer.close()  # with linger: what consumers sent still goes out
         set_current(None)
 
     def ask_for_work(self) -> None:
         self.last_ready = time.monotonic()
-        try:
-            self.events.send(b"%s%d" % (READY, self.handled), zmq.NOBLOCK)
-        except zmq.Again:  # the queue is away; READY_INTERVAL will ask again
-            pass
+        self.layer.credit(b"%s%d" % (wire.VERB_READY, self.handled))
 
-    def handle(self, frames: list[bytes]) -> None:
-        """Run the consumer for one message from the queue."""
+    def handle(self, frames: list[bytes]) -> bool:
+        """Run the consumer for one message from the broker. True if its done, sent to
+        the connection's interface, was also the worker's credit."""
         if len(frames) not in (2, 3):
             counters.incr("garbage")
             log.warning("dropped a malformed event (%d frames, expected 2 or 3)", len(frames))
-            return
+            return False
         try:
             header = wire.decode(frames[0])
             message = Message(header, frames[1], self.layer)
@@ -130,12 +128,12 @@ class Worker(Service):
         except (ValueError, KeyError, TypeError) as e:
             counters.incr("garbage")
             log.warning("dropped a malformed event: %s", e)
-            return
+            return False
         counters.incr("events")
         error = False
         started = time.monotonic()
-        self.layer.current_route = message.reply_channel.route if message.reply_channel else None
-        self.layer.current_sends = 0
+        acked = bool(header.get("ack")) and message.reply_channel is not None
+        self.layer.begin_event(message.reply_channel.route if acked else None)
         try:
             self.dispatch(message)
         except Exception:
@@ -144,8 +142,9 @@ class Worker(Service):
             log.exception("consumer for %s %s failed (%s)", message.channel,
                           message.path or "", message.reply_channel or "no reply channel")
         finally:
-            if header.get("ack") and message.reply_channel is not None:
+            if acked:
                 self.acknowledge(message, sequence, error, time.monotonic() - started)
+        return acked
 
     def dispatch(self, message: Message) -> None:
         path = message.path
@@ -187,26 +186,30 @@ class Worker(Service):
 
     def acknowledge(self, message: Message, sequence: int | None, error: bool,
                     elapsed: float) -> None:
+        """Send the event's done, which is also this worker's credit."""
         assert message.reply_channel is not None
         header: dict[str, Any] = {"op": wire.OP_DONE, "seq": sequence,
-                                  "sent": self.layer.current_sends}
-        self.layer.current_route = None
+                                  "sent": self.layer.current_sends,
+                                  "conn": message.reply_channel.route[1]}
         if error:
             header["error"] = True
         if message.session.modified:
             header["session"] = dict(message.session)
         try:
-            try:
-                self.layer.to_interface(message.reply_channel, header)
-            except (TypeError, ValueError, OverflowError) as e:
-                counters.incr("consumer_errors")
-                log.error("session of %s cannot be stored (not JSON-serialisable: %s); "
-                          "closing the connection", message.reply_channel, e)
-                header.pop("session")
-                header["error"] = True
-                self.layer.to_interface(message.reply_channel, header)
+            done = wire.encode(header)
+        except (TypeError, ValueError, OverflowError) as e:
+            counters.incr("consumer_errors")
+            log.error("session of %s cannot be stored (not JSON-serialisable: %s); "
+                      "closing the connection", message.reply_channel, e)
+            header.pop("session")
+            header["error"] = True
+            done = wire.encode(header)
+        try:
+            self.layer.end_event(done, self.handled, credit=not self.draining)
         except ZChannelsError as e:
             # The interface will close the connection when its event timeout passes.
             counters.incr("ack_failures")
             log.error("could not acknowledge %s on %s after %.3fs: %s", message.channel,
                       message.reply_channel, elapsed, e)
+            if not self.draining:
+                self.ask_for_work()  # the done was the credit

@@ -1,6 +1,6 @@
 """Start a real zchannels system for a test: real processes, real ZeroMQ sockets.
 
-`System` starts the router, forwarder, pool queue, workers and interfaces with
+`System` starts the broker, workers and interfaces with
 ``python -m runtime <role>`` (the same command supervisord runs), each with its
 own log file, in a private run directory with its own config. It stops every
 process it started, by PID, and can check that no process logged an error the
@@ -136,11 +136,8 @@ class System:
 
     def start(self) -> "System":
         try:
-            started = [("router", self.spawn("router", "router")),
-                       ("forwarder", self.spawn("forwarder", "forwarder"))]
+            started = [("broker", self.spawn("broker", "broker"))]
             for pool, (_, workers, *_) in self.pools.items():
-                started.append((f"queue-{pool}",
-                                self.spawn(f"queue-{pool}", "queue", "--pool", pool)))
                 for i in range(workers):
                     started.append((f"worker-{pool}", self.start_worker(i, pool, wait=False)))
             for role, proc in started:
@@ -187,7 +184,7 @@ class System:
 
     def role_of(self, name: str) -> str:
         args = self.arguments[name]
-        return f"{args[0]}-{args[2]}" if args[0] in ("queue", "worker") else args[0]
+        return f"{args[0]}-{args[2]}" if args[0] == "worker" else args[0]
 
     @contextlib.contextmanager
     def supervised(self, prefix: str, interval: float = 0.1) -> Iterator[None]:

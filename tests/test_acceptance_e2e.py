@@ -14,13 +14,13 @@ from harness import checked_system, join_member, raw_websocket, read, run, wait_
 pytestmark = pytest.mark.e2e
 
 MAX_OUTBOUND = 256 * 1024  # max_outbound_bytes for the flood test
-FORWARDER_HWM = 1000
+ROUTER_HWM = 1000
 MESSAGE_BYTES = 16 * 1024
 FLOOD_MESSAGES = 512  # 8 MiB per member: more than a non-reader's kernel buffers and limit
 NON_READERS = 100
 READERS = 5
 CONTROL_HEADROOM = 64 * 1024  # runtime.websocket.CONTROL_HEADROOM
-ZMQ_PUSH_HWM = 1000  # a worker's PUSH to the forwarder: the ZeroMQ default
+ZMQ_DEALER_HWM = 1000  # a worker's DEALER to the broker: the ZeroMQ default
 SLACK = 64 * 1024 * 1024  # the allocator, transient copies, Tornado's own buffers
 
 
@@ -39,11 +39,11 @@ def total_rss(system):
 def rss_bound(baseline, connections, interfaces, workers, message_bytes):
     """The documented bound (docs/operations.md, "Memory"): what the processes held
     before, plus, per connection, its outbound cap and Tornado's control headroom; per
-    interface, a full SUB queue and the forwarder's full XPUB queue for it; per worker,
-    a full PUSH queue to the forwarder; plus a fixed slack."""
+    interface, its full DEALER queue and the broker's full ROUTER queue for it; per
+    worker, a full DEALER queue to the broker; plus a fixed slack."""
     frame = message_bytes + 64
     return (baseline + connections * (MAX_OUTBOUND + CONTROL_HEADROOM)
-            + interfaces * 2 * FORWARDER_HWM * frame + workers * ZMQ_PUSH_HWM * frame
+            + interfaces * 2 * ROUTER_HWM * frame + workers * ZMQ_DEALER_HWM * frame
             + SLACK)
 
 
@@ -64,7 +64,7 @@ class Sampler(threading.Thread):
 
 
 def test_clients_that_stop_reading_during_a_flood_cost_bounded_memory():
-    server = {"max_outbound_bytes": MAX_OUTBOUND, "forwarder_hwm": FORWARDER_HWM}
+    server = {"max_outbound_bytes": MAX_OUTBOUND, "router_hwm": ROUTER_HWM}
     with checked_system(server=server) as system:
         async def scenario():
             readers = [(await join_member(system, "flood"))[0] for _ in range(READERS)]
@@ -106,10 +106,10 @@ def test_clients_that_stop_reading_during_a_flood_cost_bounded_memory():
 
         baseline, peak, received, counts = run(scenario(), timeout=150)
         for numbers in received:
-            # Every message exactly once. Not necessarily in order: consecutive events of
-            # the sender run on different workers, and group sends from two processes
-            # are not ordered with each other (docs/architecture.md, promise 3).
-            assert sorted(numbers) == list(range(FLOOD_MESSAGES))
+            # Every message exactly once, in the order sent: the sender's consecutive
+            # events may run on different workers, but their group sends reach every
+            # member in the order of those events (docs/architecture.md, promise 8).
+            assert numbers == list(range(FLOOD_MESSAGES))
         assert counts["outbound_overflow"] == NON_READERS
         bound = rss_bound(baseline, READERS + NON_READERS + 1, system.interfaces, 2,
                           MESSAGE_BYTES)

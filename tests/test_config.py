@@ -49,10 +49,8 @@ def test_missing_default_file_gives_defaults(tmp_path, monkeypatch):
     assert config.pools == (PoolConfig(name="default", channels=("*",), capacity=1000,
                                        endpoint_in="ipc://run/pool-default.in",
                                        endpoint_out="ipc://run/pool-default.out"),)
-    assert config.router_workers == "ipc://run/router-workers"
+    assert config.router_clients == "ipc://run/router-clients"
     assert config.router_interfaces == "ipc://run/router-interfaces"
-    assert config.forwarder_in == "ipc://run/forwarder.in"
-    assert config.forwarder_out == "ipc://run/forwarder.out"
     # Every scalar not touched by pools/endpoints is the dataclass default.
     for field in dataclasses.fields(Config):
         if field.name in config_module._SCALARS or field.name in config_module._LISTS:
@@ -102,8 +100,8 @@ def test_zero_disables_pings():
 
 
 def test_explicit_endpoints_are_kept_and_others_default():
-    config = parse({"endpoints": {"router_workers": "tcp://127.0.0.1:5001"}}, environ={})
-    assert config.router_workers == "tcp://127.0.0.1:5001"
+    config = parse({"endpoints": {"router_clients": "tcp://127.0.0.1:5001"}}, environ={})
+    assert config.router_clients == "tcp://127.0.0.1:5001"
     assert config.router_interfaces == "ipc://run/router-interfaces"
 
 
@@ -142,7 +140,7 @@ def test_environment_overrides_the_file(tmp_path):
     assert config.host == "10.1.2.3"
     assert config.run_dir == "/tmp/zc-run"
     assert config.consumers == ("apps", "more/apps")
-    assert config.router_workers == "ipc:///tmp/zc-run/router-workers"
+    assert config.router_clients == "ipc:///tmp/zc-run/router-clients"
     assert config.pools[0].endpoint_in == "ipc:///tmp/zc-run/pool-default.in"
 
 
@@ -314,19 +312,20 @@ PARSE_ERRORS = [
                  id="max-body-zero"),
     pytest.param({"server": {"http_timeout": -1.0}}, ["http_timeout", "greater than 0"],
                  id="http-timeout-negative"),
-    pytest.param({"endpoints": {"forwarder_out": 5555}}, ["[endpoints] forwarder_out", "str"],
+    pytest.param({"endpoints": {"router_interfaces": 5555}},
+                 ["[endpoints] router_interfaces", "str"],
                  id="endpoint-int"),
-    pytest.param({"endpoints": {"router_workers": "inproc://router"}},
-                 ["router_workers", "'inproc://router'", "ipc:// or tcp://"],
+    pytest.param({"endpoints": {"router_clients": "inproc://router"}},
+                 ["router_clients", "'inproc://router'", "ipc:// or tcp://"],
                  id="endpoint-inproc"),
     pytest.param(_pools(default={"channels": ["*"], "endpoint_out": "udp://h:1"}),
                  ["pool default out", "ipc:// or tcp://"], id="pool-endpoint-udp"),
-    pytest.param({"endpoints": {"forwarder_in": "tcp://127.0.0.1:5000",
-                                "forwarder_out": "tcp://127.0.0.1:5000"}},
-                 ["forwarder_in", "forwarder_out", "share", "tcp://127.0.0.1:5000"],
+    pytest.param({"endpoints": {"router_interfaces": "tcp://127.0.0.1:5000",
+                                "router_clients": "tcp://127.0.0.1:5000"}},
+                 ["router_interfaces", "router_clients", "share", "tcp://127.0.0.1:5000"],
                  id="duplicate-endpoints"),
-    pytest.param(_pools(default={"channels": ["*"], "endpoint_in": "ipc://run/router-workers"}),
-                 ["router_workers", "pool default in", "share"],
+    pytest.param(_pools(default={"channels": ["*"], "endpoint_in": "ipc://run/router-clients"}),
+                 ["router_clients", "pool default in", "share"],
                  id="pool-endpoint-clashes-with-router"),
     pytest.param(_pools(a={"channels": ["*"]},
                         b={"channels": ["x"], "endpoint_out": "ipc://run/pool-a.out"}),
@@ -441,7 +440,7 @@ _plausible = st.one_of(
     st.integers(min_value=-2, max_value=70_000),
     st.floats(min_value=-1, max_value=100),
     st.lists(st.sampled_from(["*", "websocket.*", "chat.*", "websocket.connect"]), max_size=3),
-    st.sampled_from(["ipc://run/x", "tcp://127.0.0.1:5000", "ipc://run/router-workers",
+    st.sampled_from(["ipc://run/x", "tcp://127.0.0.1:5000", "ipc://run/router-clients",
                      "inproc://x", "run", "/" + "r" * 100]),
 )
 

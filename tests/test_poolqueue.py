@@ -1,4 +1,5 @@
-"""The pool queue's credit-based dispatch, driven step by step over real ZeroMQ sockets."""
+"""A pool's credit-based dispatch inside the broker, driven step by step over real ZeroMQ
+sockets."""
 import json
 import shutil
 import tempfile
@@ -8,15 +9,33 @@ import pytest
 import zmq
 
 from runtime import config as config_module
-from runtime.poolqueue import PoolQueue
+from runtime.broker import Broker
 from runtime.stats import counters
+
+
+class DrivenPool:
+    """The broker's one pool, with the broker's poll and step to drive it."""
+
+    def __init__(self, broker):
+        self.broker = broker
+        self.pool_state = broker.pools[0]
+
+    def __getattr__(self, name):
+        return getattr(self.pool_state, name)
+
+    def poll(self):
+        return self.broker.poll()
+
+    def step(self, ready):
+        self.broker.step(ready)
 
 
 @pytest.fixture
 def queue():
     run_dir = tempfile.mkdtemp(prefix="zq", dir="/tmp")
     config = config_module.parse({"server": {"run_dir": run_dir}}, environ={})
-    pool_queue = PoolQueue(config, "default")
+    broker = Broker(config)
+    pool_queue = DrivenPool(broker)
     context = zmq.Context()
     sender = context.socket(zmq.PUSH)
     sender.connect(pool_queue.pool.endpoint_in)
@@ -35,9 +54,9 @@ def queue():
     for sock in [sender, *workers]:
         sock.close(linger=0)
     context.term()
-    for sock in pool_queue.sockets:
+    for sock in broker.sockets:
         sock.close(linger=0)
-    pool_queue.context.term()
+    broker.context.term()
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -65,7 +84,7 @@ def test_a_message_waits_for_a_free_worker_and_goes_to_it(queue):
     w1 = worker(b"w1")
     w1.send(b"R0")
     run_until(pool_queue, lambda: counters.get("dispatched", 0) == 1)
-    assert w1.poll(2000) and w1.recv_multipart() == [b'{"channel": "x"}', b"payload"]
+    assert w1.poll(2000) and w1.recv_multipart() == [b"E", b'{"channel": "x"}', b"payload"]
     assert b"w1" not in pool_queue.ready
 
 
@@ -82,7 +101,7 @@ def test_a_ready_that_crossed_a_message_is_ignored(queue):
     assert pool_queue.dispatched[b"w1"] == 1, "second must wait for a really free worker"
     w1.send(b"R1")  # handled "first": now free
     run_until(pool_queue, lambda: pool_queue.dispatched.get(b"w1") == 2)
-    assert [w1.recv_multipart()[1] for _ in range(2)] == [b"first", b"second"]
+    assert [w1.recv_multipart()[2] for _ in range(2)] == [b"first", b"second"]
 
 
 def test_a_worker_that_left_after_ready_is_dropped_from_the_free_list(queue):
@@ -94,7 +113,7 @@ def test_a_worker_that_left_after_ready_is_dropped_from_the_free_list(queue):
     w2 = worker(b"w2")
     w2.send(b"R0")
     run_until(pool_queue, lambda: counters.get("dispatched", 0) == 1)
-    assert w2.poll(2000) and w2.recv_multipart() == [b"{}", b"for someone"]
+    assert w2.poll(2000) and w2.recv_multipart() == [b"E", b"{}", b"for someone"]
     assert "redelivered" not in counters  # it held nothing
 
 
@@ -110,7 +129,7 @@ def test_a_free_worker_that_cannot_be_reached_is_skipped(queue):
     w2 = worker(b"w2")
     w2.send(b"R0")
     run_until(pool_queue, lambda: counters.get("dispatched", 0) == 1)
-    assert w2.poll(2000) and w2.recv_multipart() == [b"{}", b"for someone"]
+    assert w2.poll(2000) and w2.recv_multipart() == [b"E", b"{}", b"for someone"]
 
 
 def test_the_message_of_a_worker_that_dies_goes_to_another_marked_redelivered(queue):
@@ -118,12 +137,13 @@ def test_the_message_of_a_worker_that_dies_goes_to_another_marked_redelivered(qu
     w1 = free_worker(pool_queue, worker, b"w1")
     sender.send_multipart([b'{"channel":"x"}', b"work", b"7"])
     run_until(pool_queue, lambda: pool_queue.dispatched.get(b"w1") == 1)
-    assert w1.poll(2000) and w1.recv_multipart() == [b'{"channel":"x"}', b"work", b"7"]
+    assert w1.poll(2000) and w1.recv_multipart() == [b"E", b'{"channel":"x"}', b"work", b"7"]
     w2 = free_worker(pool_queue, worker, b"w2")
     w1.close(linger=0)  # dies holding "work"
     run_until(pool_queue, lambda: counters.get("redelivered", 0) == 1)
     assert w2.poll(2000)
-    header, payload, seq = w2.recv_multipart()
+    verb, header, payload, seq = w2.recv_multipart()
+    assert verb == b"E"
     assert json.loads(header) == {"channel": "x", "redelivered": True}
     assert (payload, seq) == (b"work", b"7"), "payload and seq travel unchanged"
     # It kills its second worker too: dropped and counted, not handed on again.
@@ -141,7 +161,7 @@ def test_a_worker_that_finished_its_message_and_dies_causes_no_redelivery(queue)
     w1 = free_worker(pool_queue, worker, b"w1")
     sender.send_multipart([b"{}", b"work"])
     run_until(pool_queue, lambda: pool_queue.dispatched.get(b"w1") == 1)
-    assert w1.poll(2000) and w1.recv_multipart()[1] == b"work"
+    assert w1.poll(2000) and w1.recv_multipart()[2] == b"work"
     w1.send(b"R1")
     run_until(pool_queue, lambda: b"w1" in pool_queue.ready)
     w1.close(linger=0)
@@ -159,7 +179,7 @@ def test_bye_hands_on_only_what_the_worker_did_not_take(queue):
     w2 = worker(b"w2")
     w2.send(b"R0")
     run_until(pool_queue, lambda: counters.get("dispatched", 0) == 2)
-    assert w2.recv_multipart() == [b"{}", b"unread"], "never ran: handed on unmarked"
+    assert w2.recv_multipart() == [b"E", b"{}", b"unread"], "never ran: handed on unmarked"
     w2.send(b"B1")  # it finished it, then stopped
     run_until(pool_queue, lambda: b"w2" not in pool_queue.dispatched)
     w2.close(linger=0)

@@ -37,7 +37,7 @@ def test_the_event_of_a_killed_worker_is_redelivered_and_order_holds(system):
     answers = run(scenario(), timeout=60)
     assert answers == ["before", "redelivered crash 1", "after 1", "redelivered crash 2",
                        "after 2"]
-    counts = system.settled_counters("queue")
+    counts = system.settled_counters("broker")
     assert counts["redelivered"] == 2
     assert counts.get("dropped_after_redelivery", 0) == 0
     assert len(system.restarts) == 2
@@ -59,9 +59,9 @@ def test_an_application_channel_message_of_a_killed_worker_is_redelivered(system
         ws.close()
         return answer
 
-    before = system.settled_counters("queue").get("redelivered", 0)
+    before = system.settled_counters("broker").get("redelivered", 0)
     assert run(scenario(), timeout=60) == "redelivered task x"
-    assert system.settled_counters("queue")["redelivered"] == before + 1
+    assert system.settled_counters("broker")["redelivered"] == before + 1
 
 
 def test_a_poison_event_is_dropped_after_two_workers_and_its_connection_closed(system):
@@ -78,10 +78,10 @@ def test_a_poison_event_is_dropped_after_two_workers_and_its_connection_closed(s
         bystander.close()
         return ws.close_code
 
-    queue_before = system.settled_counters("queue")
+    queue_before = system.settled_counters("broker")
     restarts_before = len(system.restarts)
     assert run(scenario(), timeout=60) == 1011
-    counts = system.settled_counters("queue")
+    counts = system.settled_counters("broker")
     assert counts["dropped_after_redelivery"] == \
         queue_before.get("dropped_after_redelivery", 0) + 1
     assert counts["redelivered"] == queue_before["redelivered"] + 1, "handed on once only"
@@ -97,7 +97,7 @@ def test_a_poison_event_is_dropped_after_two_workers_and_its_connection_closed(s
 def test_a_worker_stopped_cleanly_finishes_its_event_and_causes_no_redelivery(system):
     """SIGTERM: the worker finishes the event it holds, says BYE, and exits; the queue
     hands nothing on, so the consumer runs once."""
-    before = system.settled_counters("queue").get("redelivered", 0)
+    before = system.settled_counters("broker").get("redelivered", 0)
 
     async def scenario():
         ws = await system.connect("/test/hold")
@@ -117,4 +117,4 @@ def test_a_worker_stopped_cleanly_finishes_its_event_and_causes_no_redelivery(sy
     assert system.processes[name].returncode == 0
     system.restart(name)
     assert len([r for r in system.records() if r[0] == "hold"]) == 1, "it ran once"
-    assert system.settled_counters("queue").get("redelivered", 0) == before
+    assert system.settled_counters("broker").get("redelivered", 0) == before

@@ -1,0 +1,309 @@
+"""The broker: the one relay between the interfaces and the workers.
+
+It is the ZeroMQ guide's load-balancing broker, extended to carry everything
+that flows between the two sides:
+
+- events: each pool's input (PULL) to a free worker of that pool (`poolqueue`);
+- whatever a worker sends a connection (replies, accept, close, HTTP responses,
+  membership requests) to the interface that owns it, read from the reply
+  channel's interface id, and the interfaces' answers back;
+- group messages: one message in, one out to each interface, which fans it out
+  to its own members, framing the WebSocket message once.
+
+One echo is four ZeroMQ messages: interface -> broker -> worker, and the worker's
+reply, its "done" and its credit in one message -> broker -> interface.
+
+Everything a worker sends goes through its one DEALER, and the broker handles it
+in order and sends everything for one interface through one pipe. So whatever
+the consumers of a connection's consecutive events send -- to its reply channel,
+to other connections, to groups -- reaches every interface in the order of those
+events (promise 8): event N+1 is dispatched only after event N's done has reached
+the interface, behind everything event N sent.
+
+It keeps no routing table: a message for an interface that is gone fails
+(ROUTER_MANDATORY), is counted, and is bounced to the worker that sent it, so a
+waiting ``group_add`` learns at once. After a (re)start, peers reconnect in any
+order: workers flush what they queued while the broker was away, usually before
+the interfaces are back. So for a moment everything bound for interfaces is held,
+in order, until every interface that has connected has said hello (at least
+SETTLE, at most STARTUP_GRACE seconds), and only then sent on.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from . import wire
+from .config import Config
+from .poolqueue import Pool
+from .process import Service
+from .stats import counters
+
+log = logging.getLogger("runtime.broker")
+
+BATCH = 512  # messages moved from one socket before looking at the others
+SETTLE = 0.3  # seconds after a start before anything goes to interfaces, at least
+STARTUP_GRACE = 3.0  # seconds after a start at most before sending to whoever is there
+SETTLE_POLL_MS = 20  # how often the settling is checked while messages are held
+
+READY, BYE, TO, DONE, GROUP = (wire.VERB_READY, wire.VERB_BYE, wire.VERB_TO, wire.VERB_DONE,
+                               wire.VERB_GROUP)
+ANSWER, BOUNCE, FROM_GROUP = wire.TO_WORKER_ANSWER, wire.TO_WORKER_BOUNCE, wire.FROM_GROUP
+HELD = tuple[zmq.Socket | None, list[Any]]  # (socket of the sender, frames); None: group
+
+
+class Broker(Service):
+    def __init__(self, config: Config) -> None:
+        super().__init__(config, "broker")
+        self.interfaces = self._router(config.router_interfaces)
+        self.interface_monitor = self.interfaces.get_monitor_socket(
+            zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        self.clients = self._router(config.router_clients)
+        self.pools = [Pool(pool, self.socket) for pool in config.pools]
+        self.monitors = [self.interface_monitor, *(pool.monitor for pool in self.pools)]
+        self.sockets[:0] = self.monitors  # closed before the sockets they watch
+        for sock in (self.interfaces, self.interface_monitor, self.clients,
+                     *(p.workers for p in self.pools), *(p.monitor for p in self.pools)):
+            self.poller.register(sock, zmq.POLLIN)
+        self.reading: dict[Pool, bool] = {pool: False for pool in self.pools}
+        self.known: dict[bytes, None] = {}  # interfaces that said hello: group messages go here
+        self.connected = 0  # connections on the interface socket (its monitor)
+        self.peers: dict[bytes, zmq.Socket] = {}  # worker or client -> the socket it is on
+        self.started = time.monotonic()
+        self.startup: list[HELD] | None = []  # held for the interfaces until they are back
+        counters.gauges.update(
+            free_workers=lambda: sum(len(p.ready) for p in self.pools),
+            busy_workers=lambda: sum(len(p.holding) for p in self.pools),
+            interfaces=lambda: len(self.known),
+            held=lambda: len(self.startup or ()))
+
+    def _router(self, endpoint: str) -> zmq.Socket:
+        sock = self.socket(zmq.ROUTER)
+        sock.router_mandatory = 1
+        sock.sndhwm = sock.rcvhwm = self.config.router_hwm
+        sock.bind(endpoint)
+        return sock
+
+    def run(self) -> None:
+        log.info("broker up: interfaces at %s, other senders at %s, pools %s",
+                 self.config.router_interfaces, self.config.router_clients,
+                 ", ".join(f"{p.pool.name} (in {p.pool.endpoint_in}, workers at "
+                           f"{p.pool.endpoint_out}, capacity {p.pool.capacity})"
+                           for p in self.pools))
+        self.serve()
+
+    def poll(self) -> dict[zmq.Socket, int]:
+        # Backpressure by pausing reads: a pool's input is read only while one of its
+        # workers is free.
+        for pool, reading in self.reading.items():
+            taking = pool.taking()
+            if taking != reading:
+                self.reading[pool] = taking
+                if taking:
+                    self.poller.register(pool.incoming, zmq.POLLIN)
+                else:
+                    self.poller.unregister(pool.incoming)
+        timeout = SETTLE_POLL_MS if self.startup is not None else self.POLL_INTERVAL_MS
+        return dict(self.poller.poll(timeout))
+
+    def step(self, ready: dict[zmq.Socket, int]) -> None:
+        if self.interface_monitor in ready:
+            self.from_interface_monitor()
+        if self.interfaces in ready:
+            self.from_interfaces()
+        for pool in self.pools:
+            if pool.workers in ready:
+                self.from_senders(pool.workers, pool)
+            # After the workers' messages: a READY from a new connection that reuses a
+            # dead worker's fd may come before the monitor reports that fd closed.
+            if pool.monitor in ready:
+                pool.from_monitor()
+            pool.release()
+            if pool.incoming in ready:
+                pool.from_senders()
+        if self.clients in ready:
+            self.from_senders(self.clients, None)
+        if self.startup is not None:
+            self.settle()
+
+    def closing(self) -> None:
+        # What is still queued now will not run or arrive: count it, not lose it silently.
+        for pool in self.pools:
+            lost = pool.drop_queued()
+            if lost:
+                counters.incr("dropped_at_stop", lost)
+                log.warning("stopping with %d message(s) queued for pool %s; they are lost",
+                            lost, pool.pool.name)
+        if self.startup:
+            counters.incr("dropped_at_stop", len(self.startup))
+            log.warning("stopping with %d message(s) held for interfaces; they are lost",
+                        len(self.startup))
+
+    # -- from workers and other senders ---------------------------------------
+
+    def from_senders(self, sock: zmq.Socket, pool: Pool | None) -> None:
+        """Messages from a pool's workers (`pool`), or from other processes (None)."""
+        for _ in range(BATCH):
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            sender = parts[0].bytes
+            verb = parts[1].bytes if len(parts) > 1 else b""
+            kind = verb[:1]
+            if kind == TO and len(parts) in (4, 5, 6) and verb == TO:
+                self.peers[sender] = sock
+                self.to_interface(sock, [parts[2].bytes, sender, *parts[3:]])
+            elif kind == DONE and pool is not None and len(parts) in (4, 6):
+                self.peers[sender] = sock
+                self.to_interface(sock, [parts[2].bytes, sender, *parts[3:]])
+                if not pool.credit(sender, READY + verb[1:], parts[1].get(zmq.SRCFD)):
+                    self.garbage(sender, len(parts))
+            elif kind == GROUP and len(parts) == 5 and verb == GROUP:
+                self.group([part.bytes for part in parts[2:]])
+            elif kind in (READY, BYE) and pool is not None and len(parts) == 2:
+                if not pool.credit(sender, verb, parts[1].get(zmq.SRCFD)):
+                    self.garbage(sender, len(parts))
+                elif kind == BYE:
+                    self.peers.pop(sender, None)
+                else:
+                    self.peers[sender] = sock
+            else:
+                self.garbage(sender, len(parts))
+
+    def garbage(self, sender: bytes, frames: int) -> None:
+        counters.incr("garbage")
+        log.warning("dropped a malformed message from %r (%d frames)", sender, frames)
+
+    def to_interface(self, sock: zmq.Socket, frames: list[Any]) -> None:
+        """Send [interface, sender, header, ...] on, or bounce it to the sender."""
+        if self.startup is not None:
+            self.hold(sock, frames)
+            return
+        try:
+            self.interfaces.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError as e:
+            self.bounce(sock, frames, e.errno)
+            return
+        counters.incr("to_interfaces")
+        counters.incr("zmq_sent")
+
+    def bounce(self, sock: zmq.Socket, frames: list[Any], error: int | None) -> None:
+        """Count a message that cannot be delivered, and tell the process that sent it."""
+        interface, sender, header = frames[0], frames[1], frames[2]
+        if error == zmq.EAGAIN:
+            counters.incr("dropped_interface_full")
+            log.warning("interface %r is not keeping up: dropped a message", interface)
+        else:  # EHOSTUNREACH: the interface is gone (it stopped or died)
+            self.known.pop(interface, None)
+            counters.incr("unreachable_interface")
+            log.debug("interface %r is not connected; bouncing to %r", interface, sender)
+        try:
+            sock.send_multipart([sender, BOUNCE, interface, header], zmq.NOBLOCK)
+            counters.incr("zmq_sent")
+        except zmq.ZMQError:
+            counters.incr("dropped_bounces")
+
+    def group(self, frames: list[bytes]) -> None:
+        """One group message to every interface: each fans it out to its own members."""
+        if not frames[0]:
+            counters.incr("garbage")
+            log.warning("dropped a group message without a group name")
+            return
+        if self.startup is not None:
+            self.hold(None, frames)
+            return
+        counters.incr("group_messages")
+        send = self.interfaces.send_multipart
+        for interface in list(self.known):
+            try:
+                send([interface, FROM_GROUP, *frames], zmq.NOBLOCK)
+            except zmq.ZMQError as e:
+                if e.errno == zmq.EAGAIN:
+                    counters.incr("dropped_interface_full")
+                    log.warning("interface %r is not keeping up: dropped a group message",
+                                interface)
+                else:
+                    self.known.pop(interface, None)
+                    counters.incr("unreachable_interface")
+                continue
+            counters.incr("zmq_sent")
+
+    # -- from interfaces ---------------------------------------------------------
+
+    def from_interfaces(self) -> None:
+        interfaces = self.interfaces
+        for _ in range(BATCH):
+            try:
+                frames = interfaces.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 3:
+                counters.incr("garbage")
+                log.warning("dropped a malformed message from interface %r (%d frames)",
+                            frames[0], len(frames))
+                continue
+            interface, to, header = frames
+            if to == wire.PING:
+                # An interface saying hello: it is (back) and wants group messages.
+                self.known[interface] = None
+                try:
+                    interfaces.send_multipart([interface, wire.PING, wire.PONG], zmq.NOBLOCK)
+                    counters.incr("zmq_sent")
+                except zmq.ZMQError:
+                    counters.incr("dropped_pongs")
+                continue
+            # An answer to a worker's membership request.
+            sock = self.peers.get(to)
+            try:
+                if sock is None:
+                    raise zmq.ZMQError(zmq.EHOSTUNREACH)
+                sock.send_multipart([to, ANSWER, interface, header], zmq.NOBLOCK)
+                counters.incr("zmq_sent")
+            except zmq.ZMQError:
+                # The worker that asked has gone (restarted); nobody waits for this answer.
+                counters.incr("unreachable_worker")
+
+    def from_interface_monitor(self) -> None:
+        while self.interface_monitor.poll(0):
+            event = recv_monitor_message(self.interface_monitor)
+            if event["event"] == zmq.EVENT_ACCEPTED:
+                self.connected += 1
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                self.connected -= 1
+
+    # -- after a start ---------------------------------------------------------
+
+    def hold(self, sock: zmq.Socket | None, frames: list[Any]) -> None:
+        self.startup_held().append((sock, frames))
+        if len(self.startup_held()) >= self.config.router_hwm:
+            self.release_startup("the hold is full")
+
+    def startup_held(self) -> list[HELD]:
+        assert self.startup is not None
+        return self.startup
+
+    def settle(self) -> None:
+        """Send what was held once every interface that connected has said hello."""
+        elapsed = time.monotonic() - self.started
+        if elapsed > STARTUP_GRACE:
+            self.release_startup(f"{STARTUP_GRACE:g}s after start")
+        elif elapsed > SETTLE and len(self.known) >= self.connected:
+            self.release_startup(f"{len(self.known)} interface(s) back")
+
+    def release_startup(self, why: str) -> None:
+        held, self.startup = self.startup_held(), None
+        log.info("sending to interfaces (%s): %d message(s) held since start", why, len(held))
+        for sock, frames in held:
+            if sock is None:
+                self.group(frames)
+            else:
+                self.to_interface(sock, frames)
+
+
+def run(config: Config) -> None:
+    Broker(config).run()
