@@ -70,7 +70,7 @@ def on_stop_signals(stop: Callable[[], None]) -> None:
 
 
 class Service:
-    """The life of a blocking process (router, forwarder, pool queue, worker).
+    """The life of a blocking process (the broker, a worker).
 
     One ZeroMQ context, created after any fork; SIGTERM and SIGINT turned into
     `stop`; readiness announced once the sockets are up; counters written every

@@ -23,7 +23,7 @@ interface -> broker ping             ``[PING, header]``, answered ``[PING, PONG]
 One echo is four messages: event to the broker, broker to a worker, the reply with
 the done and the worker's credit to the broker, and on to the interface.
 
-Header keys: ``op`` says what a router or group message asks of an interface
+Header keys: ``op`` says what a worker's or a group message asks of an interface
 (`OP_*` below); ``conn`` is the connection number inside the interface;
 ``kind`` says whether the payload is ``text`` (UTF-8) or ``bytes``.
 A WebSocket event's third frame, ``seq``, numbers it within its connection (ASCII

@@ -132,8 +132,9 @@ class Worker(Service):
         counters.incr("events")
         error = False
         started = time.monotonic()
-        acked = bool(header.get("ack")) and message.reply_channel is not None
-        self.layer.begin_event(message.reply_channel.route if acked else None)
+        reply_channel = message.reply_channel if header.get("ack") else None
+        acked = reply_channel is not None
+        self.layer.begin_event(reply_channel.route if reply_channel is not None else None)
         try:
             self.dispatch(message)
         except Exception:

@@ -1,5 +1,5 @@
 """The interface's table of group memberships (pure logic)."""
-from runtime.groups import GroupTable
+from runtime.interface.groups import GroupTable
 
 
 class Conn:

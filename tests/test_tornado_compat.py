@@ -1,4 +1,4 @@
-"""runtime.tornado_compat against real Tornado objects: one test per borrowed
+"""runtime.interface.compat against real Tornado objects: one test per borrowed
 internal, so that a Tornado upgrade which changes one fails here, by name, before
 anything else notices. No Tornado object is mocked."""
 from __future__ import annotations
@@ -24,7 +24,7 @@ from tornado.iostream import IOStream, StreamClosedError
 
 from harness import run
 from runtime.stats import counters
-from runtime.tornado_compat import (LingeringClose, error_reason, headers_written, is_finished,
+from runtime.interface.compat import (LingeringClose, error_reason, headers_written, is_finished,
                                     lingering_close, response_status, unsent_bytes)
 
 pytestmark = pytest.mark.timeout(60)

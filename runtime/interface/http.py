@@ -1,7 +1,7 @@
 """One HTTP request inside the interface: its Tornado handler and its response state.
 
 The request becomes an ``http.request`` event, handled by a worker like any
-WebSocket event (same queue, same ordering, same acknowledgement). The
+WebSocket event (the same `Pipeline`: ordering, acknowledgement). The
 response comes back on the request's reply channel, from that consumer or from
 any other process, later: a whole response, a stream of body parts, a
 Server-Sent Events stream that group messages feed, or a held long-poll that
@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import tornado.routing
 import tornado.web
@@ -22,12 +22,12 @@ from tornado.http1connection import HTTP1Connection
 from tornado.iostream import IOStream
 from tornado.httputil import HTTPInputError, HTTPServerRequest, responses
 
-from . import wire
-from .stats import counters
-from .websocket import State, unsent_bytes
-
-if TYPE_CHECKING:
-    from .interface import Interface
+from .. import wire
+from ..config import Config
+from ..stats import counters
+from .clients import Clients, Outgoing, peer_port
+from .compat import error_reason, headers_written, is_finished, response_status, unsent_bytes
+from .pipeline import AckResult, Pipeline, Refusal
 
 log = logging.getLogger("runtime.interface")
 
@@ -67,79 +67,103 @@ class WebSocketUpgrade(tornado.routing.Matcher):
 
 
 class Exchange:
-    """The state of one HTTP request/response, as the interface's event pipeline
-    sees a connection (queue, one event in flight, groups) plus the response."""
+    """One HTTP request and its response, as a `clients.Client`."""
 
-    resume = None  # HTTP requests are read whole; there is nothing to pause
+    # HTTP requests are read whole: there is nothing to pause, and this stays None.
+    resume: asyncio.Future[None] | None = None
 
     __slots__ = (
-        "id", "reply_channel", "handler", "path", "state", "queue", "in_flight",
-        "in_flight_since", "sequence", "overdue", "connect_delivered", "closed_at",
-        "retry_scheduled", "groups", "arrived", "mode", "started", "ended", "deadline", "hold",
-        "last_write", "done",
+        "id", "reply_channel", "handler", "config", "path", "pipeline", "groups", "mode",
+        "started", "ended", "deadline", "held", "last_write", "done",
     )
 
     def __init__(self, conn_id: int, reply_channel: str, handler: "ConsumerRequest") -> None:
         self.id = conn_id
         self.reply_channel = reply_channel
         self.handler: ConsumerRequest | None = handler
+        self.config: Config = handler.config
         self.path = handler.request.path
-        self.state = State.OPEN
-        self.queue: list[tuple[str, str, bytes, bytes | None]] = []
-        self.in_flight: str | None = None
-        self.in_flight_since = 0.0
-        self.sequence = 0
-        self.arrived = 0  # messages from workers since the request was dispatched
-        self.overdue = False
-        self.connect_delivered = False
-        self.closed_at = 0.0
-        self.retry_scheduled = False
+        self.pipeline = Pipeline()
         self.groups: set[bytes] = set()
         self.mode: str | None = None  # wire.MODE_*, once the response has started
         self.started = False  # status and headers chosen (held ones count)
         self.ended = False  # the response is complete: no http.disconnect
-        self.deadline = 0.0  # monotonic time by which the response must start (or a
-        # held long-poll times out)
-        self.hold: tuple[int, list[Any], int] | None = None  # status, headers, timeout status
+        # Monotonic time by which the response must start (or a held long-poll times out).
+        self.deadline = time.monotonic() + self.config.http_timeout
+        self.held: tuple[int, list[Any], int] | None = None  # status, headers, timeout status
         self.last_write = 0.0
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    # -- what the event pipeline asks of every connection ---------------------
+    # -- the events ------------------------------------------------------------
+
+    def event_header(self, channel: str, kind: str) -> bytes:
+        return wire.encode({"channel": channel, "reply_channel": self.reply_channel,
+                            "path": self.path, "ack": True})
 
     def disconnect_channel(self) -> str | None:
         return None if self.ended else "http.disconnect"
 
-    def disconnect_header(self) -> bytes:
-        return wire.encode({"channel": "http.disconnect", "reply_channel": self.reply_channel,
-                            "path": self.path, "ack": True})
-
-    def set_session(self, session: dict[str, Any]) -> None:
+    def session_changed(self) -> None:
         pass  # HTTP requests carry no session
 
-    def closed(self) -> None:
-        self.handler = None
-        if not self.done.done():
-            self.done.set_result(None)
+    def refused(self, refusal: Refusal) -> None:
+        counters.incr("refused_http")
+        self.fail(503, "worker pool is full")
+
+    def acknowledged(self, result: AckResult) -> None:
+        if result.lost or result.error:
+            self.fail(500, "consumer failed")
 
     def timed_out(self) -> None:
         """Its consumer overran event_timeout."""
         self.fail(504, "consumer timed out")
 
-    def consumer_failed(self) -> None:
-        self.fail(500, "consumer failed")
-
-    def refused(self) -> None:
-        counters.incr("refused_http")
-        self.fail(503, "worker pool is full")
+    def closed(self) -> None:
+        """The response has ended or the client has gone."""
+        handler, self.handler = self.handler, None
+        if not self.done.done():
+            self.done.set_result(None)
+        if handler is not None:
+            handler.clients.closed(self)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """A close asked for by a consumer or a group: end the response."""
-        if self.mode == wire.MODE_HOLD and self.hold is not None:
+        if self.mode == wire.MODE_HOLD and self.held is not None:
             self.release_hold()
         elif self.started:
             self.end()
         else:
             self.fail(500, reason or "closed before a response was sent")
+
+    def stop(self) -> None:
+        if self.started:  # a stream ends
+            self.close()
+        else:
+            self.fail(503, "server shutting down")
+
+    def accept(self, subprotocol: Any) -> None:
+        self.invalid("accept is for WebSocket connections")
+
+    def reject(self) -> None:
+        self.invalid("reject is for WebSocket connections")
+
+    def tick(self, now: float) -> None:
+        """A response that did not start within http_timeout (504), a held long-poll
+        whose time is up, a heartbeat on an idle event stream."""
+        if self.handler is None or self.ended:
+            return
+        if self.held is not None:
+            if now > self.deadline:
+                self.release_hold()
+        elif not self.started:
+            if now > self.deadline:
+                counters.incr("http_timeouts")
+                log.warning("%s: no response to %s %s within %gs; answering 504",
+                            self.reply_channel, self.handler.request.method, self.path,
+                            self.config.http_timeout)
+                self.fail(504, "no response in time")
+        elif self.mode == wire.MODE_SSE and now - self.last_write >= self.config.sse_heartbeat:
+            self.write(SSE_HEARTBEAT)
 
     # -- the response ----------------------------------------------------------
 
@@ -163,7 +187,7 @@ class Exchange:
         # Without a body part yet, the headers go now: a stream's client is waiting.
         self.body(payload or b"", bool(header.get("more")))
 
-    def hold_until_message(self, header: dict[str, Any]) -> None:
+    def hold(self, header: dict[str, Any]) -> None:
         """Long-poll (op "hold"): the first message sent to this reply channel becomes
         the body; after `timeout` seconds without one, answer `timeout_status`."""
         if self.started or self.handler is None:
@@ -178,14 +202,14 @@ class Exchange:
             return
         self.started = True
         self.mode = wire.MODE_HOLD
-        self.hold = (status, headers, timeout_status)
+        self.held = (status, headers, timeout_status)
         self.deadline = time.monotonic() + timeout
 
     def release_hold(self, payload: bytes | None = None) -> None:
         """Answer a held long-poll: with the message that arrived, or (None) its timeout."""
-        assert self.hold is not None and self.handler is not None
-        status, headers, timeout_status = self.hold
-        self.hold = None
+        assert self.held is not None and self.handler is not None
+        status, headers, timeout_status = self.held
+        self.held = None
         try:
             if payload is None:
                 self.handler.begin(timeout_status, [], ())
@@ -212,8 +236,9 @@ class Exchange:
                 self.handler.write(payload)  # finish() sends it, with Content-Length
             self.end()
 
-    def deliver(self, kind: Any, payload: bytes, header: dict[str, Any]) -> None:
+    def deliver(self, message: Outgoing) -> None:
         """A message for this reply channel (``send`` or a group message)."""
+        kind, payload, header = message.kind, message.payload, message.header
         if self.handler is None or self.ended:
             counters.incr("dropped_to_closed")
         elif self.mode == wire.MODE_SSE:
@@ -225,7 +250,7 @@ class Exchange:
             self.write(sse_event(payload, header.get("event"), header.get("id")))
         elif self.mode == wire.MODE_STREAM:
             self.write(payload)
-        elif self.mode == wire.MODE_HOLD and self.hold is not None:
+        elif self.mode == wire.MODE_HOLD and self.held is not None:
             self.release_hold(payload)
         else:
             # Before start (or on a plain response) there is nowhere to put it.
@@ -237,7 +262,7 @@ class Exchange:
     def write(self, data: bytes) -> None:
         handler = self.handler
         assert handler is not None
-        limit = handler.server.config.max_outbound_bytes
+        limit = self.config.max_outbound_bytes
         if unsent_bytes(handler.stream()) + len(data) > limit:
             counters.incr("outbound_overflow")
             log.warning("%s: more than %d bytes waiting to be sent (the client is not "
@@ -248,11 +273,6 @@ class Exchange:
         if data:
             handler.write(data)
         handler.flush()
-
-    def heartbeat(self, now: float, interval: float) -> None:
-        if self.mode == wire.MODE_SSE and self.handler is not None and not self.ended \
-                and now - self.last_write >= interval:
-            self.write(SSE_HEARTBEAT)
 
     def end(self) -> None:
         handler = self.handler
@@ -267,8 +287,8 @@ class Exchange:
         handler = self.handler
         if handler is None or self.ended:
             return
-        self.hold = None
-        if handler._headers_written:
+        self.held = None
+        if headers_written(handler):
             self.abort()
             return
         self.started = True
@@ -298,21 +318,24 @@ class ConsumerRequest(tornado.web.RequestHandler):
     WSGI application) in the workers answer it."""
 
     SUPPORTED_METHODS = METHODS
-    server: "Interface"
+    clients: Clients
+    config: Config
     exchange: Exchange | None
 
-    def initialize(self, server: "Interface") -> None:
-        self.server = server
+    def initialize(self, clients: Clients, config: Config, port: int) -> None:
+        self.clients = clients
+        self.config = config
+        self.port = port
         self.exchange = None
         self.body_parts: list[bytes] = []
         self.body_size = 0
         self.too_large = False
 
     def prepare(self) -> None:
-        if self.server.at_capacity():
+        if self.clients.at_capacity():
             self.send_error(503, reason="Too Many Connections")
             raise tornado.web.Finish()
-        limit = self.server.config.max_body_bytes
+        limit = self.config.max_body_bytes
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > limit:
             self.refuse_body(int(length))
@@ -327,7 +350,7 @@ class ConsumerRequest(tornado.web.RequestHandler):
         if self.too_large:
             return
         self.body_size += len(chunk)
-        if self.body_size > self.server.config.max_body_bytes:
+        if self.body_size > self.config.max_body_bytes:
             self.too_large = True
             self.body_parts.clear()
             self.refuse_body(self.body_size)
@@ -338,16 +361,31 @@ class ConsumerRequest(tornado.web.RequestHandler):
         counters.incr("refused_body_too_large")
         log.info("refused %s %s: body of %d+ bytes is over max_body_bytes (%d); 413",
                  self.request.method, self.request.path, size,
-                 self.server.config.max_body_bytes)
+                 self.config.max_body_bytes)
         self.send_error(413, reason="Payload Too Large")
 
     async def handle(self, *args: Any) -> None:
-        if self.too_large or self._finished:
+        if self.too_large or is_finished(self):
             return
         body = b"".join(self.body_parts)
         self.body_parts.clear()
-        self.exchange = exchange = self.server.open_exchange(self, body)
+        self.exchange = exchange = self.open_exchange(body)
         await exchange.done
+
+    def open_exchange(self, body: bytes) -> Exchange:
+        conn_id, reply_channel = self.clients.new_reply_channel()
+        exchange = Exchange(conn_id, reply_channel, self)
+        request = self.request
+        header = wire.encode({
+            "channel": "http.request", "reply_channel": reply_channel,
+            "method": request.method, "path": request.path, "query_string": request.query,
+            "headers": [[k, v] for k, v in request.headers.get_all()],
+            "client": [request.remote_ip, peer_port(request)],
+            "server": [request.host_name, self.port], "scheme": request.protocol,
+            "http_version": request.version.partition("/")[2], "ack": True,
+        })
+        self.clients.open(exchange, ("http.request", "", body, header))
+        return exchange
 
     get = head = post = put = patch = delete = options = handle
 
@@ -373,7 +411,7 @@ class ConsumerRequest(tornado.web.RequestHandler):
                 self.set_header(name, value)
 
     def write(self, chunk: Any) -> None:
-        if self._status_code in NO_BODY_STATUSES:
+        if response_status(self) in NO_BODY_STATUSES:
             return  # Tornado refuses any body with these
         super().write(chunk)
 
@@ -386,15 +424,15 @@ class ConsumerRequest(tornado.web.RequestHandler):
 
     def on_connection_close(self) -> None:
         if self.exchange is not None:
-            self.server.connection_closed(self.exchange, None)
+            self.exchange.closed()
 
     def on_finish(self) -> None:
         if self.exchange is not None:
-            self.server.connection_closed(self.exchange, None)
+            self.exchange.closed()
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         # Never a traceback to the client: the worker's log has it.
         if status_code == 503:
             self.set_header("Retry-After", "1")
         self.set_header("Content-Type", "text/plain; charset=utf-8")
-        self.finish(f"{status_code} {self._reason}\n")
+        self.finish(f"{status_code} {error_reason(self)}\n")

@@ -22,7 +22,7 @@ import tornado.web
 import tornado.websocket
 from tornado.iostream import IOStream, StreamClosedError
 
-from .stats import counters
+from ..stats import counters
 
 __all__ = ["unsent_bytes", "headers_written", "is_finished", "response_status",
            "error_reason", "lingering_close", "LingeringClose"]

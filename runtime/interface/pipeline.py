@@ -169,7 +169,7 @@ class Pipeline:
         if isinstance(session, dict):
             self.session = session
         # The consumer's messages travel the same path as its done, in order: if the done
-        # is here and they are not, they were lost (in a router that was killed).
+        # is here and they are not, they were lost (in a broker that was killed).
         lost = sent - self.arrived if type(sent) is int and sent > self.arrived else 0
         return AckResult(channel, lost, bool(error))
 

@@ -1,0 +1,27 @@
+"""Server-to-client WebSocket frames, built by hand so that one message for a whole
+group is framed once and the same bytes are written to every member."""
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from .. import wire
+
+OPCODE_TEXT = 0x1
+OPCODE_BINARY = 0x2
+OPCODES: dict[object, int] = {wire.KIND_TEXT: OPCODE_TEXT, wire.KIND_BYTES: OPCODE_BINARY}
+
+
+def frame(opcode: int, payload: bytes) -> bytes:
+    """A complete, unmasked, uncompressed server-to-client WebSocket frame."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x80 | opcode, n)) + payload
+    if n < 65536:
+        return struct.pack("!BBH", 0x80 | opcode, 126, n) + payload
+    return struct.pack("!BBQ", 0x80 | opcode, 127, n) + payload
+
+
+def frame_message(kind: Any, payload: bytes) -> bytes:
+    """The frame of a message of `kind` ``text`` or ``bytes`` (anything else: binary)."""
+    return frame(OPCODES.get(kind, OPCODE_BINARY), payload)

@@ -1,0 +1,159 @@
+"""The broker's relaying, driven step by step over real ZeroMQ sockets: operations for a
+connection to its interface, the done that is also a credit, group messages to every
+interface that said hello, bounces, and the hold after a start. (Credit dispatch and
+redelivery: tests/test_poolqueue.py.)"""
+import shutil
+import tempfile
+import time
+
+import pytest
+import zmq
+
+from runtime import broker as broker_module
+from runtime import config as config_module
+from runtime import wire
+from runtime.broker import Broker
+from runtime.stats import counters
+
+
+@pytest.fixture
+def setup(monkeypatch):
+    monkeypatch.setattr(broker_module, "SETTLE", 0.0)
+    run_dir = tempfile.mkdtemp(prefix="zb", dir="/tmp")
+    config = config_module.parse({"server": {"run_dir": run_dir}}, environ={})
+    broker = Broker(config)
+    context = zmq.Context()
+    sockets = []
+
+    def peer(endpoint, name):
+        sock = context.socket(zmq.DEALER)
+        sock.routing_id = name
+        sock.rcvtimeo = 2000  # ms: a missing message fails the test (zmq.Again), never hangs
+        sock.connect(endpoint)
+        sockets.append(sock)
+        return sock
+
+    def interface(name, hello=True):
+        sock = peer(config.router_interfaces, name)
+        if not hello:
+            return sock
+        sock.send_multipart([wire.PING, b"{}"])
+        run_until(broker, lambda: name in broker.known)
+        assert sock.recv_multipart() == [wire.PING, wire.PONG]
+        return sock
+
+    def worker(name):
+        return peer(broker.pools[0].pool.endpoint_out, name)
+
+    def client(name):
+        return peer(config.router_clients, name)
+
+    counters.clear()
+    yield broker, interface, worker, client, peer
+    for sock in sockets:
+        sock.close(linger=0)
+    context.term()
+    for sock in broker.sockets:
+        sock.close(linger=0)
+    broker.context.term()
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def run_until(broker, condition, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        broker.step(broker.poll())
+
+
+def settle(broker):
+    run_until(broker, lambda: broker.startup is None)
+
+
+def test_an_operation_goes_to_the_interface_named_with_the_sender_in_front(setup):
+    broker, interface, worker, *_ = setup
+    i1 = interface(b"i1")
+    settle(broker)
+    w1 = worker(b"w1")
+    w1.send_multipart([wire.VERB_TO, b"i1", b'{"op":"send","conn":3}', b"hello"])
+    run_until(broker, lambda: counters.get("to_interfaces", 0) == 1)
+    assert i1.recv_multipart() == [b"w1", b'{"op":"send","conn":3}', b"hello"]
+
+
+def test_a_reply_with_its_done_is_one_message_and_frees_the_worker(setup):
+    broker, interface, worker, *_ = setup
+    i1 = interface(b"i1")
+    settle(broker)
+    w1 = worker(b"w1")
+    w1.send(b"R0")
+    run_until(broker, lambda: b"w1" in broker.pools[0].ready)
+    del broker.pools[0].ready[b"w1"]  # as if it had been handed an event
+    broker.pools[0].dispatched[b"w1"] = 1
+    done = b'{"op":"done","conn":3,"seq":1,"sent":1}'
+    w1.send_multipart([b"D1", b"i1", b'{"op":"send","conn":3}', b"echo", done])
+    run_until(broker, lambda: b"w1" in broker.pools[0].ready)
+    assert i1.recv_multipart() == [b"w1", b'{"op":"send","conn":3}', b"echo", done]
+    assert counters["to_interfaces"] == 1
+
+
+def test_a_group_message_goes_once_to_every_interface_that_said_hello(setup):
+    broker, interface, worker, client, _ = setup
+    i1, i2 = interface(b"i1"), interface(b"i2")
+    settle(broker)
+    client(b"c1").send_multipart([wire.VERB_GROUP, b"room", b'{"op":"send"}', b"hi"])
+    run_until(broker, lambda: counters.get("group_messages", 0) == 1)
+    for sock in (i1, i2):
+        assert sock.recv_multipart() == [wire.FROM_GROUP, b"room", b'{"op":"send"}', b"hi"]
+        assert not sock.poll(100), "exactly once"
+
+
+def test_messages_for_a_gone_interface_are_bounced_to_the_sender(setup):
+    broker, interface, worker, *_ = setup
+    interface(b"i1")
+    settle(broker)
+    w1 = worker(b"w1")
+    header = b'{"op":"group_add","group":"g","req":7,"conn":1}'
+    w1.send_multipart([wire.VERB_TO, b"i-gone", header])
+    run_until(broker, lambda: counters.get("unreachable_interface", 0) == 1)
+    assert w1.recv_multipart() == [wire.TO_WORKER_BOUNCE, b"i-gone", header]
+
+
+def test_an_interface_answer_reaches_the_worker_that_asked(setup):
+    broker, interface, worker, *_ = setup
+    i1 = interface(b"i1")
+    settle(broker)
+    w1 = worker(b"w1")
+    w1.send_multipart([wire.VERB_TO, b"i1", b'{"op":"group_add","req":1}'])
+    run_until(broker, lambda: counters.get("to_interfaces", 0) == 1)
+    sender, _ = i1.recv_multipart()
+    i1.send_multipart([sender, b'{"req":1,"ok":true}'])
+    run_until(broker, lambda: w1.poll(0))
+    assert w1.recv_multipart() == [wire.TO_WORKER_ANSWER, b"i1", b'{"req":1,"ok":true}']
+
+
+def test_after_a_start_everything_for_interfaces_is_held_in_order_until_they_are_back(setup):
+    broker, interface, worker, client, _ = setup
+    i1 = interface(b"i1", hello=False)  # connected, not yet said hello
+    run_until(broker, lambda: broker.connected == 1)
+    c1 = client(b"c1")
+    c1.send_multipart([wire.VERB_GROUP, b"room", b'{"op":"send"}', b"first"])
+    c1.send_multipart([wire.VERB_TO, b"i1", b'{"op":"send","conn":1}', b"second"])
+    run_until(broker, lambda: len(broker.startup or ()) == 2)
+    i1.send_multipart([wire.PING, b"{}"])
+    settle(broker)
+    assert i1.recv_multipart() == [wire.PING, wire.PONG]
+    assert i1.recv_multipart() == [wire.FROM_GROUP, b"room", b'{"op":"send"}', b"first"]
+    assert i1.recv_multipart() == [b"c1", b'{"op":"send","conn":1}', b"second"]
+
+
+def test_garbage_from_senders_is_counted_and_nothing_else_moves(setup):
+    broker, interface, worker, client, _ = setup
+    i1 = interface(b"i1")
+    settle(broker)
+    w1 = worker(b"w1")
+    w1.send_multipart([b"X", b"i1", b"{}"])  # unknown verb
+    w1.send_multipart([wire.VERB_TO, b"i1"])  # too few frames
+    w1.send_multipart([wire.VERB_GROUP, b"", b"{}", b""])  # a group message without a group
+    client(b"c1").send_multipart([b"D1", b"i1", b"{}"])  # a credit from no pool's worker
+    run_until(broker, lambda: counters.get("garbage", 0) == 4)
+    assert not i1.poll(100)
