@@ -46,6 +46,8 @@ log = logging.getLogger("runtime.layer")
 
 LINGER = 1000  # ms a closing socket may keep flushing what consumers already sent
 FLUSHER_JOIN = 1.0  # seconds to wait for the flusher thread at close
+FLUSH_TICK = 0.001  # seconds between the flusher's looks while events keep coming
+FLUSH_PARK = 0.05  # seconds without a held operation before the flusher sleeps until woken
 
 TO, GROUP = wire.VERB_TO, wire.VERB_GROUP
 
@@ -78,6 +80,8 @@ class Layer:
         self.wakeup = threading.Condition(self.lock)
         self.closed = False
         self.flusher: threading.Thread | None = None
+        self.parked = False  # the flusher sleeps until an operation is held
+        self.last_held = 0.0  # monotonic seconds
 
     def _socket(self, kind: int, endpoint: str, routing_id: bytes | None = None) -> zmq.Socket:
         sock = self.context.socket(kind)
@@ -129,7 +133,10 @@ class Layer:
                 self.current_sends += 1
                 if self.flusher is not None:
                     self.pending = frames  # maybe it can ride with the done
-                    self.wakeup.notify()
+                    if self.parked:
+                        self.wakeup.notify()
+                    else:  # it looks every FLUSH_TICK: no thread to wake per message
+                        self.last_held = time.monotonic()
                     return
             self._relay(frames)
 
@@ -304,17 +311,29 @@ class Layer:
         self.flusher.start()
 
     def _flush_while_running(self) -> None:
-        with self.wakeup:
-            while not self.closed:
-                if self.pending is None:
+        """Send a held operation whenever this thread gets to run: the consumer has
+        blocked (I/O, sleep) or computed past the interpreter's switch interval. While
+        events keep coming it looks every FLUSH_TICK, which costs less than waking it
+        for each one; after FLUSH_PARK without a held operation it sleeps until one is."""
+        while True:
+            with self.wakeup:
+                if self.closed:
+                    return
+                if self.pending is not None:
+                    try:
+                        self._flush()
+                    except ChannelFull as e:
+                        # The consumer has moved on; its done will tell the interface
+                        # that a message is missing, and the connection is closed (1011).
+                        log.error("could not send a message for %s: %s",
+                                  self.current_route, e)
+                elif time.monotonic() - self.last_held > FLUSH_PARK:
+                    self.parked = True
                     self.wakeup.wait()
+                    self.parked = False
+                    self.last_held = time.monotonic()
                     continue
-                try:
-                    self._flush()
-                except ChannelFull as e:
-                    # The consumer has moved on; its done will tell the interface that
-                    # a message is missing, and the connection is closed with 1011.
-                    log.error("could not send a message for %s: %s", self.current_route, e)
+            time.sleep(FLUSH_TICK)
 
     def close(self) -> None:
         with self.wakeup:

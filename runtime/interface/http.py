@@ -16,11 +16,10 @@ import logging
 import time
 from typing import Any
 
-import tornado.routing
 import tornado.web
 from tornado.http1connection import HTTP1Connection
 from tornado.iostream import IOStream
-from tornado.httputil import HTTPInputError, HTTPServerRequest, responses
+from tornado.httputil import HTTPInputError, responses
 
 from .. import wire
 from ..config import Config
@@ -28,44 +27,12 @@ from ..stats import counters
 from .clients import Clients, Outgoing, peer_port
 from .compat import error_reason, headers_written, is_finished, response_status, unsent_bytes
 from .pipeline import AckResult, Pipeline, Refusal
+from .sse import SSE_HEADERS, SSE_HEARTBEAT, sse_event
 
 log = logging.getLogger("runtime.interface")
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 NO_BODY_STATUSES = frozenset({204, 304})
-SSE_HEADERS = (("Content-Type", "text/event-stream; charset=utf-8"),
-               ("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no"))
-SSE_HEARTBEAT = b": keep-alive\n\n"
-
-
-def sse_event(payload: bytes, event: Any = None, event_id: Any = None) -> bytes:
-    """One Server-Sent Event: optional ``event:`` and ``id:`` lines, a ``data:`` line
-    per line of the payload (which must be UTF-8 text), and the blank line."""
-    parts = []
-    if event:
-        parts.append(b"event: %s\n" % _field(event))
-    if event_id is not None:
-        parts.append(b"id: %s\n" % _field(event_id))
-    lines = payload.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-    parts.extend(b"data: %s\n" % line for line in lines)
-    parts.append(b"\n")
-    return b"".join(parts)
-
-
-def _field(value: Any) -> bytes:
-    # A newline would end the field and let the rest be read as another field.
-    return str(value).replace("\r", " ").replace("\n", " ").encode()
-
-
-class WebSocketUpgrade(tornado.routing.Matcher):
-    """Matches requests that ask for a WebSocket, whatever their path."""
-
-    def match(self, request: HTTPServerRequest) -> dict[str, Any] | None:
-        if request.headers.get("Upgrade", "").lower() == "websocket":
-            return {}
-        return None
-
-
 class Exchange:
     """One HTTP request and its response, as a `clients.Client`."""
 

@@ -23,13 +23,14 @@ import tornado.netutil
 import tornado.routing
 import tornado.web
 import zmq
+from tornado.httputil import HTTPServerRequest
 
 from ..config import CLIENT_CHANNELS, Config
 from ..process import announce_ready, withdraw_ready
 from ..stats import counters
 from . import sweeps
 from .clients import Clients
-from .http import ConsumerRequest, WebSocketUpgrade
+from .http import ConsumerRequest
 from .link import Link
 from .static import StaticFiles, log_request
 from .websocket import ConsumerSocket
@@ -138,6 +139,15 @@ class Interface:
         self.link.close()
         self.context.destroy(linger=500)  # flush the disconnect events already queued
         log.info("interface %s stopped", self.id)
+
+
+class WebSocketUpgrade(tornado.routing.Matcher):
+    """Matches requests that ask for a WebSocket, whatever their path."""
+
+    def match(self, request: HTTPServerRequest) -> dict[str, Any] | None:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return {}
+        return None
 
 
 def raise_open_files_limit() -> int:
