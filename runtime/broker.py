@@ -49,6 +49,7 @@ BATCH = 512  # messages moved from one socket before looking at the others
 SETTLE = 0.3  # seconds after a start before anything goes to interfaces, at least
 STARTUP_GRACE = 3.0  # seconds after a start at most before sending to whoever is there
 SETTLE_POLL_MS = 20  # how often the settling is checked while messages are held
+STOP_LINGER_MS = 500  # how long what was passed on at stop may take to leave
 
 READY, BYE, TO, DONE, GROUP = (wire.VERB_READY, wire.VERB_BYE, wire.VERB_TO, wire.VERB_DONE,
                                wire.VERB_GROUP)
@@ -131,6 +132,15 @@ class Broker(Service):
             self.settle()
 
     def closing(self) -> None:
+        # What workers have sent is passed on, not dropped with the sockets: a restart
+        # of the broker alone (the interfaces still up) then loses no reply.
+        if self.startup is not None:
+            self.release_startup("stopping")
+        for sock, pool in ((p.workers, p) for p in self.pools):
+            self.from_senders(sock, pool)
+        self.from_senders(self.clients, None)
+        self.from_interfaces()
+        self.interfaces.linger = STOP_LINGER_MS
         # What is still queued now will not run or arrive: count it, not lose it silently.
         for pool in self.pools:
             lost = pool.drop_queued()
@@ -138,10 +148,6 @@ class Broker(Service):
                 counters.incr("dropped_at_stop", lost)
                 log.warning("stopping with %d message(s) queued for pool %s; they are lost",
                             lost, pool.pool.name)
-        if self.startup:
-            counters.incr("dropped_at_stop", len(self.startup))
-            log.warning("stopping with %d message(s) held for interfaces; they are lost",
-                        len(self.startup))
 
     # -- from workers and other senders ---------------------------------------
 
@@ -158,11 +164,11 @@ class Broker(Service):
             if kind == TO and len(parts) in (4, 5, 6) and verb == TO:
                 self.peers[sender] = sock
                 self.to_interface(sock, [parts[2].bytes, sender, *parts[3:]])
-            elif kind == DONE and pool is not None and len(parts) in (4, 6):
+            elif kind == DONE and pool is not None and len(parts) in (4, 6) \
+                    and verb[1:].isdigit():
                 self.peers[sender] = sock
                 self.to_interface(sock, [parts[2].bytes, sender, *parts[3:]])
-                if not pool.credit(sender, READY + verb[1:], parts[1].get(zmq.SRCFD)):
-                    self.garbage(sender, len(parts))
+                pool.credit(sender, READY + verb[1:], parts[1].get(zmq.SRCFD))
             elif kind == GROUP and len(parts) == 5 and verb == GROUP:
                 self.group([part.bytes for part in parts[2:]])
             elif kind in (READY, BYE) and pool is not None and len(parts) == 2:

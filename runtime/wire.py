@@ -10,7 +10,8 @@ broker -> worker                     ``[E, <the event's frames>]``
 worker -> broker: credit             ``[R<n>]`` (free), ``[B<n>]`` (stopping)
 worker -> broker: to a connection    ``[T, interface id, header, payload?]``
 worker -> broker: ... ending event   ``[D<n>, interface id, header, payload, done]``
-                                     or ``[D<n>, interface id, done]`` (credit too)
+                                     or ``[D<n>, interface id, done]`` (credit too);
+                                     a stopping worker: the same with ``T`` (no credit)
 worker -> broker: group send         ``[G, group, header, payload]``
 broker -> interface                  ``[worker id, header, payload?, done?]``
 broker -> interface: group message   ``[*, group, header, payload]``

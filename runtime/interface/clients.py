@@ -103,6 +103,7 @@ class Clients:
         self.busy: set[Client] = set()  # with an event in flight: checked for timeouts
         self.groups: GroupTable[Client] = GroupTable()
         self.stopping = False
+        self.detached = False  # the pool sockets are closed: nothing more can be sent
         self._ids = itertools.count(1)
 
     def __len__(self) -> int:
@@ -138,6 +139,8 @@ class Clients:
     def dispatch(self, client: Client) -> None:
         """Hand the client's next event to its pool, if none is in flight."""
         pipeline = client.pipeline
+        if self.detached:  # after shutdown's grace: counted there (shutdown_undelivered)
+            return
         queued = len(pipeline.queue)
         pools = self.pools
 

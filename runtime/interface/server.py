@@ -134,6 +134,7 @@ class Interface:
                 counters.incr("shutdown_undelivered", self.clients.queued())
                 break
             await asyncio.sleep(SHUTDOWN_POLL)
+        self.clients.detached = True  # clients that close from now on: their events stay
         withdraw_ready(self.config.run_dir, "interface")
         counters.write(force=True)
         self.link.close()
