@@ -10,8 +10,9 @@ frames (or ``--duration`` seconds have passed):
 - raw HTTP requests: random methods, paths and versions, bytes that are not HTTP,
   oversized header blocks, bad Content-Length;
 - random multipart ZeroMQ messages on every IPC endpoint in the run directory (the
-  router's two ROUTERs, the forwarder's PULL and XPUB, each pool queue's PULL and
-  ROUTER), including JSON headers of the right shape with the wrong types.
+  broker's two ROUTERs, for interfaces and for other senders, and each pool's PULL and
+  ROUTER), including JSON headers of the right shape with the wrong types, and the
+  verbs of every hop (runtime/wire.py) with frames of any number and content.
 
 Meanwhile ``--echo`` clients do numbered round trips on /ws/echo and ``--chat``
 clients talk in one chat room. The report says how many frames of each kind went
@@ -25,10 +26,10 @@ when those run on different workers (docs/architecture.md, Known gaps).
 
     scripts/fuzz --frames 100000 --run-dir run        # against scripts/run
 
-The ZeroMQ attacker never sends a worker's READY or BYE word, and never addresses a
-real interface or worker by its routing id: a peer that can open the IPC sockets is
-as trusted as a worker (the run directory is 0700), so this checks garbage, not
-impersonation.
+The ZeroMQ attacker never sends a worker's credit (``R<n>``, ``B<n>``, ``D<n>``), and
+never addresses a real interface or worker by its routing id: a peer that can open the
+IPC sockets is as trusted as a worker (the run directory is 0700), so this checks
+garbage, not impersonation.
 """
 from __future__ import annotations
 
@@ -88,11 +89,12 @@ def random_frame(rng: random.Random) -> bytes:
         return b""
     if choice < 0.45:
         return rng.choice([b"{", b"[]", b"null", b'{"op":', b"\xff\xfe", b"R", b"B",
+                           b"D", b"Dx", b"T", b"Tx", b"G", b"E", b"A", b"U", b"*",
                            b"unreachable", b"pong", b"12", b"-1"])
     size = rng.choice([1, 2, 8, 40, 300, 5000])
     data = rng.randbytes(rng.randint(0, size))
-    if data[:1] in (b"R", b"B") and data[1:].isdigit():
-        data = b"x" + data  # never a worker's READY/BYE (see the module docstring)
+    if data[:1] in (b"R", b"B", b"D") and data[1:].isdigit():
+        data = b"x" + data  # never a worker's credit (see the module docstring)
     return data
 
 
@@ -101,8 +103,7 @@ def random_message(rng: random.Random) -> list[bytes]:
 
 
 # Socket type an attacker connects to each bound endpoint with.
-PEER_TYPES = {"router-workers": zmq.DEALER, "router-interfaces": zmq.DEALER,
-              "forwarder.in": zmq.PUSH, "forwarder.out": zmq.XSUB}
+PEER_TYPES = {"router-clients": zmq.DEALER, "router-interfaces": zmq.DEALER}
 
 
 def zmq_endpoints(run_dir: str) -> dict[str, tuple[str, int]]:
@@ -144,9 +145,6 @@ class ZmqAttacker:
         for name, sock in self.peers.items():
             for _ in range(count):
                 frames = random_message(self.rng)
-                if sock.type == zmq.XSUB:
-                    # Subscription words too, then leave: never a slow subscriber.
-                    frames = [self.rng.choice([b"\x01", b"\x00", b"\x02"]) + frames[0]]
                 try:
                     sock.send_multipart(frames, zmq.NOBLOCK)
                     tally.add(f"zmq {name}")

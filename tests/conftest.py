@@ -11,7 +11,7 @@ from harness import checked_system  # noqa: E402
 
 @pytest.fixture(scope="module")
 def system():
-    """One real system per test module: router, forwarder, queue, 2 workers, 2 interfaces.
+    """One real system per test module: the broker, 2 workers, 2 interfaces.
 
     At the end, any ERROR line or traceback in any process's log that a test did
     not declare with ``system.expect_error(...)`` fails the module's last test.

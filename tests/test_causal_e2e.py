@@ -10,8 +10,8 @@ of the room, on both interfaces, and the sender itself must receive every messag
 exactly once and in the order it was written. The received lists are compared with
 the sent ones as they are: never sorted.
 
-The promise holds across a restart of a relay process too: messages may then be lost
-(and counted), but what arrives is still in order.
+The promise holds across a restart of the broker, the one relay process, too: messages
+may then be lost (and counted), but what arrives is still in order.
 """
 import asyncio
 import json
@@ -33,7 +33,7 @@ MESSAGES = 1500  # per sender and round, written back to back: within rate_burst
 INTERLEAVED = 800  # per sender, in the two-sender test
 READ_TIMEOUT = 15.0  # seconds a member may wait for its next message
 ROUND_TIMEOUT = 60.0
-EVENT_TIMEOUT = 3.0  # seconds: an event lost with a restarted relay closes its socket this fast
+EVENT_TIMEOUT = 3.0  # seconds: an event lost with the restarted broker closes its socket this fast
 RESTART_AFTER = 200  # messages the sender has had back when its relay is restarted
 QUIET = 2.0  # seconds without a message after which a member has had all it will get
 LOST_WITH_RELAY = r"did not finish within|presumed lost with its worker|were lost on the way"
@@ -243,9 +243,12 @@ def test_two_senders_interleaved_each_senders_messages_stay_in_order(system):
 
 
 def relays(system):
-    """The relay processes: everything that is neither a worker nor an interface."""
-    return [name for name in system.processes
-            if not name.startswith(("worker-", "interface-"))]
+    """The relay processes: everything that is neither a worker nor an interface. That
+    is the broker alone (router, forwarder and every pool's queue in one process)."""
+    found = [name for name in system.processes
+             if not name.startswith(("worker-", "interface-"))]
+    assert found == ["broker"], found
+    return found
 
 
 def deficits(system):

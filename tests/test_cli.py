@@ -26,16 +26,25 @@ def test_check_config_prints_the_resolved_config():
 @pytest.mark.parametrize("args, env, message", [
     (["check-config"], {"ZCHANNELS_PORT": "eighty"},
      "ZCHANNELS_PORT must be a whole number, not 'eighty'"),
-    (["--config", "/nonexistent/z.toml", "router"], {},
+    (["--config", "/nonexistent/z.toml", "broker"], {},
      "config file '/nonexistent/z.toml' does not exist"),
     (["worker", "--pool", "nope"], {}, "no pool named 'nope'; configured pools: default"),
-    (["queue", "--pool", "nope"], {}, "no pool named 'nope'"),
 ])
 def test_configuration_errors_exit_2_with_the_reason(args, env, message):
     result = zchannels(*args, env=env)
     assert result.returncode == 2
     assert "zchannels: configuration error:" in result.stderr
     assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("role", ["router", "forwarder", "queue"])
+def test_the_roles_the_broker_replaced_are_refused_with_the_valid_ones(role):
+    """The broker is the router, the forwarder and every pool's queue in one process:
+    their old roles are not silently accepted."""
+    result = zchannels(role, "--pool", "default")
+    assert result.returncode == 2
+    assert f"invalid choice: '{role}'" in result.stderr and "'broker'" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -55,8 +64,8 @@ def test_stats_lists_every_running_process():
         as_json = zchannels("stats", "--json", env=env)
         assert as_json.returncode == 0, as_json.stderr
         roles = sorted(p["role"] for p in json.loads(as_json.stdout))
-        assert roles == ["forwarder", "interface", "interface", "queue-default", "router",
-                         "worker-default", "worker-default"]
+        assert roles == ["broker", "interface", "interface", "worker-default",
+                         "worker-default"]
         table = zchannels("stats", env=env)
         assert table.returncode == 0
         interface_lines = [l for l in table.stdout.splitlines() if l.startswith("interface")]

@@ -1,5 +1,5 @@
 """A real Django project (tests/apps/djsite) behind zchannels: every request goes
-through the interface, the pool queue and a worker running Django's WSGI handler."""
+through the interface, the broker and a worker running Django's WSGI handler."""
 import os
 import re
 import subprocess

@@ -1,5 +1,5 @@
-"""HTTP through real processes: interface -> pool -> worker consumers (and the WSGI
-fallback) -> router -> interface, with real HTTP clients on real sockets."""
+"""HTTP through real processes: interface -> broker -> worker consumers (and the WSGI
+fallback) -> broker -> interface, with real HTTP clients on real sockets."""
 import asyncio
 import http.client
 import json

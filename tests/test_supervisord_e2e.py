@@ -16,8 +16,7 @@ from harness import (ROOT, TEST_CONSUMERS, echo_once, read, read_until_closed, r
 
 pytestmark = pytest.mark.e2e
 
-PROGRAMS = {"layer:router", "layer:forwarder", "layer:queue-default",
-            "worker-default:worker-default-0",
+PROGRAMS = {"layer:broker", "worker-default:worker-default-0",
             "worker-default:worker-default-1", "interface:interface-0", "interface:interface-1"}
 
 
@@ -153,7 +152,7 @@ def test_two_copies_run_side_by_side():
         assert run(echo(port2, "two")) == "two"
         pids1 = {pid for _, pid in statuses(dir1).values()}
         pids2 = {pid for _, pid in statuses(dir2).values()}
-        assert len(pids1) == len(pids2) == 7 and not pids1 & pids2
+        assert len(pids1) == len(pids2) == len(PROGRAMS) and not pids1 & pids2
         stop(first)
         assert run(echo(port2, "still here")) == "still here"
         assert statuses(dir2) and not os.path.exists(f"{dir1}/supervisor.sock")

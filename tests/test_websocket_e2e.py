@@ -258,7 +258,7 @@ def test_too_much_data_before_the_handshake_closes_1008(system):
 
 def test_a_reply_lost_on_the_way_closes_the_connection_when_its_done_arrives(system):
     """The worker's "done" says how many messages its consumer sent to the connection;
-    fewer arrived (one was lost in a killed router, simulated by the test consumer), so
+    fewer arrived (one was lost in a killed broker, simulated by the test consumer), so
     the client is told with 1011 instead of waiting for an answer that will not come."""
     system.expect_error(r"were lost on the way")
 

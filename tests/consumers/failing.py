@@ -65,7 +65,7 @@ def firehose(message):
 @consumer("websocket.receive", path="/test/lost-reply")
 def lose_a_reply(message):
     """Answers, then counts one more message than it sent, as if a second answer had
-    been lost inside a router that was killed (its "done" still arrives)."""
+    been lost inside a broker that was killed (its "done" still arrives)."""
     from runtime.layer import current
     message.reply_channel.send(text="first")
     current().current_sends += 1

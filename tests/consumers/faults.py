@@ -1,5 +1,6 @@
 """/test/echo-rc: an echo that first tells the client its reply channel (and with it
-the interface it is on), for the fault tests."""
+the interface it is on), for the fault tests. /test/hold and /test/hold-send/<group>
+hold their event for a while, so a test can kill a process while a consumer runs."""
 import os
 import time
 
@@ -45,3 +46,14 @@ def hold(message):
     record("hold", message.reply_channel.name, os.getpid(), int(message.redelivered))
     time.sleep(float(message.text))
     message.reply_channel.send(text=f"held {message.redelivered}")
+
+
+@consumer("websocket.receive", path="/test/hold-send/<group>")
+def hold_then_group_send(message, group):
+    """"SECONDS TEXT": records its worker's pid, holds the event for SECONDS, then sends
+    TEXT to the group and answers "sent"."""
+    seconds, text = message.text.split(" ", 1)
+    record("hold-send", message.reply_channel.name, os.getpid(), int(message.redelivered))
+    time.sleep(float(seconds))
+    group_send(group, text=text)
+    message.reply_channel.send(text="sent")
