@@ -228,10 +228,13 @@ class Layer:
         deadline = time.monotonic() + timeout_ms / 1000
         with self.lock:
             while True:
-                remaining = max(0, int((deadline - time.monotonic()) * 1000))
-                if not self.broker.poll(remaining):
-                    return None
-                frames = self.broker.recv_multipart()
+                try:  # the worker's poll has usually just said there is one
+                    frames = self.broker.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    remaining = int((deadline - time.monotonic()) * 1000)
+                    if remaining <= 0 or not self.broker.poll(remaining):
+                        return None
+                    continue
                 if frames[0] == wire.TO_WORKER_EVENT:
                     return frames[1:]
                 answer = self._answer(frames)

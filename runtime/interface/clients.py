@@ -151,9 +151,7 @@ class Clients:
             try:
                 pools[channel].send_multipart([header, payload, b"%d" % sequence], zmq.NOBLOCK)
             except zmq.Again:
-                counters.incr("refused_pool_full")
-                log.warning("%s: pool for %s is full; refused the event",
-                            client.reply_channel, channel)
+                counters.incr("refused_pool_full")  # every refusal, each retry included
                 return False
             counters.incr("zmq_sent")
             return True
@@ -167,7 +165,11 @@ class Clients:
                 asyncio.get_running_loop().call_later(DISCONNECT_RETRY, self.retry, client)
         elif refusal is Refusal.DISCONNECT_LOST:
             counters.incr("disconnects_lost")
+            log.warning("%s: pool is full; gave up offering the disconnect event",
+                        client.reply_channel)
         elif refusal is not None:
+            log.warning("%s: pool is full; refused the %s event", client.reply_channel,
+                        refusal.value)
             if refusal is Refusal.RECEIVE:  # the receives queued behind it went with it
                 dropped = queued - 1 - len(pipeline.queue) - (pipeline.in_flight is not None)
                 if dropped:
