@@ -2,61 +2,39 @@
 connection to its interface, the done that is also a credit, group messages to every
 interface that said hello, bounces, and the hold after a start. (Credit dispatch and
 redelivery: tests/test_poolqueue.py.)"""
-import shutil
-import tempfile
 import time
 
 import pytest
 import zmq
 
+from broker_rig import broker_rig
 from runtime import broker as broker_module
-from runtime import config as config_module
 from runtime import wire
-from runtime.broker import Broker
 from runtime.stats import counters
 
 
 @pytest.fixture
 def setup(monkeypatch):
     monkeypatch.setattr(broker_module, "SETTLE", 0.0)
-    run_dir = tempfile.mkdtemp(prefix="zb", dir="/tmp")
-    config = config_module.parse({"server": {"run_dir": run_dir}}, environ={})
-    broker = Broker(config)
-    context = zmq.Context()
-    sockets = []
+    with broker_rig("zb") as rig:
+        broker, config = rig.broker, rig.config
 
-    def peer(endpoint, name):
-        sock = context.socket(zmq.DEALER)
-        sock.routing_id = name
-        sock.rcvtimeo = 2000  # ms: a missing message fails the test (zmq.Again), never hangs
-        sock.connect(endpoint)
-        sockets.append(sock)
-        return sock
-
-    def interface(name, hello=True):
-        sock = peer(config.router_interfaces, name)
-        if not hello:
+        def interface(name, hello=True):
+            sock = rig.peer(zmq.DEALER, config.router_interfaces, name)
+            if not hello:
+                return sock
+            sock.send_multipart([wire.PING, b"{}"])
+            rig.run_until(lambda: name in broker.known)
+            assert sock.recv_multipart() == [wire.PING, wire.PONG]
             return sock
-        sock.send_multipart([wire.PING, b"{}"])
-        run_until(broker, lambda: name in broker.known)
-        assert sock.recv_multipart() == [wire.PING, wire.PONG]
-        return sock
 
-    def worker(name):
-        return peer(broker.pools[0].pool.endpoint_out, name)
+        def worker(name):
+            return rig.peer(zmq.DEALER, broker.pools[0].pool.endpoint_out, name)
 
-    def client(name):
-        return peer(config.router_clients, name)
+        def client(name):
+            return rig.peer(zmq.DEALER, config.router_clients, name)
 
-    counters.clear()
-    yield broker, interface, worker, client, peer
-    for sock in sockets:
-        sock.close(linger=0)
-    context.term()
-    for sock in broker.sockets:
-        sock.close(linger=0)
-    broker.context.term()
-    shutil.rmtree(run_dir, ignore_errors=True)
+        yield broker, interface, worker, client, rig
 
 
 def run_until(broker, condition, timeout=5.0):

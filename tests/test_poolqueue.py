@@ -1,15 +1,13 @@
 """A pool's credit-based dispatch inside the broker, driven step by step over real ZeroMQ
 sockets."""
 import json
-import shutil
-import tempfile
 import time
+from functools import partial
 
 import pytest
 import zmq
 
-from runtime import config as config_module
-from runtime.broker import Broker
+from broker_rig import broker_rig
 from runtime.stats import counters
 
 
@@ -32,32 +30,10 @@ class DrivenPool:
 
 @pytest.fixture
 def queue():
-    run_dir = tempfile.mkdtemp(prefix="zq", dir="/tmp")
-    config = config_module.parse({"server": {"run_dir": run_dir}}, environ={})
-    broker = Broker(config)
-    pool_queue = DrivenPool(broker)
-    context = zmq.Context()
-    sender = context.socket(zmq.PUSH)
-    sender.connect(pool_queue.pool.endpoint_in)
-    workers = []
-
-    def worker(name):
-        sock = context.socket(zmq.DEALER)
-        sock.routing_id = name
-        sock.rcvtimeo = 2000  # ms: a missing message fails the test (zmq.Again), never hangs
-        sock.connect(pool_queue.pool.endpoint_out)
-        workers.append(sock)
-        return sock
-
-    counters.clear()
-    yield pool_queue, sender, worker
-    for sock in [sender, *workers]:
-        sock.close(linger=0)
-    context.term()
-    for sock in broker.sockets:
-        sock.close(linger=0)
-    broker.context.term()
-    shutil.rmtree(run_dir, ignore_errors=True)
+    with broker_rig("zq") as rig:
+        pool_queue = DrivenPool(rig.broker)
+        sender = rig.peer(zmq.PUSH, pool_queue.pool.endpoint_in)
+        yield pool_queue, sender, partial(rig.peer, zmq.DEALER, pool_queue.pool.endpoint_out)
 
 
 def run_until(pool_queue, condition, timeout=5.0):

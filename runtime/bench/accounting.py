@@ -14,13 +14,11 @@ their role: every live process that writes a stats file (or announces itself in
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.stats import alive
+from runtime.stats import collect
 
 COUNTER = "zmq_sent"
 POLL_INTERVAL = 0.05  # seconds between looks at the stats directory
@@ -44,24 +42,7 @@ class StatsSource:
 
 def read_stats(run_dir: str) -> Snapshot:
     """The stats file of every live process in ``run_dir/stats``, by pid."""
-    directory = os.path.join(run_dir, "stats")
-    found: Snapshot = {}
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return found
-    for name in names:
-        if not name.endswith(".json"):
-            continue
-        try:
-            with open(os.path.join(directory, name)) as f:
-                data = json.load(f)
-        except (OSError, ValueError):  # being replaced right now: read it next time
-            continue
-        pid = data.get("pid") if isinstance(data, dict) else None
-        if isinstance(pid, int) and alive(pid):
-            found[pid] = data
-    return found
+    return {data["pid"]: data for data in collect(run_dir) if isinstance(data.get("pid"), int)}
 
 
 def fresh(snapshot: Snapshot, pids: list[int], since: float) -> Snapshot:

@@ -262,7 +262,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("scripts/bench: --processes must be >= 1 and --duration > 0")
     if args.rounds is not None and args.rounds < 1:
         raise SystemExit("scripts/bench: --rounds must be >= 1")
-    args.rounds = args.rounds or (3 if args.baseline or args.channels else 1)
+    if args.mode == "idle" and (args.rounds or 1) > 1:
+        # Its figure is memory growth: after the first round the running server reuses
+        # what earlier connections made Python allocate, and shows almost none.
+        raise SystemExit("scripts/bench: idle measures one round on a freshly started "
+                         "server; repeat it with a restart in between instead of --rounds")
+    args.rounds = args.rounds or (3 if (args.baseline or args.channels)
+                                  and args.mode != "idle" else 1)
     if args.stats_interval is None:
         args.stats_interval = configured_stats_interval()
     show = {"on": True, "off": False}.get(args.progress, sys.stderr.isatty())

@@ -1,0 +1,58 @@
+"""A broker in the test's own process, driven step by step, and peers that talk to it
+over real ZeroMQ sockets: for tests/test_broker.py and tests/test_poolqueue.py."""
+import contextlib
+import shutil
+import tempfile
+import time
+from typing import Any, Callable, Iterator
+
+import zmq
+
+from runtime import config as config_module
+from runtime.broker import Broker
+from runtime.stats import counters
+
+RECEIVE_TIMEOUT_MS = 2000  # a missing message fails the test (zmq.Again), never hangs
+
+
+class Rig:
+    def __init__(self, broker: Broker, context: zmq.Context) -> None:
+        self.broker = broker
+        self.config = broker.config
+        self.context = context
+        self.sockets: list[zmq.Socket] = []
+
+    def peer(self, kind: int, endpoint: str, name: bytes | None = None) -> zmq.Socket:
+        sock = self.context.socket(kind)
+        if name is not None:
+            sock.routing_id = name
+        sock.rcvtimeo = RECEIVE_TIMEOUT_MS
+        sock.connect(endpoint)
+        self.sockets.append(sock)
+        return sock
+
+    def run_until(self, condition: Callable[[], Any], timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, "timed out"
+            self.broker.step(self.broker.poll())
+
+
+@contextlib.contextmanager
+def broker_rig(prefix: str) -> Iterator[Rig]:
+    run_dir = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    config = config_module.parse({"server": {"run_dir": run_dir}}, environ={})
+    broker = Broker(config)
+    context = zmq.Context()
+    rig = Rig(broker, context)
+    counters.clear()
+    try:
+        yield rig
+    finally:
+        for sock in rig.sockets:
+            sock.close(linger=0)
+        context.term()
+        for sock in broker.sockets:
+            sock.close(linger=0)
+        broker.context.term()
+        shutil.rmtree(run_dir, ignore_errors=True)
