@@ -30,6 +30,8 @@ SETTLE, at most STARTUP_GRACE seconds), and only then sent on.
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import time
 from typing import Any
@@ -50,6 +52,9 @@ SETTLE = 0.3  # seconds after a start before anything goes to interfaces, at lea
 STARTUP_GRACE = 3.0  # seconds after a start at most before sending to whoever is there
 SETTLE_POLL_MS = 20  # how often the settling is checked while messages are held
 STOP_LINGER_MS = 500  # how long what was passed on at stop may take to leave
+MAX_DELAYED = 100_000  # delayed messages the broker keeps at once; beyond, refused
+
+LATER, TO_POOL = wire.VERB_LATER, wire.VERB_TO_POOL
 
 READY, BYE, TO, DONE, GROUP = (wire.VERB_READY, wire.VERB_BYE, wire.VERB_TO, wire.VERB_DONE,
                                wire.VERB_GROUP)
@@ -76,11 +81,20 @@ class Broker(Service):
         self.peers: dict[bytes, zmq.Socket] = {}  # worker or client -> the socket it is on
         self.started = time.monotonic()
         self.startup: list[HELD] | None = []  # held for the interfaces until they are back
+        # Delayed messages: (due, order, frames), soonest first, and a PUSH to each
+        # pool's own input for the named-channel ones (they queue like any other).
+        self.delayed: list[tuple[float, int, list[bytes]]] = []
+        self._order = itertools.count()
+        self.pool_inputs: dict[bytes, zmq.Socket] = {}
+        for pool in self.pools:
+            push = self.pool_inputs[pool.pool.name.encode()] = self.socket(zmq.PUSH)
+            push.connect(pool.pool.endpoint_in)
         counters.gauges.update(
             free_workers=lambda: sum(len(p.ready) for p in self.pools),
             busy_workers=lambda: sum(len(p.holding) for p in self.pools),
             interfaces=lambda: len(self.known),
-            held=lambda: len(self.startup or ()))
+            held=lambda: len(self.startup or ()),
+            delayed=lambda: len(self.delayed))
 
     def _router(self, endpoint: str) -> zmq.Socket:
         sock = self.socket(zmq.ROUTER)
@@ -109,6 +123,9 @@ class Broker(Service):
                 else:
                     self.poller.unregister(pool.incoming)
         timeout = SETTLE_POLL_MS if self.startup is not None else self.POLL_INTERVAL_MS
+        if self.delayed:
+            due_in = self.delayed[0][0] - time.monotonic()
+            timeout = max(0, min(timeout, int(due_in * 1000) + 1))
         return dict(self.poller.poll(timeout))
 
     def step(self, ready: dict[zmq.Socket, int]) -> None:
@@ -128,6 +145,8 @@ class Broker(Service):
                 pool.from_senders()
         if self.clients in ready:
             self.from_senders(self.clients, None)
+        if self.delayed and self.delayed[0][0] <= time.monotonic():
+            self.release_delayed()
         if self.startup is not None:
             self.settle()
 
@@ -148,6 +167,10 @@ class Broker(Service):
                 counters.incr("dropped_at_stop", lost)
                 log.warning("stopping with %d message(s) queued for pool %s; they are lost",
                             lost, pool.pool.name)
+        if self.delayed:
+            counters.incr("dropped_at_stop", len(self.delayed))
+            log.warning("stopping with %d delayed message(s) not yet due; they are lost",
+                        len(self.delayed))
 
     # -- from workers and other senders ---------------------------------------
 
@@ -171,6 +194,9 @@ class Broker(Service):
                 pool.credit(sender, READY + verb[1:], parts[1].get(zmq.SRCFD))
             elif kind == GROUP and len(parts) == 5 and verb == GROUP:
                 self.group([part.bytes for part in parts[2:]])
+            elif kind == LATER and len(parts) == 6 and verb[1:].isdigit() \
+                    and parts[2].bytes in (GROUP, TO_POOL):
+                self.later(int(verb[1:]), [part.bytes for part in parts[2:]])
             elif kind in (READY, BYE) and pool is not None and len(parts) == 2:
                 if not pool.credit(sender, verb, parts[1].get(zmq.SRCFD)):
                     self.garbage(sender, len(parts))
@@ -238,6 +264,39 @@ class Broker(Service):
                     counters.incr("unreachable_interface")
                 continue
             counters.incr("zmq_sent")
+
+    # -- delayed messages ------------------------------------------------------
+
+    def later(self, delay_ms: int, frames: list[bytes]) -> None:
+        """Keep [G, group, header, payload] or [S, pool, header, payload] until it is due."""
+        if delay_ms > wire.MAX_DELAY * 1000 or (
+                frames[0] == TO_POOL and frames[1] not in self.pool_inputs) or not frames[1]:
+            counters.incr("garbage")
+            log.warning("dropped a delayed message for %r due in %d ms", frames[1], delay_ms)
+        elif len(self.delayed) >= MAX_DELAYED:
+            counters.incr("delayed_refused")
+            log.warning("%d delayed messages are waiting: refused one for %r", MAX_DELAYED,
+                        frames[1])
+        else:
+            due = time.monotonic() + delay_ms / 1000
+            heapq.heappush(self.delayed, (due, next(self._order), frames))
+            counters.incr("delayed_accepted")
+
+    def release_delayed(self) -> None:
+        now = time.monotonic()
+        while self.delayed and self.delayed[0][0] <= now:
+            _, _, frames = heapq.heappop(self.delayed)
+            counters.incr("delayed_released")
+            if frames[0] == GROUP:
+                self.group(frames[1:])
+                continue
+            try:  # into the pool's input, where it queues like any other message
+                self.pool_inputs[frames[1]].send_multipart(frames[2:], zmq.NOBLOCK)
+                counters.incr("zmq_sent")
+            except zmq.Again:
+                counters.incr("delayed_refused")
+                log.warning("pool %s is full: dropped a delayed message for it",
+                            frames[1].decode(errors="replace"))
 
     # -- from interfaces ---------------------------------------------------------
 

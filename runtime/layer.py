@@ -141,8 +141,9 @@ class Layer:
             self._relay(frames)
 
     def send(self, channel: str, content: dict[str, Any] | None = None,
-             payload: bytes = b"") -> None:
-        """Send a message to a named channel; a worker of the pool serving it runs its consumer."""
+             payload: bytes = b"", delay: float | None = None) -> None:
+        """Send a message to a named channel; a worker of the pool serving it runs its
+        consumer. With `delay` (seconds), the broker keeps it that long first."""
         wire.check_name(channel, "channel")
         pool = self.config.pool_for(channel)
         if pool is None:
@@ -150,9 +151,16 @@ class Layer:
         header = dict(content or {})
         header["channel"] = channel
         frames = [wire.encode(header), bytes(payload)]
+        if delay is not None:
+            later = b"%s%d" % (wire.VERB_LATER, wire.check_delay(delay))
+            frames = [later, wire.VERB_TO_POOL, pool.name.encode(), *frames]
         with self.lock:
             self._flush()
-            self._send(self._pool_socket(pool), frames, "channel %r", channel)
+            if delay is not None:
+                self._send(self.broker, frames, "the broker, for channel %r,", channel)
+                counters.incr("delayed_sends")
+            else:
+                self._send(self._pool_socket(pool), frames, "channel %r", channel)
 
     def _pool_socket(self, pool: PoolConfig) -> zmq.Socket:
         sock = self.pools.get(pool.name)
@@ -162,12 +170,13 @@ class Layer:
 
     def group_send(self, group: str, text: str | None = None, bytes: bytes | None = None,
                    close: int | None = None, event: str | None = None,
-                   id: str | int | None = None) -> None:
+                   id: str | int | None = None, delay: float | None = None) -> None:
         """Deliver one message to every member of `group`: a text or binary frame, or,
         with ``close=CODE``, a close. One ZeroMQ message to the broker and one from it
         to each interface, whatever the group's size. `event` and `id` name the
         Server-Sent Event that HTTP event-stream members receive; WebSocket members
-        ignore them."""
+        ignore them. With `delay` (seconds), the broker keeps it that long first: it
+        reaches whoever is a member then."""
         wire.check_name(group, "group")
         header: dict[str, Any]
         if close is not None:
@@ -180,10 +189,14 @@ class Layer:
             if id is not None:
                 header["id"] = id
         frames = [GROUP, group.encode(), wire.encode(header), payload]
+        if delay is not None:
+            frames.insert(0, b"%s%d" % (wire.VERB_LATER, wire.check_delay(delay)))
         with self.lock:
             self._flush()
             self._send(self.broker, frames, "group %r", group)
-        counters.incr("group_sends")
+        counters.incr("group_sends")  # a delayed one too: see the broker's "delayed" gauge
+        if delay is not None:
+            counters.incr("delayed_sends")
 
     # -- a worker's events -------------------------------------------------
 
@@ -375,8 +388,9 @@ def connect(config: Config) -> Layer:
     return layer
 
 
-def send(channel: str, content: dict[str, Any] | None = None, payload: bytes = b"") -> None:
-    current().send(channel, content, payload)
+def send(channel: str, content: dict[str, Any] | None = None, payload: bytes = b"",
+         delay: float | None = None) -> None:
+    current().send(channel, content, payload, delay=delay)
 
 
 def group_add(group: str, reply_channel: ReplyChannel | str) -> bool:
@@ -389,8 +403,9 @@ def group_discard(group: str, reply_channel: ReplyChannel | str) -> bool:
 
 def group_send(group: str, text: str | None = None, bytes: bytes | None = None,
                close: int | None = None, event: str | None = None,
-               id: str | int | None = None) -> None:
-    current().group_send(group, text=text, bytes=bytes, close=close, event=event, id=id)
+               id: str | int | None = None, delay: float | None = None) -> None:
+    current().group_send(group, text=text, bytes=bytes, close=close, event=event, id=id,
+                         delay=delay)
 
 
 def reply_channel(name: str) -> ReplyChannel:

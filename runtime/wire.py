@@ -13,6 +13,8 @@ worker -> broker: ... ending event   ``[D<n>, interface id, header, payload, don
                                      or ``[D<n>, interface id, done]`` (credit too);
                                      a stopping worker: the same with ``T`` (no credit)
 worker -> broker: group send         ``[G, group, header, payload]``
+worker -> broker: delayed            ``[W<ms>, G, group, header, payload]`` or
+                                     ``[W<ms>, S, pool, header, payload]``
 broker -> interface                  ``[worker id, header, payload?, done?]``
 broker -> interface: group message   ``[*, group, header, payload]``
 interface -> broker                  ``[worker id, header]``  (answers to requests)
@@ -68,6 +70,9 @@ VERB_BYE = b"B"  # B<n>: stopping; take no more
 VERB_TO = b"T"  # an operation for one connection, relayed to its interface
 VERB_DONE = b"D"  # D<n>: the same, ending with the event's done, and a credit (R<n>)
 VERB_GROUP = b"G"  # a group message, to every interface
+VERB_LATER = b"W"  # W<ms>: the message behind it (G, or S) is due in ms milliseconds
+VERB_TO_POOL = b"S"  # [S, pool name, header, payload]: a named channel's message (delayed)
+MAX_DELAY = 86400.0  # seconds a message may be delayed
 # The first frame of what the broker sends a worker.
 TO_WORKER_EVENT = b"E"
 TO_WORKER_ANSWER = b"A"
@@ -138,6 +143,14 @@ def check_close(code: Any, reason: str = "") -> int:
     if len(reason.encode()) > 123:
         raise ValueError("close reason must fit in 123 bytes of UTF-8")
     return code
+
+
+def check_delay(delay: Any) -> int:
+    """A delay in seconds (0 < delay <= MAX_DELAY), as whole milliseconds."""
+    if isinstance(delay, bool) or not isinstance(delay, (int, float)) \
+            or not 0 < delay <= MAX_DELAY:
+        raise ValueError(f"delay must be seconds, 0 < delay <= {MAX_DELAY:g}, not {delay!r}")
+    return max(1, round(delay * 1000))
 
 
 def payload_of(text: str | None, data: bytes | None) -> tuple[str, bytes]:

@@ -135,3 +135,42 @@ def test_garbage_from_senders_is_counted_and_nothing_else_moves(setup):
     client(b"c1").send_multipart([b"D1", b"i1", b"{}"])  # a credit from no pool's worker
     run_until(broker, lambda: counters.get("garbage", 0) == 4)
     assert not i1.poll(100)
+
+
+def test_a_delayed_group_message_goes_out_when_it_is_due_not_before(setup):
+    broker, interface, worker, client, _ = setup
+    i1 = interface(b"i1")
+    settle(broker)
+    sent = time.monotonic()
+    client(b"c1").send_multipart([b"W300", wire.VERB_GROUP, b"room", b'{"op":"send"}', b"later"])
+    run_until(broker, lambda: counters.get("delayed_accepted", 0) == 1)
+    assert not i1.poll(0) and broker.delayed
+    run_until(broker, lambda: not broker.delayed, timeout=5.0)
+    assert i1.poll(2000)
+    arrived = time.monotonic()
+    assert i1.recv_multipart() == [wire.FROM_GROUP, b"room", b'{"op":"send"}', b"later"]
+    assert 0.3 <= arrived - sent < 0.3 + 0.1
+    assert counters["delayed_released"] == 1 and not broker.delayed
+
+
+def test_a_delayed_channel_message_joins_its_pool_queue_when_due(setup):
+    broker, interface, worker, client, _ = setup
+    w1 = worker(b"w1")
+    w1.send(b"R0")
+    run_until(broker, lambda: b"w1" in broker.pools[0].ready)
+    client(b"c1").send_multipart([b"W100", wire.VERB_TO_POOL, b"default",
+                                  b'{"channel":"tasks.x"}', b"job"])
+    run_until(broker, lambda: counters.get("dispatched", 0) == 1, timeout=5.0)
+    assert w1.recv_multipart() == [wire.TO_WORKER_EVENT, b'{"channel":"tasks.x"}', b"job"]
+
+
+def test_delayed_messages_that_cannot_be_kept_are_counted(setup, monkeypatch):
+    broker, interface, worker, client, _ = setup
+    monkeypatch.setattr(broker_module, "MAX_DELAYED", 1)
+    c1 = client(b"c1")
+    c1.send_multipart([b"W5000", wire.VERB_GROUP, b"room", b"{}", b"kept"])
+    c1.send_multipart([b"W5000", wire.VERB_GROUP, b"room", b"{}", b"one too many"])
+    c1.send_multipart([b"W5000", wire.VERB_TO_POOL, b"no-such-pool", b"{}", b""])
+    run_until(broker, lambda: counters.get("delayed_refused", 0) == 1
+              and counters.get("garbage", 0) == 1)
+    assert len(broker.delayed) == 1

@@ -170,3 +170,15 @@ def test_check_close_limits_the_reason_to_123_bytes():
     wire.check_close(1000, "é" * 61)
     with pytest.raises(ValueError, match="123 bytes"):
         wire.check_close(1000, "é" * 62)
+
+
+@pytest.mark.parametrize("delay", [0, -1, 0.0, wire.MAX_DELAY + 1, True, "1", None])
+def test_a_delay_outside_its_range_is_refused(delay):
+    with pytest.raises(ValueError, match="delay must be seconds"):
+        wire.check_delay(delay)
+
+
+def test_a_delay_is_whole_milliseconds_and_at_least_one():
+    assert wire.check_delay(0.5) == 500
+    assert wire.check_delay(0.0001) == 1
+    assert wire.check_delay(wire.MAX_DELAY) == int(wire.MAX_DELAY * 1000)
