@@ -6,6 +6,9 @@ to every member of the room, the sender included, as ``{"type": "message", "user
 starts like a JSON object but is not one closes the socket with 1007, because a
 client that sends broken JSON has a bug its author should see.
 
+The WebSocket side is a class-based consumer (`ChatConsumer`); ``_chat_functions.py``
+beside this file is the same chat written as plain consumer functions.
+
 Without a WebSocket, ``/sse/chat/<room>`` streams the room as Server-Sent Events
 (``curl -N``), and ``/poll/chat/<room>`` is a long-poll that answers with the
 room's next event (204 after 25 s without one). A long-poll client sees only
@@ -16,7 +19,7 @@ import json
 import logging
 from urllib.parse import parse_qs
 
-from runtime import consumer, group_add, group_send
+from runtime import WebsocketConsumer, consumer, group_add
 
 log = logging.getLogger("consumers.chat")
 
@@ -30,49 +33,46 @@ def room_group(room):
     return f"chat.{room}"
 
 
-def broadcast(room, **event):
-    group_send(room_group(room), text=json.dumps(event))
+class ChatConsumer(WebsocketConsumer):
+    groups = ["chat.{room}"]  # joined before connect() runs, left when the socket closes
 
+    def connect(self):
+        query = parse_qs(self.message.get("query_string", ""))
+        name = (query.get("name") or [""])[0].strip()[:MAX_NAME_CHARS]
+        if not name:
+            name = "guest-" + self.reply_channel.name.rsplit("!", 1)[1]
+        self.session["name"] = name  # every later event of this socket reads it back
+        self.accept()
+        self.broadcast(type="join", user=name, text=f"{name} joined")
 
-@consumer("websocket.connect", path="/ws/chat/<room>")
-def join(message, room):
-    query = parse_qs(message.get("query_string", ""))
-    name = (query.get("name") or [""])[0].strip()[:MAX_NAME_CHARS]
-    if not name:
-        name = "guest-" + message.reply_channel.name.rsplit("!", 1)[1]
-    message.session["name"] = name
-    message.reply_channel.accept()
-    group_add(room_group(room), message.reply_channel)
-    broadcast(room, type="join", user=name, text=f"{name} joined")
-
-
-@consumer("websocket.receive", path="/ws/chat/<room>")
-def say(message, room):
-    name = message.session.get("name", "?")
-    text = message.text
-    if text is None:
-        message.reply_channel.close(CLOSE_UNSUPPORTED, "chat takes text frames")
-        return
-    if text.lstrip().startswith("{"):
-        try:
-            data = json.loads(text)
-            text = data["text"]
-            if not isinstance(text, str):
-                raise TypeError("'text' must be a string")
-        except (ValueError, KeyError, TypeError) as e:
-            log.warning("chat %s: invalid JSON from %s (%s): closing with %d",
-                        room, message.reply_channel, e, CLOSE_INVALID_PAYLOAD)
-            message.reply_channel.close(CLOSE_INVALID_PAYLOAD, "invalid JSON: expected "
-                                        '{"text": "..."} or a plain string')
+    def receive(self, text=None, bytes=None):
+        if text is None:
+            self.close(CLOSE_UNSUPPORTED, "chat takes text frames")
             return
-    broadcast(room, type="message", user=name, text=text)
+        if text.lstrip().startswith("{"):
+            try:
+                data = json.loads(text)
+                text = data["text"]
+                if not isinstance(text, str):
+                    raise TypeError("'text' must be a string")
+            except (ValueError, KeyError, TypeError) as e:
+                log.warning("chat %s: invalid JSON from %s (%s): closing with %d",
+                            self.room, self.reply_channel, e, CLOSE_INVALID_PAYLOAD)
+                self.close(CLOSE_INVALID_PAYLOAD,
+                           'invalid JSON: expected {"text": "..."} or a plain string')
+                return
+        self.broadcast(type="message", user=self.session.get("name", "?"), text=text)
+
+    def disconnect(self, code):
+        # The socket has already left the group: this reaches only those who stay.
+        name = self.session.get("name", "?")
+        self.broadcast(type="leave", user=name, text=f"{name} left")
+
+    def broadcast(self, **event):
+        self.group_send(room_group(self.room), text=json.dumps(event))
 
 
-@consumer("websocket.disconnect", path="/ws/chat/<room>")
-def leave(message, room):
-    # The socket has already left the group: this reaches only those who stay.
-    name = message.session.get("name", "?")
-    broadcast(room, type="leave", user=name, text=f"{name} left")
+ChatConsumer.register("/ws/chat/<room>")
 
 
 @consumer("http.request", path="/sse/chat/<room>")

@@ -10,12 +10,18 @@ Everything a consumer author needs is importable from here::
 """
 from .exceptions import (BadMessage, ChannelFull, ConfigError, GroupError, NotInConsumer,
                          UnknownChannel, ZChannelsError)
+from .generic import (HttpConsumer, JsonWebsocketConsumer, WebsocketConsumer,
+                      WebsocketDemultiplexer)
 from .layer import group_add, group_discard, group_send, reply_channel, send
 from .message import Message, ReplyChannel, Session
 from .routing import consumer
 
 __all__ = [
     "consumer",
+    "WebsocketConsumer",
+    "JsonWebsocketConsumer",
+    "WebsocketDemultiplexer",
+    "HttpConsumer",
     "Message",
     "ReplyChannel",
     "Session",
