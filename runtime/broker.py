@@ -53,6 +53,9 @@ STARTUP_GRACE = 3.0  # seconds after a start at most before sending to whoever i
 SETTLE_POLL_MS = 20  # how often the settling is checked while messages are held
 STOP_LINGER_MS = 500  # how long what was passed on at stop may take to leave
 MAX_DELAYED = 100_000  # delayed messages the broker keeps at once; beyond, refused
+# Senders remembered for routing answers back. A sender that is waiting for an answer has
+# just sent its request, so it is among the newest: forgetting the oldest is safe.
+MAX_PEERS = 10_000
 
 LATER, TO_POOL = wire.VERB_LATER, wire.VERB_TO_POOL
 
@@ -185,11 +188,11 @@ class Broker(Service):
             verb = parts[1].bytes if len(parts) > 1 else b""
             kind = verb[:1]
             if kind == TO and len(parts) in (4, 5, 6) and verb == TO:
-                self.peers[sender] = sock
+                self.remember(sender, sock)
                 self.to_interface(sock, [parts[2].bytes, sender, *parts[3:]])
             elif kind == DONE and pool is not None and len(parts) in (4, 6) \
                     and verb[1:].isdigit():
-                self.peers[sender] = sock
+                self.remember(sender, sock)
                 self.to_interface(sock, [parts[2].bytes, sender, *parts[3:]])
                 pool.credit(sender, READY + verb[1:], parts[1].get(zmq.SRCFD))
             elif kind == GROUP and len(parts) == 5 and verb == GROUP:
@@ -203,9 +206,16 @@ class Broker(Service):
                 elif kind == BYE:
                     self.peers.pop(sender, None)
                 else:
-                    self.peers[sender] = sock
+                    self.remember(sender, sock)
             else:
                 self.garbage(sender, len(parts))
+
+    def remember(self, sender: bytes, sock: zmq.Socket) -> None:
+        """Where to send `sender` the answers to its membership requests. Bounded: every
+        cron job that sends to a reply channel is a new sender."""
+        if sender not in self.peers and len(self.peers) >= MAX_PEERS:
+            del self.peers[next(iter(self.peers))]
+        self.peers[sender] = sock
 
     def garbage(self, sender: bytes, frames: int) -> None:
         counters.incr("garbage")

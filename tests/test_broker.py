@@ -174,3 +174,16 @@ def test_delayed_messages_that_cannot_be_kept_are_counted(setup, monkeypatch):
     run_until(broker, lambda: counters.get("delayed_refused", 0) == 1
               and counters.get("garbage", 0) == 1)
     assert len(broker.delayed) == 1
+
+
+def test_the_senders_remembered_for_answers_are_bounded_oldest_first(setup, monkeypatch):
+    broker, interface, worker, client, _ = setup
+    monkeypatch.setattr(broker_module, "MAX_PEERS", 2)
+    i1 = interface(b"i1")
+    settle(broker)
+    for name in (b"c1", b"c2", b"c3"):
+        client(name).send_multipart([wire.VERB_TO, b"i1", b'{"op":"send","conn":1}'])
+    run_until(broker, lambda: counters.get("to_interfaces", 0) == 3)
+    assert list(broker.peers) == [b"c2", b"c3"]
+    for _ in range(3):
+        i1.recv_multipart()

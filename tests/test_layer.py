@@ -1,6 +1,7 @@
 """What a worker's layer puts on the wire, read by a real ROUTER standing in for the
 broker: the consumer's last operation for its own connection rides with the done and
 the credit, and is never held while the consumer goes on running."""
+import contextlib
 import shutil
 import tempfile
 import time
@@ -17,8 +18,8 @@ ROUTE = (b"i1", 5)
 DONE = b'{"op":"done","conn":5}'
 
 
-@pytest.fixture
-def layer_and_broker():
+@contextlib.contextmanager
+def layer_with_broker(flusher):
     run_dir = tempfile.mkdtemp(prefix="zl", dir="/tmp")
     config = config_module.parse({"server": {"run_dir": run_dir}}, environ={})
     context = zmq.Context()
@@ -26,16 +27,33 @@ def layer_and_broker():
     broker.rcvtimeo = 2000  # ms: a missing message fails the test, never hangs
     broker.bind(config.router_clients)
     layer = Layer(config, context, identity="w-test", endpoint=config.router_clients)
-    layer.start_flusher()
-    yield layer, broker
-    layer.close()
-    broker.close(linger=0)
-    context.term()
-    shutil.rmtree(run_dir, ignore_errors=True)
+    if flusher:
+        layer.start_flusher()
+    else:  # what rides with the done, without a thread's timing in the way
+        layer.holding = True
+    try:
+        yield layer, broker
+    finally:
+        layer.close()
+        broker.close(linger=0)
+        context.term()
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def test_a_reply_and_the_done_and_the_credit_are_one_message(layer_and_broker):
-    layer, broker = layer_and_broker
+@pytest.fixture
+def held():
+    with layer_with_broker(flusher=False) as pair:
+        yield pair
+
+
+@pytest.fixture
+def flushing():
+    with layer_with_broker(flusher=True) as pair:
+        yield pair
+
+
+def test_a_reply_and_the_done_and_the_credit_are_one_message(held):
+    layer, broker = held
     layer.begin_event(ROUTE)
     ReplyChannel("i1!5", layer).send(text="echo")
     layer.end_event(DONE, handled=3)
@@ -44,8 +62,8 @@ def test_a_reply_and_the_done_and_the_credit_are_one_message(layer_and_broker):
     assert not broker.poll(100), "nothing else was sent"
 
 
-def test_only_the_last_operation_rides_with_the_done_and_order_holds(layer_and_broker):
-    layer, broker = layer_and_broker
+def test_only_the_last_operation_rides_with_the_done_and_order_holds(held):
+    layer, broker = held
     layer.begin_event(ROUTE)
     reply = ReplyChannel("i1!5", layer)
     reply.send(text="one")
@@ -57,8 +75,8 @@ def test_only_the_last_operation_rides_with_the_done_and_order_holds(layer_and_b
     assert second[1] == b"D1" and second[4:] == [b"two", DONE]
 
 
-def test_a_reply_is_not_held_while_the_consumer_keeps_running(layer_and_broker):
-    layer, broker = layer_and_broker
+def test_a_reply_is_not_held_while_the_consumer_keeps_running(flushing):
+    layer, broker = flushing
     layer.begin_event(ROUTE)
     ReplyChannel("i1!5", layer).send(text="working...")
     started = time.monotonic()
@@ -71,8 +89,8 @@ def test_a_reply_is_not_held_while_the_consumer_keeps_running(layer_and_broker):
     assert time.monotonic() - started < 2.0
 
 
-def test_a_reply_is_not_held_during_pure_computation_either(layer_and_broker):
-    layer, broker = layer_and_broker
+def test_a_reply_is_not_held_during_pure_computation_either(flushing):
+    layer, broker = flushing
     layer.begin_event(ROUTE)
     ReplyChannel("i1!5", layer).send(text="working...")
     deadline = time.monotonic() + 0.3
@@ -82,8 +100,8 @@ def test_a_reply_is_not_held_during_pure_computation_either(layer_and_broker):
     layer.end_event(DONE, handled=1)
 
 
-def test_another_layer_call_sends_the_held_operation_first(layer_and_broker):
-    layer, broker = layer_and_broker
+def test_another_layer_call_sends_the_held_operation_first(held):
+    layer, broker = held
     layer.begin_event(ROUTE)
     ReplyChannel("i1!5", layer).send(text="to me")
     layer.group_send("room", text="to all")
