@@ -8,6 +8,8 @@ Everything a consumer author needs is importable from here::
     def echo(message):
         message.reply_channel.send(text=message.text, bytes=message.bytes)
 """
+from .auth import (DjangoNotConfigured, login_required, sign_token, token_required,
+                   token_user, verify_token)
 from .exceptions import (BadMessage, ChannelFull, ConfigError, GroupError, NotInConsumer,
                          UnknownChannel, ZChannelsError)
 from .generic import (HttpConsumer, JsonWebsocketConsumer, WebsocketConsumer,
@@ -22,6 +24,11 @@ __all__ = [
     "JsonWebsocketConsumer",
     "WebsocketDemultiplexer",
     "HttpConsumer",
+    "login_required",
+    "token_required",
+    "token_user",
+    "sign_token",
+    "verify_token",
     "Message",
     "ReplyChannel",
     "Session",
@@ -37,4 +44,5 @@ __all__ = [
     "NotInConsumer",
     "UnknownChannel",
     "BadMessage",
+    "DjangoNotConfigured",
 ]

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+from typing import BinaryIO
 
 from . import config as config_module
 from .exceptions import ConfigError
@@ -31,11 +32,35 @@ def build_parser() -> argparse.ArgumentParser:
     worker = roles.add_parser("worker", help="run consumers for one pool")
     worker.add_argument("--pool", default="default")
     roles.add_parser("broker", help="the relay: pool queues, replies, group messages")
+    reloader = roles.add_parser("reloader", help="development (scripts/run --reload): "
+                                "restart the workers when consumer code changes")
+    reloader.add_argument("--check", action="store_true", help="import the consumers and "
+                          "the WSGI application as a worker does, report, and exit")
     roles.add_parser("check-config", help="validate the config and print it")
     roles.add_parser("bench", help="load a running server (see scripts/bench --help)",
                      add_help=False)
     stats = roles.add_parser("stats", help="print the counters of every running process")
     stats.add_argument("--json", action="store_true")
+    send = roles.add_parser("send", help="send a message to a named channel (exit status "
+                            "1 if it is refused)")
+    send.add_argument("channel")
+    send.add_argument("content", nargs="?", default="{}", metavar="JSON|-",
+                      help="the message's content, a JSON object (default {}); - reads it "
+                      "from stdin")
+    group_send = roles.add_parser("group-send", help="send a message to every member of a "
+                                  "group (exit status 1 if it is refused)")
+    group_send.add_argument("group")
+    group_send.add_argument("message", nargs="?", metavar="TEXT|-",
+                            help="the message; - (or nothing, from a pipe) reads stdin, "
+                            "without one trailing newline")
+    kind = group_send.add_mutually_exclusive_group()
+    kind.add_argument("--json", action="store_true",
+                      help="the message must be valid JSON (sent as a text message)")
+    kind.add_argument("--bytes", action="store_true",
+                      help="send a binary message: stdin's bytes as they are, or the "
+                      "argument as UTF-8")
+    group_send.add_argument("--event", help="the event name Server-Sent Event members see")
+    group_send.add_argument("--id", help="the event id Server-Sent Event members see")
     return parser
 
 
@@ -61,6 +86,8 @@ def run_role(args: argparse.Namespace) -> int:
         return 0
     if args.role == "stats":
         return _print_stats(config, args.json)
+    if args.role in ("send", "group-send"):
+        return send_command(config, args, sys.stdin.buffer)
     prepare_run_dir(config.run_dir)
     if args.role == "interface":
         from .interface import main as interface_main
@@ -74,11 +101,16 @@ def run_role(args: argparse.Namespace) -> int:
     elif args.role == "broker":
         from .broker import run as broker_run
         broker_run(config)
+    elif args.role == "reloader":
+        from .reloader import main as reloader_main
+        return reloader_main(config, args.config, args.check)
     return 0
 
 
 def _describe(config: config_module.Config) -> dict[str, object]:
     data = {k: v for k, v in vars(config).items() if k != "pools"}
+    if config.publish_token:  # a secret: say only that there is one
+        data["publish_token"] = "<set>"
     data["pools"] = {p.name: vars(p) for p in config.pools}
     return data
 
@@ -97,6 +129,92 @@ def _print_stats(config: config_module.Config, as_json: bool) -> int:
         shown = " ".join(f"{k}={v}" for k, v in sorted(values.items())) or "(nothing counted)"
         print(f"{data['role']:<18} pid {data['pid']:<7} {shown}")
     return 0
+
+
+class UsageError(ValueError):
+    """The message given on the command line cannot be sent as it is (exit status 2)."""
+
+
+def send_command(config: config_module.Config, args: argparse.Namespace,
+                 stdin: BinaryIO) -> int:
+    """``send`` and ``group-send``: 0 sent, 1 refused (or no broker), 2 a usage error."""
+    from .client import Client
+    from .exceptions import ChannelFull, UnknownChannel
+    from .wire import check_name
+    name = args.channel if args.role == "send" else args.group
+    try:
+        check_name(name, "channel" if args.role == "send" else "group")
+        if args.role == "send":
+            content = channel_content(args.content, stdin)
+        else:
+            text, data = group_message(args.message, stdin, as_json=args.json,
+                                       as_bytes=args.bytes)
+    except ValueError as e:  # a UsageError, or a bad name
+        print(f"zchannels {args.role}: {e}", file=sys.stderr)
+        return 2
+    if args.role == "send" and config.pool_for(name) is None:
+        print(f"zchannels send: no pool serves channel {name!r} (see [pools] in "
+              f"{config.source})", file=sys.stderr)
+        return 1
+    client = Client(config)
+    try:
+        if not client.wait_for_broker(config.send_timeout):
+            print(f"zchannels {args.role}: no broker at {config.router_clients} within "
+                  f"{config.send_timeout:g}s: is the server running, with this "
+                  "configuration and run directory?", file=sys.stderr)
+            return 1
+        if args.role == "send":
+            client.send(name, content)
+        else:
+            client.group_send(name, text=text, bytes=data, event=args.event, id=args.id)
+    except (ChannelFull, UnknownChannel) as e:
+        print(f"zchannels {args.role}: refused: {e}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()  # waits for the message to leave
+    return 0
+
+
+def read_argument(value: str | None, stdin: BinaryIO) -> bytes | None:
+    """The bytes of `value`, or stdin's for "-" (or for no value when stdin is a pipe);
+    None when there is neither."""
+    if value == "-" or (value is None and not stdin.isatty()):
+        return stdin.read()
+    return None if value is None else value.encode()
+
+
+def channel_content(value: str, stdin: BinaryIO) -> dict[str, object]:
+    raw = read_argument(value, stdin)
+    try:
+        content = json.loads(raw or b"")
+    except ValueError as e:
+        raise UsageError(f"the content is not valid JSON: {e}") from None
+    if not isinstance(content, dict):
+        raise UsageError(f"the content must be a JSON object, not {type(content).__name__}")
+    return content
+
+
+def group_message(value: str | None, stdin: BinaryIO, as_json: bool = False,
+                  as_bytes: bool = False) -> tuple[str | None, bytes | None]:
+    """(text, bytes) for group_send, one of them None: from the argument or stdin."""
+    raw = read_argument(value, stdin)
+    if raw is None:
+        raise UsageError("give the message as an argument, or - to read it from stdin")
+    if as_bytes:
+        return None, raw
+    if value in ("-", None):  # what `echo` and most editors add
+        raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1] if raw.endswith(b"\n") else raw
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        raise UsageError("the message is not UTF-8 text; use --bytes to send it as binary") \
+            from None
+    if as_json:
+        try:
+            json.loads(text)
+        except ValueError as e:
+            raise UsageError(f"the message is not valid JSON: {e}") from None
+    return text, None
 
 
 if __name__ == "__main__":

@@ -71,6 +71,8 @@ class Config:
     # the same as ping_interval, which it may not exceed
     router_hwm: int = 100_000  # messages buffered per peer on the broker's router sockets
     stats_interval: float = 2.0  # seconds between writes of each process's counters
+    publish_path: str = "/_zchannels/publish"  # the interfaces' HTTP publish API
+    publish_token: str = ""  # its bearer token; "": the API is off
     pools: tuple[PoolConfig, ...] = ()
     router_interfaces: str = ""  # interfaces' DEALERs connect to the broker here
     router_clients: str = ""  # processes that are not workers send through the broker here
@@ -119,6 +121,8 @@ _SCALARS: dict[str, tuple[type, ...]] = {
     "ping_timeout": (int, float),
     "router_hwm": (int,),
     "stats_interval": (int, float),
+    "publish_path": (str,),
+    "publish_token": (str,),
 }
 _LISTS = ("consumers", "allowed_origins")
 _ENDPOINTS = ("router_interfaces", "router_clients")
@@ -242,6 +246,8 @@ def _apply_environment(values: dict[str, Any], environ: Mapping[str, str], sourc
         values["run_dir"] = environ["ZCHANNELS_RUN_DIR"]
     if environ.get("ZCHANNELS_CONSUMERS"):
         values["consumers"] = tuple(p for p in environ["ZCHANNELS_CONSUMERS"].split(os.pathsep) if p)
+    if environ.get("ZCHANNELS_PUBLISH_TOKEN"):  # a secret is better kept out of the file
+        values["publish_token"] = environ["ZCHANNELS_PUBLISH_TOKEN"]
 
 
 def _check_ranges(config: Config) -> None:
@@ -276,6 +282,19 @@ def _check_ranges(config: Config) -> None:
                               f"'package.module:callable', not {config.wsgi_app!r}")
     if not config.consumers:
         raise ConfigError(f"{config.source}: [server] consumers must name at least one directory")
+    _check_publish(config)
+
+
+def _check_publish(config: Config) -> None:
+    path, token = config.publish_path, config.publish_token
+    if not (path.startswith("/") and len(path) > 1 and path.isascii() and path.isprintable()
+            and not any(c in path for c in " ?#")):
+        raise ConfigError(f"{config.source}: [server] publish_path must be a URL path such "
+                          f"as \"/_zchannels/publish\" (no spaces, ? or #), not {path!r}")
+    # It travels in an HTTP header: printable ASCII, and no spaces (RFC 6750 b64token).
+    if token and not (token.isascii() and token.isprintable() and " " not in token):
+        raise ConfigError(f"{config.source}: [server] publish_token (or "
+                          "ZCHANNELS_PUBLISH_TOKEN) must be printable ASCII without spaces")
 
 
 def _parse_pools(raw: Any, config: Config, source: str) -> tuple[PoolConfig, ...]:

@@ -23,7 +23,7 @@ import json
 import logging
 from typing import Any, Callable, ClassVar, Sequence
 
-from . import layer, routing, wire
+from . import auth, layer, routing, wire
 from .message import Headers, Message, ReplyChannel, Session
 from .stats import counters
 
@@ -121,6 +121,9 @@ class WebsocketConsumer(_Consumer):
     """
 
     groups: ClassVar[Sequence[str]] = ()
+    # True: an anonymous client (no Django login, see runtime.auth) is refused with 403 at
+    # the handshake, and closed with 4403 if its login goes while it is connected.
+    login_required: ClassVar[bool] = False
     channel_methods = {"websocket.connect": "websocket_connect",
                        "websocket.receive": "websocket_receive",
                        "websocket.disconnect": "websocket_disconnect"}
@@ -165,11 +168,16 @@ class WebsocketConsumer(_Consumer):
     # -- the channels' handlers --------------------------------------------
 
     def websocket_connect(self) -> None:
+        if self.login_required and not auth.require_login(self.message):
+            self._closing = True
+            return
         for group in self.group_names():
             self.group_add(group)
         self.connect()
 
     def websocket_receive(self) -> None:
+        if self.login_required and not auth.require_login(self.message):
+            return
         self.receive(text=self.message.text, bytes=self.message.bytes)
 
     def websocket_disconnect(self) -> None:

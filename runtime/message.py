@@ -216,7 +216,7 @@ class Message:
     ``code``); `text` / `bytes` are the payload.
     """
 
-    __slots__ = ("channel", "content", "payload", "reply_channel", "session")
+    __slots__ = ("channel", "content", "payload", "reply_channel", "session", "_auth")
 
     def __init__(self, content: dict[str, Any], payload: bytes, layer: "Layer") -> None:
         self.channel: str = content["channel"]
@@ -225,6 +225,7 @@ class Message:
         name = content.get("reply_channel")
         self.reply_channel = ReplyChannel(name, layer) if name else None
         self.session = Session(content.get("session") or ())
+        self._auth: Any = None  # what runtime.auth looked up for this message
 
     @property
     def redelivered(self) -> bool:
@@ -273,6 +274,19 @@ class Message:
             key = name.lower()
             result[key] = f"{result[key]},{value}" if key in result else value
         return result
+
+    @property
+    def user(self) -> Any:
+        """The Django user of the connection's session cookie, or an AnonymousUser.
+        Django is imported on first use; see runtime/auth.py."""
+        from . import auth
+        return auth.django_user(self)
+
+    @property
+    def django_session(self) -> Any:
+        """The Django session of the connection's session cookie, or None."""
+        from . import auth
+        return auth.django_session(self)
 
     def __getitem__(self, key: str) -> Any:
         return self.content[key]

@@ -9,8 +9,8 @@ Read it top-down, each module one job, each importing only the ones below it:
 - `clients`: every client's events to the pools, groups, acknowledgements, timeouts;
 - `pipeline`: one client's event pipeline as rules without I/O;
 - beside them: `sweeps` (timers), `frames` (WebSocket frames), `groups` (the
-  membership table), `static` (files), `zmqio` (ZeroMQ in the event loop), `compat`
-  (everything borrowed from Tornado's internals).
+  membership table), `static` (files), `publish` (the HTTP publish API), `zmqio`
+  (ZeroMQ in the event loop), `compat` (everything borrowed from Tornado's internals).
 """
 from .server import Interface, main
 

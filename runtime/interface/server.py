@@ -32,6 +32,7 @@ from . import sweeps
 from .clients import Clients
 from .http import ConsumerRequest
 from .link import Link
+from .publish import Publisher, PublishRequest
 from .static import StaticFiles, log_request
 from .websocket import ConsumerSocket
 
@@ -52,6 +53,8 @@ class Interface:
         self.context = zmq.Context()
         self.clients = Clients(self.config, self.id, self.pool_sockets())
         self.link = Link(self.config, self.id, self.context, self.clients)
+        self.publisher = (Publisher(self.config, self.id, self.context)
+                          if self.config.publish_token else None)
         counters.setup(self.config.run_dir, "interface")
         counters.gauges.update(connections=lambda: len(self.clients),
                                groups=lambda: len(self.clients.groups),
@@ -107,14 +110,18 @@ class Interface:
         self.http.add_sockets(sockets)
 
     def rules(self) -> list[Any]:
-        """WebSocket upgrades (any path), then static files, then everything else to
-        the consumers (and the WSGI application behind them)."""
+        """WebSocket upgrades (any path), then the publish API if it has a token, then
+        static files, then everything else to the consumers (and the WSGI application
+        behind them)."""
         static = {"path": self.config.static_dir, "max_age": self.config.static_max_age}
         consumers = {"clients": self.clients, "config": self.config}
         rules: list[Any] = [
             tornado.routing.Rule(WebSocketUpgrade(), ConsumerSocket, consumers),
-            (re.escape(self.config.static_url) + "(.*)", StaticFiles, static),
         ]
+        if self.publisher is not None:
+            rules.append((re.escape(self.config.publish_path), PublishRequest,
+                          {"publisher": self.publisher, "config": self.config}))
+        rules.append((re.escape(self.config.static_url) + "(.*)", StaticFiles, static))
         index = self.config.static_index
         if index and os.path.isfile(os.path.join(self.config.static_dir, index)):
             rules.append((r"/()", StaticFiles, dict(static, default_filename=index)))
@@ -138,6 +145,8 @@ class Interface:
         withdraw_ready(self.config.run_dir, "interface")
         counters.write(force=True)
         self.link.close()
+        if self.publisher is not None:
+            self.publisher.close()
         self.context.destroy(linger=500)  # flush the disconnect events already queued
         log.info("interface %s stopped", self.id)
 

@@ -4,7 +4,10 @@ import time
 from django.http import HttpResponse, StreamingHttpResponse
 from django.middleware.csrf import get_token
 from django.utils.html import escape
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
+
+from runtime.client import group_send
 
 RECORD = os.environ.get("ZCHANNELS_TEST_RECORD")
 
@@ -52,3 +55,11 @@ def stream(request):
         yield b"second\n"
 
     return RecordedClose(parts(), content_type="text/plain")
+
+
+@csrf_exempt
+@require_POST
+def notify(request):
+    """Send the request's body to a group, from inside a Django view."""
+    group_send(request.GET["group"], text=request.body.decode())
+    return HttpResponse("sent", content_type="text/plain")
