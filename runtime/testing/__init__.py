@@ -1,0 +1,38 @@
+"""Run consumers in the test process: no broker, no workers, no sockets.
+
+::
+
+    from runtime.testing import TestServer
+
+    def test_echo():
+        with TestServer(consumers=["consumers"]) as server:
+            ws = server.websocket("/ws/echo")
+            ws.send(text="hi")
+            assert ws.receive() == "hi"
+
+`TestServer` loads consumers through the normal registry and runs them with the
+worker's own dispatch (routes, 4404, the WSGI fallback, 404). `InMemoryLayer` is the
+channel layer they reach through ``runtime.send``, ``group_*`` and their reply
+channels. The rules a client's events follow are the interface's own `Pipeline`, so
+ordering, sessions and the disconnect-last rule are the production code, not a copy.
+
+Everything runs synchronously in the calling thread: a client action (connect,
+send, close, a request) runs every consumer it causes, and what those send to
+named channels, before it returns, one message at a time, first in first out.
+Time is a fake clock: delayed messages, long-poll timeouts and ``http_timeout``
+happen when the test advances it, with `TestServer.advance` or by waiting in a
+``receive(timeout=...)``; nothing ever waits in real time.
+"""
+# The modules, each importing only the ones below it:
+#
+# - `server`: `TestServer`, running consumers with the worker's own dispatch;
+# - `handles`: the test's end of a connection (`WebSocketClient`, `HttpResponse`);
+# - `layer`: the channel layer in memory (`InMemoryLayer`), and `ConsumerError`;
+# - `connections`: the interface's end of a connection (`_Socket`, `_Exchange`) and
+#   what each reply-channel operation does to it.
+from .handles import HttpResponse, ServerSentEvent, WebSocketClient, WebSocketClosed
+from .layer import ConsumerError, InMemoryLayer
+from .server import TestServer
+
+__all__ = ["TestServer", "InMemoryLayer", "WebSocketClient", "HttpResponse",
+           "ServerSentEvent", "ConsumerError", "WebSocketClosed"]
