@@ -90,18 +90,19 @@ class Client:
     # -- sending ---------------------------------------------------------------
 
     def send(self, channel: str, content: dict[str, Any] | None = None,
-             payload: bytes = b"") -> None:
-        """A message to a named channel; a worker of the pool serving it runs its consumer."""
-        self._run(lambda layer: layer.send(channel, content, payload))
+             payload: bytes = b"", delay: float | None = None) -> None:
+        """A message to a named channel; a worker of the pool serving it runs its consumer.
+        With `delay` (seconds), the broker keeps it that long first."""
+        self._run(lambda layer: layer.send(channel, content, payload, delay=delay))
 
     def group_send(self, group: str, text: str | None = None, bytes: bytes | None = None,
                    close: int | None = None, event: str | None = None,
-                   id: str | int | None = None) -> None:
+                   id: str | int | None = None, delay: float | None = None) -> None:
         """A text or binary message (or, with ``close=CODE``, a close) to every member
         of `group`, on every interface; `event` and `id` name the Server-Sent Event that
-        event-stream members receive."""
+        event-stream members receive; `delay` as for `send`."""
         self._run(lambda layer: layer.group_send(group, text=text, bytes=bytes, close=close,
-                                                 event=event, id=id))
+                                                 event=event, id=id, delay=delay))
 
     def reply_channel(self, name: str) -> ReplyChannel:
         """The `ReplyChannel` of one connection or HTTP request, from its name: ``send``,
@@ -227,17 +228,18 @@ def _run(operation: Callable[[Layer], T]) -> T:
     return default_client()._run(operation)
 
 
-def send(channel: str, content: dict[str, Any] | None = None, payload: bytes = b"") -> None:
+def send(channel: str, content: dict[str, Any] | None = None, payload: bytes = b"",
+         delay: float | None = None) -> None:
     """`Client.send` with the default client (or, in a worker, the worker's layer)."""
-    _run(lambda layer: layer.send(channel, content, payload))
+    _run(lambda layer: layer.send(channel, content, payload, delay=delay))
 
 
 def group_send(group: str, text: str | None = None, bytes: bytes | None = None,
                close: int | None = None, event: str | None = None,
-               id: str | int | None = None) -> None:
+               id: str | int | None = None, delay: float | None = None) -> None:
     """`Client.group_send` with the default client (or, in a worker, the worker's layer)."""
     _run(lambda layer: layer.group_send(group, text=text, bytes=bytes, close=close,
-                                        event=event, id=id))
+                                        event=event, id=id, delay=delay))
 
 
 def reply_channel(name: str) -> ReplyChannel:

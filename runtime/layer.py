@@ -181,16 +181,7 @@ class Layer:
         ignore them. With `delay` (seconds), the broker keeps it that long first: it
         reaches whoever is a member then."""
         wire.check_name(group, "group")
-        header: dict[str, Any]
-        if close is not None:
-            header, payload = {"op": wire.OP_CLOSE, "code": wire.check_close(close)}, b""
-        else:
-            kind, payload = wire.payload_of(text, bytes)
-            header = {"op": wire.OP_SEND, "kind": kind}
-            if event is not None:
-                header["event"] = str(event)
-            if id is not None:
-                header["id"] = id
+        header, payload = wire.group_message(text, bytes, close, event, id)
         frames = [GROUP, group.encode(), wire.encode(header), payload]
         if delay is not None:
             frames.insert(0, b"%s%d" % (wire.VERB_LATER, wire.check_delay(delay)))

@@ -153,6 +153,21 @@ def check_delay(delay: Any) -> int:
     return max(1, round(delay * 1000))
 
 
+def group_message(text: str | None, data: bytes | None, close: int | None,
+                  event: str | None, event_id: str | int | None) -> tuple[dict[str, Any], bytes]:
+    """The header and payload of a group message: a text or binary message (with the
+    Server-Sent Event name and id event-stream members see), or a close."""
+    if close is not None:
+        return {"op": OP_CLOSE, "code": check_close(close)}, b""
+    kind, payload = payload_of(text, data)
+    header: dict[str, Any] = {"op": OP_SEND, "kind": kind}
+    if event is not None:
+        header["event"] = str(event)
+    if event_id is not None:
+        header["id"] = event_id
+    return header, payload
+
+
 def payload_of(text: str | None, data: bytes | None) -> tuple[str, bytes]:
     """The (kind, payload frame) for a message given as text or as bytes (exactly one)."""
     if text is not None and data is not None:

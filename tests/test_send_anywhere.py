@@ -78,6 +78,19 @@ def test_client_sends_to_groups_channels_and_reply_channels(broker):
         assert wire.decode(header) == {"op": "close", "code": 4000, "reason": "bye", "conn": 12}
 
 
+def test_client_delays_go_to_the_broker_with_their_delay(broker):
+    config, router, pool_in = broker
+    with Client(config) as client:
+        client.group_send("room", text="later", delay=1.5)
+        client.send("tasks.x", {"n": 2}, delay=0.25)
+        _, *frames = receive(router)
+        assert frames[:3] == [b"W1500", wire.VERB_GROUP, b"room"] and frames[-1] == b"later"
+        _, *frames = receive(router)
+        assert frames[:3] == [b"W250", wire.VERB_TO_POOL, b"default"]
+        assert wire.decode(frames[3]) == {"n": 2, "channel": "tasks.x"}
+        assert not pool_in.poll(100), "a delayed message waits in the broker, not the pool"
+
+
 def test_client_errors_are_the_layers(broker):
     config, _, _ = broker
     with Client(config) as client:

@@ -136,16 +136,7 @@ class InMemoryLayer:
                    close: int | None = None, event: str | None = None,
                    id: str | int | None = None, delay: float | None = None) -> None:
         wire.check_name(group, "group")
-        header: dict[str, Any]
-        if close is not None:
-            header, payload = {"op": wire.OP_CLOSE, "code": wire.check_close(close)}, b""
-        else:
-            kind, payload = wire.payload_of(text, bytes)
-            header = {"op": wire.OP_SEND, "kind": kind}
-            if event is not None:
-                header["event"] = str(event)
-            if id is not None:
-                header["id"] = id
+        header, payload = wire.group_message(text, bytes, close, event, id)
         header = wire.decode(wire.encode(header))  # what an interface would read
         if delay is None:
             self._to_group(group, header, payload)
