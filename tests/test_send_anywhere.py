@@ -157,7 +157,7 @@ def test_in_a_worker_the_workers_layer_is_used():
         def group_send(self, group, **kwargs):
             calls.append(("group_send", group, kwargs["text"]))
 
-        def send(self, channel, content, payload):
+        def send(self, channel, content, payload, delay=None):
             calls.append(("send", channel, content))
 
         def to_interface(self, reply_channel, header, payload=None):
