@@ -37,6 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     reloader.add_argument("--check", action="store_true", help="import the consumers and "
                           "the WSGI application as a worker does, report, and exit")
     roles.add_parser("check-config", help="validate the config and print it")
+    init = roles.add_parser("init", help="add consumers/ (with an example) and "
+                            "conf/zchannels.toml to the project in the current directory")
+    init.add_argument("--wsgi-app", metavar="MODULE:CALLABLE", help="the WSGI application "
+                      "for HTTP paths no consumer claims (default: the */wsgi.py found here)")
+    start = roles.add_parser("run", help="start every process under supervisord, in the "
+                             "foreground, for the project in the current directory")
+    start.add_argument("--reload", action="store_true", help="development: restart the "
+                       "workers when consumer code changes")
     roles.add_parser("bench", help="load a running server (see scripts/bench --help)",
                      add_help=False)
     stats = roles.add_parser("stats", help="print the counters of every running process")
@@ -80,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_role(args: argparse.Namespace) -> int:
+    if args.role in ("init", "run"):  # a project of your own (runtime/project.py)
+        from . import project
+        if args.role == "init":
+            return project.init(os.getcwd(), args.wsgi_app)
+        return project.run(args.config, args.reload, args.log_level)
     config = config_module.load(args.config)
     if args.role == "check-config":
         print(json.dumps(_describe(config), indent=2))
