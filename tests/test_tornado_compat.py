@@ -24,7 +24,7 @@ from tornado.iostream import IOStream, StreamClosedError
 
 from harness import run
 from runtime.stats import counters
-from runtime.interface.compat import (LingeringClose, error_reason, headers_written, is_finished,
+from runtime.interface.compat import (LingeringClose, close_frame_problem, error_reason, headers_written, is_finished,
                                     lingering_close, response_status, unsent_bytes)
 
 pytestmark = pytest.mark.timeout(60)
@@ -351,6 +351,50 @@ def test_text_message_that_is_not_utf8_is_closed_with_1007(caplog):
 
 
 # --- the version bound --------------------------------------------------------------------
+
+@pytest.mark.parametrize("payload, expected", [
+    (b"", None),
+    (struct.pack("!H", 1000) + b"bye", None),
+    (struct.pack("!H", 1011), None),
+    (struct.pack("!H", 3000), None),
+    (struct.pack("!H", 4999), None),
+    (b"\x03", (1002, "close frame with a one-byte body")),
+    (struct.pack("!H", 0), (1002, "invalid close code 0")),
+    (struct.pack("!H", 999), (1002, "invalid close code 999")),
+    (struct.pack("!H", 1004), (1002, "invalid close code 1004")),
+    (struct.pack("!H", 1005), (1002, "invalid close code 1005")),
+    (struct.pack("!H", 1006), (1002, "invalid close code 1006")),
+    (struct.pack("!H", 1016), (1002, "invalid close code 1016")),
+    (struct.pack("!H", 2999), (1002, "invalid close code 2999")),
+    (struct.pack("!H", 5000), (1002, "invalid close code 5000")),
+    (struct.pack("!H", 1000) + b"\xff", (1007, "close reason is not valid UTF-8")),
+])
+def test_close_frame_problems_follow_rfc_6455(payload, expected):
+    assert close_frame_problem(payload) == expected
+
+
+@pytest.mark.parametrize("code, answer", [(1000, 1000), (4000, 4000), (1005, 1002),
+                                          (2999, 1002)])
+def test_an_invalid_close_code_is_answered_with_1002_a_valid_one_echoed(code, answer):
+    """Stock Tornado echoes whatever code the client sent."""
+    seen: dict[str, Any] = {}
+    before = counters.get("invalid_close", 0)
+
+    async def scenario() -> tuple[tuple[int, bytes], bytes]:
+        async with serving([(r"/ws", Echo, {"seen": seen})]) as port:
+            reader, writer = await raw_websocket(port, "/ws")
+            try:
+                writer.write(masked_frame(0x8, struct.pack("!H", code)))
+                close = await read_close_frame(reader)
+                rest = await asyncio.wait_for(reader.read(), WAIT)  # the server hangs up
+                return close, rest
+            finally:
+                writer.close()
+
+    (received, _), rest = run(scenario())
+    assert received == answer and rest == b""
+    assert counters.get("invalid_close", 0) == before + (answer == 1002)
+
 
 def tornado_bound() -> list[tuple[str, tuple[int, ...]]]:
     parser = configparser.ConfigParser()

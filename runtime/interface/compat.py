@@ -22,16 +22,37 @@ import tornado.web
 import tornado.websocket
 from tornado.iostream import IOStream, StreamClosedError
 
+from .. import wire
 from ..stats import counters
 
 __all__ = ["unsent_bytes", "headers_written", "is_finished", "response_status",
-           "error_reason", "lingering_close", "LingeringClose"]
+           "error_reason", "lingering_close", "LingeringClose", "close_frame_problem"]
 
 log = logging.getLogger("runtime.interface")
 
 OPCODE_TEXT = 0x1
+OPCODE_CLOSE = 0x8
+CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_INVALID_PAYLOAD = 1007
 CLOSE_MESSAGE_TOO_BIG = 1009
+
+
+def close_frame_problem(payload: bytes) -> tuple[int, str] | None:
+    """What is wrong with a client's close frame, as the code and reason to close with
+    (RFC 6455 sections 5.5.1 and 7.4): a one-byte body or a code no endpoint may send is a
+    protocol error (1002); a reason that is not UTF-8, invalid data (1007). None: fine."""
+    if not payload:
+        return None
+    if len(payload) == 1:
+        return CLOSE_PROTOCOL_ERROR, "close frame with a one-byte body"
+    code = int.from_bytes(payload[:2], "big")
+    if code not in wire.SENDABLE_CLOSE_CODES and not 3000 <= code <= 4999:
+        return CLOSE_PROTOCOL_ERROR, f"invalid close code {code}"
+    try:
+        payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        return CLOSE_INVALID_PAYLOAD, "close reason is not valid UTF-8"
+    return None
 
 
 def unsent_bytes(stream: IOStream | None) -> int:
@@ -91,7 +112,9 @@ class LingeringClose(tornado.websocket.WebSocketProtocol13):
 
     Tornado also drops the connection, without a close frame or a log line, on a
     text message that is not UTF-8; here that is a close with 1007, counted
-    (``invalid_utf8``) and logged.
+    (``invalid_utf8``) and logged. And it echoes any close code a client sends; here a
+    code no endpoint may send (or a one-byte close body) is answered with 1002, a close
+    reason that is not UTF-8 with 1007, counted (``invalid_close``).
     """
 
     LINGER = 2.0  # seconds
@@ -105,6 +128,17 @@ class LingeringClose(tornado.websocket.WebSocketProtocol13):
         super().close(code, reason)
 
     def _handle_message(self, opcode: int, data: bytes) -> "asyncio.Future[None] | None":
+        if opcode == OPCODE_CLOSE and not self.client_terminated:
+            problem = close_frame_problem(data)
+            if problem is not None:
+                # Tornado would echo the code back; the RFC wants a protocol error.
+                counters.incr("invalid_close")
+                log.info("a close frame from the client is invalid (%s): closing with %d",
+                         problem[1], problem[0])
+                self.client_terminated = True
+                self.close_code = problem[0]  # what the disconnect consumer is told
+                self.close(*problem)
+                return None
         # Tornado's answer to a text message that is not UTF-8 is `_abort()` from
         # inside this method: remember that a text message is being handled.
         self._in_text_message = opcode == OPCODE_TEXT
