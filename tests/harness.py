@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from http.cookies import SimpleCookie
 from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
 from tornado.httpclient import HTTPClientError, HTTPRequest
@@ -384,6 +385,19 @@ async def read_until_closed(ws: WebSocketClientConnection, timeout: float = 5.0)
         if message is None:
             return messages
         messages.append(message)
+
+
+def cookies_of(headers: Any) -> dict[str, str]:
+    """The cookies a response sets (its Set-Cookie headers), by name."""
+    jar: SimpleCookie = SimpleCookie()
+    for value in headers.get_all("Set-Cookie") or ():
+        jar.load(value)
+    return {name: morsel.value for name, morsel in jar.items()}
+
+
+def cookie_header(cookies: dict[str, str]) -> str:
+    """A Cookie header that sends `cookies` back."""
+    return "; ".join(f"{k}={v}" for k, v in cookies.items())
 
 
 def http_request(port: int, method: str, path: str, body: Any = None,

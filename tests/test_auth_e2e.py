@@ -9,14 +9,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from http.cookies import SimpleCookie
 from urllib.parse import urlencode
 
 import pytest
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from harness import ROOT, checked_system, http_request, read, refused_status, run
+from harness import (ROOT, checked_system, cookie_header, cookies_of, http_request, read,
+                     refused_status, run)
 from runtime.auth import BEARER, sign_token
 
 APPS = os.path.join(ROOT, "tests", "apps")
@@ -43,17 +43,6 @@ def site():
             yield system
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-
-
-def cookies_of(headers):
-    jar = SimpleCookie()
-    for value in headers.get_all("Set-Cookie") or ():
-        jar.load(value)
-    return {name: morsel.value for name, morsel in jar.items()}
-
-
-def cookie_header(cookies):
-    return "; ".join(f"{k}={v}" for k, v in cookies.items())
 
 
 def post(site, path, cookies, fields):

@@ -5,12 +5,12 @@ import re
 import subprocess
 import sys
 import tempfile
-from http.cookies import SimpleCookie
 from urllib.parse import urlencode
 
 import pytest
 
-from harness import ROOT, checked_system, http_request, read_gated_stream, wait_until
+from harness import (ROOT, checked_system, cookie_header, cookies_of, http_request,
+                     read_gated_stream, wait_until)
 
 APPS = os.path.join(ROOT, "tests", "apps")
 
@@ -27,17 +27,6 @@ def site():
     server = {"wsgi_app": "djsite.wsgi:application", "static_dir": static_root}
     with checked_system(server=server, env=env) as system:
         yield system
-
-
-def cookies_of(headers):
-    jar = SimpleCookie()
-    for value in headers.get_all("Set-Cookie") or ():
-        jar.load(value)
-    return {name: morsel.value for name, morsel in jar.items()}
-
-
-def cookie_header(cookies):
-    return "; ".join(f"{k}={v}" for k, v in cookies.items())
 
 
 def test_form_post_with_csrf_token_and_cookie(site):
