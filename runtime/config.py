@@ -73,6 +73,12 @@ class Config:
     stats_interval: float = 2.0  # seconds between writes of each process's counters
     publish_path: str = "/_zchannels/publish"  # the interfaces' HTTP publish API
     publish_token: str = ""  # its bearer token; "": the API is off
+    # permessage-deflate (RFC 7692), docs/http.md "Compression"
+    compression: bool = False  # negotiate it with clients that offer it
+    compression_level: int = 1  # zlib level 0..9 for what the server sends (0: stored)
+    compression_mem_level: int = 8  # zlib memLevel 1..9 of the server's compressors
+    compression_window_bits: int = 15  # 9..15: largest LZ77 window, each direction
+    compression_min_bytes: int = 32  # smaller messages are sent uncompressed
     pools: tuple[PoolConfig, ...] = ()
     router_interfaces: str = ""  # interfaces' DEALERs connect to the broker here
     router_clients: str = ""  # processes that are not workers send through the broker here
@@ -123,6 +129,11 @@ _SCALARS: dict[str, tuple[type, ...]] = {
     "stats_interval": (int, float),
     "publish_path": (str,),
     "publish_token": (str,),
+    "compression": (bool,),
+    "compression_level": (int,),
+    "compression_mem_level": (int,),
+    "compression_window_bits": (int,),
+    "compression_min_bytes": (int,),
 }
 _LISTS = ("consumers", "allowed_origins")
 _ENDPOINTS = ("router_interfaces", "router_clients")
@@ -217,7 +228,7 @@ def _table(data: Mapping[str, Any], name: str, source: str) -> Mapping[str, Any]
 
 def _check_type(value: Any, types: tuple[type, ...], where: str) -> Any:
     # bool is an int in Python, but `port = true` is a mistake, not port 1.
-    if isinstance(value, bool) or not isinstance(value, types):
+    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
         names = " or ".join("number" if t is float else t.__name__ for t in types)
         raise ConfigError(f"{where} must be a {names}, not {value!r}")
     if isinstance(value, float) and not math.isfinite(value):  # TOML allows nan and inf
@@ -283,6 +294,17 @@ def _check_ranges(config: Config) -> None:
     if not config.consumers:
         raise ConfigError(f"{config.source}: [server] consumers must name at least one directory")
     _check_publish(config)
+    _check_compression(config)
+
+
+def _check_compression(config: Config) -> None:
+    for key, low, high in (("compression_level", 0, 9), ("compression_mem_level", 1, 9),
+                           ("compression_window_bits", 9, 15)):
+        if not low <= getattr(config, key) <= high:
+            raise ConfigError(f"{config.source}: [server] {key} must be {low}..{high}, "
+                              f"not {getattr(config, key)}")
+    if config.compression_min_bytes < 0:
+        raise ConfigError(f"{config.source}: [server] compression_min_bytes must be 0 or more")
 
 
 def _check_publish(config: Config) -> None:

@@ -23,13 +23,14 @@ import tornado.websocket
 from tornado.iostream import IOStream, StreamClosedError
 
 from harness import run
+from rawws import WAIT, deflated, masked_frame, raw_websocket, read_close_frame, read_frame
 from runtime.stats import counters
-from runtime.interface.compat import (LingeringClose, close_frame_problem, error_reason, headers_written, is_finished,
-                                    lingering_close, response_status, unsent_bytes)
+from runtime.interface.compat import (LingeringClose, close_frame_problem, error_reason,
+                                      headers_written, inflate_messages, is_finished,
+                                      lingering_close, response_status, unsent_bytes)
 
 pytestmark = pytest.mark.timeout(60)
 
-WAIT = 10.0  # seconds: the bound on any single wait
 MEGABYTE = 1024 * 1024
 SETUP_CFG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                          "setup.cfg")
@@ -72,37 +73,10 @@ def drain(sock: socket.socket) -> int:
         total += len(chunk)
 
 
-def masked_frame(opcode: int, payload: bytes, key: bytes = b"\x37\xfa\x21\x3d") -> bytes:
-    """A final client-to-server frame, masked as RFC 6455 section 5.3 requires."""
-    n = len(payload)
-    if n < 126:
-        header = bytes((0x80 | opcode, 0x80 | n))
-    elif n < 65536:
-        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
-    else:
-        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
-    keystream = (key * (n // 4 + 1))[:n]
-    body = (int.from_bytes(payload, "big") ^ int.from_bytes(keystream, "big")).to_bytes(n, "big")
-    return header + key + body
 
 
-async def raw_websocket(port: int, path: str
-                        ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                  "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
-    response = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
-    assert response.startswith(b"HTTP/1.1 101"), response
-    return reader, writer
 
 
-async def read_close_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    """The next server frame, which must be a close frame: its code and reason."""
-    header = await asyncio.wait_for(reader.readexactly(2), WAIT)
-    assert header[0] == 0x88 and header[1] < 126, header  # final, close, unmasked
-    payload = await asyncio.wait_for(reader.readexactly(header[1]), WAIT)
-    return struct.unpack("!H", payload[:2])[0], payload[2:]
 
 
 class Echo(tornado.websocket.WebSocketHandler):
@@ -348,6 +322,68 @@ def test_text_message_that_is_not_utf8_is_closed_with_1007(caplog):
     assert counters.get("invalid_utf8", 0) == before + 1
     assert [r.getMessage() for r in caplog.records if r.name == "runtime.interface"] == \
         ["a text message that is not UTF-8: closing with 1007"]
+
+
+# --- permessage-deflate: Tornado inflates, as agreed outside it ---------------------------
+
+class Inflating(Echo):
+    """Echo with compression agreed as ConsumerSocket agrees it (runtime.interface.deflate),
+    Tornado's own negotiation off."""
+
+    def open(self) -> None:
+        super().open()
+        inflate_messages(self.ws_connection, keep_context=True)
+
+
+
+
+
+
+def exchange(frames: list[bytes], replies: int, **settings: Any) -> list[tuple[int, bytes]]:
+    async def scenario() -> list[tuple[int, bytes]]:
+        async with serving([(r"/ws", Inflating, {"seen": {}})], **settings) as port:
+            reader, writer = await raw_websocket(port, "/ws")
+            try:
+                writer.write(b"".join(frames))
+                return [await read_frame(reader) for _ in range(replies)]
+            finally:
+                writer.close()
+    return run(scenario())
+
+
+def test_inflate_messages_makes_tornado_inflate_compressed_text_and_binary():
+    text = ("hello compressed world " * 50).encode()
+    binary = bytes(range(256)) * 20
+    got = exchange([masked_frame(0x1, deflated(text), rsv=0x40),
+                    masked_frame(0x2, deflated(binary), rsv=0x40),
+                    masked_frame(0x1, b"plain too")], replies=3)
+    assert got == [(0x81, text), (0x82, binary), (0x81, b"plain too")]
+
+
+def test_a_compressed_message_that_inflates_past_the_limit_is_closed_with_1009():
+    bomb = deflated(b"\0" * (64 * MEGABYTE))  # about 64 KB on the wire
+    assert len(bomb) < 100 * 1024
+    got = exchange([masked_frame(0x2, bomb, rsv=0x40)], replies=1,
+                   websocket_max_message_size=MEGABYTE)
+    assert got[0][0] == 0x88 and struct.unpack("!H", got[0][1][:2])[0] == 1009
+
+
+def test_a_ping_between_fragments_of_a_compressed_message_leaves_it_compressed():
+    """Stock Tornado takes the ping's RSV1 (clear) for the message's and echoes the
+    compressed bytes as if they were the text."""
+    text = ("fragmented " * 40).encode()
+    body = deflated(text)
+    got = exchange([masked_frame(0x1, body[:10], fin=False, rsv=0x40),
+                    masked_frame(0x9, b"ping"),
+                    masked_frame(0x0, body[10:])], replies=2)
+    assert got == [(0x8A, b"ping"), (0x81, text)]
+
+
+def test_a_control_frame_with_rsv1_is_a_protocol_error():
+    before = counters.get("invalid_frames", 0)
+    got = exchange([masked_frame(0x9, b"ping", rsv=0x40)], replies=1)
+    assert got[0][0] == 0x88 and struct.unpack("!H", got[0][1][:2])[0] == 1002
+    assert counters.get("invalid_frames", 0) == before + 1
 
 
 # --- the version bound --------------------------------------------------------------------

@@ -20,7 +20,8 @@ import zmq
 from .. import wire
 from ..config import Config
 from ..stats import counters
-from .frames import frame_message
+from .deflate import RSV1, Deflater
+from .frames import OPCODE_BINARY, OPCODES, frame, frame_message
 from .groups import GroupTable
 from .pipeline import AckResult, Event, Limits, Overdue, Pipeline, Refusal
 
@@ -31,15 +32,29 @@ DISCONNECT_RETRY = 0.1  # seconds before re-offering a disconnect event to a ful
 
 class Outgoing:
     """One message from a worker for one client or a whole group. A WebSocket frame is
-    built from it at most once, however many members it is written to."""
+    built from it at most once, however many members it is written to; and compressed
+    at most once for each compressor its members negotiated (in practice one)."""
 
-    __slots__ = ("kind", "payload", "header", "_frame")
+    __slots__ = ("kind", "payload", "header", "_frame", "_deflated")
 
     def __init__(self, kind: Any, payload: bytes, header: dict[str, Any]) -> None:
         self.kind, self.payload, self.header = kind, payload, header
         self._frame: bytes | None = None
+        self._deflated: dict[Deflater, bytes] | None = None
 
-    def frame(self) -> bytes:
+    def frame(self, deflater: Deflater | None = None) -> bytes:
+        """The frame for a connection that compresses with `deflater` (None: it does
+        not compress): compressed, or plain when that would not be smaller."""
+        if deflater is not None:
+            deflated = self._deflated
+            if deflated is None:
+                deflated = self._deflated = {}
+            found = deflated.get(deflater)
+            if found is None:
+                data = deflater.compress(self.payload)
+                found = deflated[deflater] = self.frame() if data is None else \
+                    frame(OPCODES.get(self.kind, OPCODE_BINARY), data, RSV1)
+            return found
         if self._frame is None:
             self._frame = frame_message(self.kind, self.payload)
         return self._frame

@@ -26,12 +26,14 @@ from .. import wire
 from ..stats import counters
 
 __all__ = ["unsent_bytes", "headers_written", "is_finished", "response_status",
-           "error_reason", "lingering_close", "LingeringClose", "close_frame_problem"]
+           "error_reason", "lingering_close", "LingeringClose", "close_frame_problem",
+           "inflate_messages"]
 
 log = logging.getLogger("runtime.interface")
 
 OPCODE_TEXT = 0x1
 OPCODE_CLOSE = 0x8
+OPCODE_CONTROL = 0x8  # this bit: a control frame
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_INVALID_PAYLOAD = 1007
 CLOSE_MESSAGE_TOO_BIG = 1009
@@ -101,6 +103,20 @@ def lingering_close(protocol: tornado.websocket.WebSocketProtocol | None
     return protocol
 
 
+def inflate_messages(protocol: tornado.websocket.WebSocketProtocol | None,
+                     keep_context: bool) -> None:
+    """Have Tornado inflate this client's compressed messages (RSV1), as permessage-deflate
+    agreed outside Tornado (``deflate``). Call it from ``open()``, before the first frame
+    is read. Tornado's decompressor applies ``max_message_size`` to the *inflated*
+    message (1009 beyond it) and never inflates more than that. Its window is always 15
+    bits: a client's smaller window is inflated just the same. `keep_context`: the
+    client did not agree to client_no_context_takeover."""
+    if isinstance(protocol, tornado.websocket.WebSocketProtocol13):
+        protocol._decompressor = tornado.websocket._PerMessageDeflateDecompressor(
+            persistent=keep_context, max_wbits=15,
+            max_message_size=protocol.params.max_message_size)
+
+
 class LingeringClose(tornado.websocket.WebSocketProtocol13):
     """The server side of a WebSocket that closes with a code the client can see.
 
@@ -115,12 +131,28 @@ class LingeringClose(tornado.websocket.WebSocketProtocol13):
     (``invalid_utf8``) and logged. And it echoes any close code a client sends; here a
     code no endpoint may send (or a one-byte close body) is answered with 1002, a close
     reason that is not UTF-8 with 1007, counted (``invalid_close``).
+
+    With compression on, Tornado takes the RSV1 bit of every frame but a continuation
+    as "this message is compressed", control frames included: a ping between two
+    fragments of a compressed message made it forget the message was compressed, and
+    a control frame with RSV1 set (forbidden, RFC 7692 6.1) was inflated. Here the bit
+    of a control frame is its own, and set it is a protocol error (1002).
     """
 
     LINGER = 2.0  # seconds
     _sent_close_code: int | None = None
     _lingering = False
     _in_text_message = False
+    _rsv1 = False  # the RSV1 bit of the last frame Tornado read that was not a continuation
+    _rsv1_before = False  # ... and of the one before it
+
+    @property
+    def _frame_compressed(self) -> bool:
+        return self._rsv1
+
+    @_frame_compressed.setter
+    def _frame_compressed(self, value: bool | None) -> None:
+        self._rsv1_before, self._rsv1 = self._rsv1, bool(value)
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
         if self._sent_close_code is None:
@@ -128,6 +160,23 @@ class LingeringClose(tornado.websocket.WebSocketProtocol13):
         super().close(code, reason)
 
     def _handle_message(self, opcode: int, data: bytes) -> "asyncio.Future[None] | None":
+        if opcode & OPCODE_CONTROL and self._decompressor is not None:
+            # Tornado set the bit from this control frame; the message it may have
+            # interrupted keeps its own.
+            compressed, self._rsv1 = self._rsv1, False
+            try:
+                if compressed and not self.client_terminated:
+                    counters.incr("invalid_frames")
+                    log.info("a control frame with RSV1 set: closing with %d",
+                             CLOSE_PROTOCOL_ERROR)
+                    self.close(CLOSE_PROTOCOL_ERROR, "compressed control frame")
+                    return None
+                return self._handle_checked(opcode, data)
+            finally:
+                self._rsv1 = self._rsv1_before
+        return self._handle_checked(opcode, data)
+
+    def _handle_checked(self, opcode: int, data: bytes) -> "asyncio.Future[None] | None":
         if opcode == OPCODE_CLOSE and not self.client_terminated:
             problem = close_frame_problem(data)
             if problem is not None:

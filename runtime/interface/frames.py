@@ -12,14 +12,16 @@ OPCODE_BINARY = 0x2
 OPCODES: dict[object, int] = {wire.KIND_TEXT: OPCODE_TEXT, wire.KIND_BYTES: OPCODE_BINARY}
 
 
-def frame(opcode: int, payload: bytes) -> bytes:
-    """A complete, unmasked, uncompressed server-to-client WebSocket frame."""
+def frame(opcode: int, payload: bytes, rsv: int = 0) -> bytes:
+    """A complete, unmasked server-to-client WebSocket frame; `rsv` 0x40 (RSV1) marks
+    a payload compressed with permessage-deflate."""
     n = len(payload)
+    first = 0x80 | rsv | opcode
     if n < 126:
-        return bytes((0x80 | opcode, n)) + payload
+        return bytes((first, n)) + payload
     if n < 65536:
-        return struct.pack("!BBH", 0x80 | opcode, 126, n) + payload
-    return struct.pack("!BBQ", 0x80 | opcode, 127, n) + payload
+        return struct.pack("!BBH", first, 126, n) + payload
+    return struct.pack("!BBQ", first, 127, n) + payload
 
 
 def frame_message(kind: Any, payload: bytes) -> bytes:

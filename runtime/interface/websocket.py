@@ -24,7 +24,8 @@ from .. import wire
 from ..config import Config
 from ..stats import counters
 from .clients import Clients, Outgoing, peer_port
-from .compat import error_reason, lingering_close, unsent_bytes
+from .compat import error_reason, inflate_messages, lingering_close, unsent_bytes
+from .deflate import Agreement, negotiate
 from .pipeline import AckResult, Pipeline, Refusal
 
 log = logging.getLogger("runtime.interface")
@@ -60,7 +61,7 @@ class Connection:
         "id", "reply_channel", "handler", "config", "path", "state", "decision",
         "subprotocols", "subprotocol", "close_after_open", "stream", "pipeline",
         "close_code", "closing", "groups", "pending", "pending_bytes", "resume",
-        "_receive_headers", "tokens", "tokens_at", "ping_at", "pong",
+        "_receive_headers", "tokens", "tokens_at", "ping_at", "pong", "compression",
     )
 
     def __init__(self, conn_id: int, reply_channel: str, handler: "ConsumerSocket",
@@ -91,6 +92,7 @@ class Connection:
         self.tokens_at = 0.0  # when `tokens` was last topped up
         self.ping_at = 0.0  # when the last ping went out
         self.pong = True  # a pong (or nothing to wait for) since that ping
+        self.compression: Agreement | None = None  # permessage-deflate, if agreed
 
     # -- the events ------------------------------------------------------------
 
@@ -133,7 +135,8 @@ class Connection:
     # -- what workers ask of it --------------------------------------------------
 
     def deliver(self, message: Outgoing) -> None:
-        self.write(message.frame())
+        compression = self.compression
+        self.write(message.frame(compression.deflater if compression else None))
 
     def accept(self, subprotocol: Any) -> None:
         if subprotocol is not None and subprotocol not in self.subprotocols:
@@ -245,6 +248,8 @@ class Connection:
         self.ping_at = time.monotonic()  # the first ping is due ping_interval from now
         self.stream = stream = self.handler.ws_connection.stream
         assert stream is not None  # set by Tornado before it calls open()
+        if self.compression is not None:
+            inflate_messages(self.handler.ws_connection, self.compression.client_context)
         # Tornado raises StreamBufferFullError past this, whatever writes.
         stream.max_write_buffer_size = self.config.max_outbound_bytes + CONTROL_HEADROOM
         pending, self.pending, self.pending_bytes = self.pending, [], 0
@@ -329,6 +334,10 @@ class ConsumerSocket(tornado.websocket.WebSocketHandler):
         if conn.state is State.CLOSED:  # the client went away while we waited
             raise tornado.web.Finish()
         if decision is Decision.ACCEPT:
+            conn.compression = agreed = negotiate(
+                self.request.headers.get("Sec-WebSocket-Extensions"), self.config)
+            if agreed is not None:  # Tornado's own negotiation is off: it sends this header
+                self.set_header("Sec-WebSocket-Extensions", agreed.response)
             return
         conn.closed(None)
         if decision is Decision.REJECT:

@@ -44,3 +44,10 @@ def burst(message, group):
     for i in range(count):
         group_send(group, text=f"g{i}")
         message.reply_channel.send(text=f"r{i}")
+
+
+@consumer("websocket.connect", path="/test/quiet/<group>")
+def join_quietly(message, group):
+    """Join without telling the group: for groups of thousands."""
+    added = group_add(group, message.reply_channel)
+    message.reply_channel.send(text=f"joined {added}")
