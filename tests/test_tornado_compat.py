@@ -11,6 +11,7 @@ import os
 import re
 import socket
 import struct
+import zlib
 from typing import Any, AsyncIterator
 
 import pytest
@@ -26,7 +27,7 @@ from harness import run
 from rawws import WAIT, deflated, masked_frame, raw_websocket, read_close_frame, read_frame
 from runtime.stats import counters
 from runtime.interface.compat import (LingeringClose, close_frame_problem, error_reason,
-                                      headers_written, inflate_messages, is_finished,
+                                      headers_written, inflate_messages, is_finished, LazyInflater,
                                       lingering_close, response_status, unsent_bytes)
 
 pytestmark = pytest.mark.timeout(60)
@@ -358,6 +359,20 @@ def test_inflate_messages_makes_tornado_inflate_compressed_text_and_binary():
                     masked_frame(0x2, deflated(binary), rsv=0x40),
                     masked_frame(0x1, b"plain too")], replies=3)
     assert got == [(0x81, text), (0x82, binary), (0x81, b"plain too")]
+
+
+def test_a_client_that_keeps_its_context_gets_one_inflater_made_when_first_needed():
+    """Context takeover: the second message refers to the first one's bytes."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    text = ("the same words again " * 20).encode()
+    first = compressor.compress(text) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    second = compressor.compress(text) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    assert len(second) < len(first) / 2  # it really refers back
+    got = exchange([masked_frame(0x1, first[:-4], rsv=0x40),
+                    masked_frame(0x1, second[:-4], rsv=0x40)], replies=2)
+    assert got == [(0x81, text), (0x81, text)]
+    inflater = LazyInflater(keep_context=True, max_message_size=MEGABYTE)
+    assert inflater._decompressor is None  # nothing made for an idle connection
 
 
 def test_a_compressed_message_that_inflates_past_the_limit_is_closed_with_1009():

@@ -106,15 +106,27 @@ def lingering_close(protocol: tornado.websocket.WebSocketProtocol | None
 def inflate_messages(protocol: tornado.websocket.WebSocketProtocol | None,
                      keep_context: bool) -> None:
     """Have Tornado inflate this client's compressed messages (RSV1), as permessage-deflate
-    agreed outside Tornado (``deflate``). Call it from ``open()``, before the first frame
-    is read. Tornado's decompressor applies ``max_message_size`` to the *inflated*
-    message (1009 beyond it) and never inflates more than that. Its window is always 15
-    bits: a client's smaller window is inflated just the same. `keep_context`: the
-    client did not agree to client_no_context_takeover."""
+    agreed outside it (``deflate``). Call it from ``open()``, before the first frame is
+    read. Tornado's decompressor applies ``max_message_size`` to the *inflated* message
+    (1009 beyond it) and never inflates more than that. Its window is always 15 bits: a
+    client's smaller window is inflated just the same. `keep_context`: the client did
+    not agree to client_no_context_takeover, so one inflater lives as long as the
+    connection — made at its first compressed message, so an idle socket costs nothing."""
     if isinstance(protocol, tornado.websocket.WebSocketProtocol13):
-        protocol._decompressor = tornado.websocket._PerMessageDeflateDecompressor(
-            persistent=keep_context, max_wbits=15,
-            max_message_size=protocol.params.max_message_size)
+        protocol._decompressor = LazyInflater(keep_context, protocol.params.max_message_size)
+
+
+class LazyInflater(tornado.websocket._PerMessageDeflateDecompressor):
+    """Tornado's decompressor, but a persistent one is made when first needed."""
+
+    def __init__(self, keep_context: bool, max_message_size: int) -> None:
+        super().__init__(persistent=False, max_wbits=15, max_message_size=max_message_size)
+        self._keep_context = keep_context
+
+    def decompress(self, data: bytes) -> bytes:
+        if self._keep_context and self._decompressor is None:
+            self._decompressor = self._create_decompressor()
+        return super().decompress(data)
 
 
 class LingeringClose(tornado.websocket.WebSocketProtocol13):
