@@ -36,7 +36,11 @@ def join(message, room):
         name = "guest-" + message.reply_channel.name.rsplit("!", 1)[1]
     message.session["name"] = name
     message.reply_channel.accept()
-    group_add(room_group(room), message.reply_channel)
+    since = (query.get("since") or [None])[0]  # the last position the page saw, if any
+    if since:  # first what it missed (the room keeps history), then live
+        group_add(room_group(room), message.reply_channel, since=since)
+    else:
+        group_add(room_group(room), message.reply_channel)
     broadcast(room, type="join", user=name, text=f"{name} joined")
 
 

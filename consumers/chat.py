@@ -11,9 +11,15 @@ beside this file is the same chat written as plain consumer functions.
 
 Without a WebSocket, ``/sse/chat/<room>`` streams the room as Server-Sent Events
 (``curl -N``), and ``/poll/chat/<room>`` is a long-poll that answers with the
-room's next event (204 after 25 s without one). A long-poll client sees only
-what arrives while it waits: between polls, events are not kept (this demo
-has no message store).
+room's next event (204 after 25 s without one).
+
+The rooms keep history (``[[history.groups]] pattern = "chat.*"`` in
+conf/zchannels.toml), so nothing is lost across a reconnect: every event carries
+its position (``"pos"``); the page reconnects with ``?since=<the last one>``, an
+EventSource sends it back as ``Last-Event-ID`` by itself, and a long-poll passes
+``?since=`` (or the ``ZChannels-Position`` header of its last answer) with the
+next poll. When the room's history cannot cover the gap, the client gets
+``{"type": "recovery_failed", ...}`` instead (docs/consumers.md#history-and-recovery).
 """
 import json
 import logging
@@ -35,6 +41,7 @@ def room_group(room):
 
 class ChatConsumer(WebsocketConsumer):
     groups = ["chat.{room}"]  # joined before connect() runs, left when the socket closes
+    since_query = "since"  # ?since=<position>: first what the client missed, then live
 
     def connect(self):
         query = parse_qs(self.message.get("query_string", ""))
@@ -78,11 +85,17 @@ ChatConsumer.register("/ws/chat/<room>")
 @consumer("http.request", path="/sse/chat/<room>")
 def stream(message, room):
     # Start the stream before joining: from group_add on, every room event is an SSE event.
+    # An EventSource that reconnects sends Last-Event-ID: group_add recovers from it.
     message.reply_channel.start_events()
     group_add(room_group(room), message.reply_channel)
 
 
 @consumer("http.request", path="/poll/chat/<room>")
 def poll(message, room):
+    # Hold before joining: the first event (a missed one at once, if any) is the answer.
     message.reply_channel.hold(POLL_TIMEOUT, content_type="application/json")
-    group_add(room_group(room), message.reply_channel)
+    since = (message.query.get("since") or [None])[0]
+    if since:
+        group_add(room_group(room), message.reply_channel, since=since)
+    else:
+        group_add(room_group(room), message.reply_channel)

@@ -14,6 +14,7 @@ from .exceptions import (BadMessage, ChannelFull, ConfigError, GroupError, NotIn
                          UnknownChannel, ZChannelsError)
 from .generic import (HttpConsumer, JsonWebsocketConsumer, WebsocketConsumer,
                       WebsocketDemultiplexer)
+from .history import Recovery
 from .layer import group_add, group_discard, group_send, reply_channel, send
 from .message import Message, ReplyChannel, Session
 from .routing import consumer
@@ -32,6 +33,7 @@ __all__ = [
     "Message",
     "ReplyChannel",
     "Session",
+    "Recovery",
     "send",
     "group_add",
     "group_discard",

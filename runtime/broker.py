@@ -41,6 +41,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from . import wire
 from .config import Config
+from .history import Keeper
 from .poolqueue import Pool
 from .process import Service
 from .stats import counters
@@ -62,6 +63,7 @@ LATER, TO_POOL = wire.VERB_LATER, wire.VERB_TO_POOL
 READY, BYE, TO, DONE, GROUP = (wire.VERB_READY, wire.VERB_BYE, wire.VERB_TO, wire.VERB_DONE,
                                wire.VERB_GROUP)
 ANSWER, BOUNCE, FROM_GROUP = wire.TO_WORKER_ANSWER, wire.TO_WORKER_BOUNCE, wire.FROM_GROUP
+HISTORY = wire.VERB_HISTORY
 HELD = tuple[zmq.Socket | None, list[Any]]  # (socket of the sender, frames); None: group
 
 
@@ -98,6 +100,13 @@ class Broker(Service):
             interfaces=lambda: len(self.known),
             held=lambda: len(self.startup or ()),
             delayed=lambda: len(self.delayed))
+        # Group history (runtime/history.py): None when no rule keeps any, and then a
+        # group message costs nothing more than before.
+        self.history = Keeper(config.history) if config.history.enabled else None
+        if self.history is not None:
+            keeper = self.history
+            counters.gauges.update(history_groups=lambda: len(keeper.rings),
+                                   history_bytes=lambda: keeper.bytes)
 
     def _router(self, endpoint: str) -> zmq.Socket:
         sock = self.socket(zmq.ROUTER)
@@ -152,6 +161,8 @@ class Broker(Service):
             self.release_delayed()
         if self.startup is not None:
             self.settle()
+        if self.history is not None:
+            self.history.sweep()
 
     def closing(self) -> None:
         # What workers have sent is passed on, not dropped with the sockets: a restart
@@ -197,6 +208,9 @@ class Broker(Service):
                 pool.credit(sender, READY + verb[1:], parts[1].get(zmq.SRCFD))
             elif kind == GROUP and len(parts) == 5 and verb == GROUP:
                 self.group([part.bytes for part in parts[2:]])
+            elif kind == HISTORY and len(parts) == 4 and verb == HISTORY:
+                self.remember(sender, sock)
+                self.history_join(sock, [parts[2].bytes, sender, parts[3].bytes])
             elif kind == LATER and len(parts) == 6 and verb[1:].isdigit() \
                     and parts[2].bytes in (GROUP, TO_POOL):
                 self.later(int(verb[1:]), [part.bytes for part in parts[2:]])
@@ -260,6 +274,11 @@ class Broker(Service):
             self.hold(None, frames)
             return
         counters.incr("group_messages")
+        history = self.history
+        if history is not None:  # one dict lookup for a group that keeps none
+            ring = history.cache.get(frames[0])
+            if ring is not False:
+                frames = history.stamp(frames, ring)  # kept, and its position appended
         send = self.interfaces.send_multipart
         for interface in list(self.known):
             try:
@@ -274,6 +293,32 @@ class Broker(Service):
                     counters.incr("unreachable_interface")
                 continue
             counters.incr("zmq_sent")
+
+    def history_join(self, sock: zmq.Socket, frames: list[bytes]) -> None:
+        """A group_add with ``since`` ([interface, sender, header]): relay it with what
+        the group sent after that position (or why that cannot be had) in one message.
+        Everything the group sent before is in the interface's pipe ahead of it, all it
+        sends after comes behind it: the member gets the missed messages, then the live
+        ones, with no gap and no repeat (docs/consumers.md#history-and-recovery)."""
+        if self.startup is not None:  # judged when released, in order with the rest
+            self.hold(sock, [HISTORY, *frames])
+            return
+        try:
+            header = wire.decode(frames[2])
+            group, since = header["group"], header["since"]
+            if not isinstance(group, str) or not group or not isinstance(since, str):
+                raise ValueError(f"group {group!r}, since {since!r}")
+        except (ValueError, KeyError) as e:
+            counters.incr("garbage")
+            log.warning("dropped a malformed history request from %r: %s", frames[1], e)
+            return
+        replay: list[bytes] = []
+        if self.history is None:
+            result = Keeper.nothing_kept()
+        else:
+            result, replay = self.history.recover(group.encode(), since)
+        header["history"] = result
+        self.to_interface(sock, [frames[0], frames[1], wire.encode(header), *replay])
 
     # -- delayed messages ------------------------------------------------------
 
@@ -376,6 +421,8 @@ class Broker(Service):
         for sock, frames in held:
             if sock is None:
                 self.group(frames)
+            elif frames[0] == HISTORY:  # (never an interface id)
+                self.history_join(sock, frames[1:])
             else:
                 self.to_interface(sock, frames)
 

@@ -6,6 +6,7 @@ way, so there is one path to production behaviour.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -49,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
                      add_help=False)
     stats = roles.add_parser("stats", help="print the counters of every running process")
     stats.add_argument("--json", action="store_true")
+    status = roles.add_parser("status", help="one screen: every process with its CPU and "
+                              "memory, the rates, the pools' depths")
+    # const: status.WATCH_DEFAULT (not imported here: it brings prometheus_client along)
+    status.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
+                        help="redraw every SECONDS (default 2; 0.1..3600) until Ctrl-C")
+    status.add_argument("--count", type=int, metavar="N",
+                        help="with --watch: stop after N screens")
     send = roles.add_parser("send", help="send a message to a named channel (exit status "
                             "1 if it is refused)")
     send.add_argument("channel")
@@ -99,6 +107,9 @@ def run_role(args: argparse.Namespace) -> int:
         return 0
     if args.role == "stats":
         return _print_stats(config, args.json)
+    if args.role == "status":
+        from .status import main as status_main
+        return status_main(config, args.watch, args.count)
     if args.role in ("send", "group-send"):
         return send_command(config, args, sys.stdin.buffer)
     prepare_run_dir(config.run_dir)
@@ -121,10 +132,12 @@ def run_role(args: argparse.Namespace) -> int:
 
 
 def _describe(config: config_module.Config) -> dict[str, object]:
-    data = {k: v for k, v in vars(config).items() if k != "pools"}
-    if config.publish_token:  # a secret: say only that there is one
-        data["publish_token"] = "<set>"
+    data = {k: v for k, v in vars(config).items() if k not in ("pools", "history")}
+    for key in ("publish_token", "metrics_token", "dashboard_token"):
+        if data.get(key):  # a secret: say only that there is one
+            data[key] = "<set>"
     data["pools"] = {p.name: vars(p) for p in config.pools}
+    data["history"] = dataclasses.asdict(config.history)
     return data
 
 

@@ -9,6 +9,7 @@ project root). Unknown keys are errors, so a typo never silently becomes a defau
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import math
 import os
 import tomllib
@@ -16,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Mapping, cast
 
 from .exceptions import ConfigError
+from .history import HistoryConfig, parse_config as _parse_history
 
 DEFAULT_CONFIG_PATH = "conf/zchannels.toml"
 
@@ -73,12 +75,20 @@ class Config:
     stats_interval: float = 2.0  # seconds between writes of each process's counters
     publish_path: str = "/_zchannels/publish"  # the interfaces' HTTP publish API
     publish_token: str = ""  # its bearer token; "": the API is off
-    # permessage-deflate (RFC 7692), docs/http.md "Compression"
+    # permessage-deflate (RFC 7692), docs/operations.md "WebSocket compression"
     compression: bool = False  # negotiate it with clients that offer it
     compression_level: int = 1  # zlib level 0..9 for what the server sends (0: stored)
     compression_mem_level: int = 8  # zlib memLevel 1..9 of the server's compressors
     compression_window_bits: int = 15  # 9..15: largest LZ77 window, each direction
     compression_min_bytes: int = 32  # smaller messages are sent uncompressed
+    # The operator's view (docs/operations.md "Metrics", "Live dashboard")
+    metrics_path: str = "/_zchannels/metrics"  # Prometheus text format; "": off
+    metrics_allow: tuple[str, ...] = ("127.0.0.1", "::1")  # addresses/networks it serves
+    metrics_token: str = ""  # if set, a bearer token the metrics request must carry too
+    dashboard_path: str = "/_zchannels/dashboard"  # the live dashboard page (and /events)
+    dashboard_token: str = ""  # the token that opens it; "": the dashboard is off
+    # Group history ([history] table, runtime/history.py, docs/consumers.md)
+    history: HistoryConfig = HistoryConfig()
     pools: tuple[PoolConfig, ...] = ()
     router_interfaces: str = ""  # interfaces' DEALERs connect to the broker here
     router_clients: str = ""  # processes that are not workers send through the broker here
@@ -134,8 +144,12 @@ _SCALARS: dict[str, tuple[type, ...]] = {
     "compression_mem_level": (int,),
     "compression_window_bits": (int,),
     "compression_min_bytes": (int,),
+    "metrics_path": (str,),
+    "metrics_token": (str,),
+    "dashboard_path": (str,),
+    "dashboard_token": (str,),
 }
-_LISTS = ("consumers", "allowed_origins")
+_LISTS = ("consumers", "allowed_origins", "metrics_allow")
 _ENDPOINTS = ("router_interfaces", "router_clients")
 _POSITIVE = (
     "max_message_bytes",
@@ -187,10 +201,10 @@ def parse(
     """Build a validated Config from parsed TOML (the ``[server]``, ``[endpoints]``
     and ``[pools.NAME]`` tables) and environment overrides."""
     environ = {} if environ is None else environ
-    unknown = set(data) - {"server", "endpoints", "pools"}
+    unknown = set(data) - {"server", "endpoints", "pools", "history"}
     if unknown:
         raise ConfigError(f"{source}: unknown table(s) {sorted(unknown)}; "
-                          "expected [server], [endpoints], [pools.NAME]")
+                          "expected [server], [endpoints], [pools.NAME], [history]")
     server = dict(_table(data, "server", source))
     values: dict[str, Any] = {}
     for key, raw in server.items():
@@ -214,7 +228,8 @@ def parse(
     config = Config(source=source, **values)
     _check_ranges(config)
     pools = _parse_pools(data.get("pools", DEFAULT_POOLS), config, source)
-    config = replace(config, pools=pools, **_default_endpoints(config))
+    config = replace(config, pools=pools, history=_parse_history(data.get("history"), source),
+                     **_default_endpoints(config))
     _check_endpoints(config)
     return config
 
@@ -259,6 +274,9 @@ def _apply_environment(values: dict[str, Any], environ: Mapping[str, str], sourc
         values["consumers"] = tuple(p for p in environ["ZCHANNELS_CONSUMERS"].split(os.pathsep) if p)
     if environ.get("ZCHANNELS_PUBLISH_TOKEN"):  # a secret is better kept out of the file
         values["publish_token"] = environ["ZCHANNELS_PUBLISH_TOKEN"]
+    for key in ("metrics_token", "dashboard_token"):  # secrets too
+        if environ.get(f"ZCHANNELS_{key.upper()}"):
+            values[key] = environ[f"ZCHANNELS_{key.upper()}"]
 
 
 def _check_ranges(config: Config) -> None:
@@ -295,6 +313,7 @@ def _check_ranges(config: Config) -> None:
         raise ConfigError(f"{config.source}: [server] consumers must name at least one directory")
     _check_publish(config)
     _check_compression(config)
+    _check_operator_view(config)
 
 
 def _check_compression(config: Config) -> None:
@@ -305,6 +324,47 @@ def _check_compression(config: Config) -> None:
                               f"not {getattr(config, key)}")
     if config.compression_min_bytes < 0:
         raise ConfigError(f"{config.source}: [server] compression_min_bytes must be 0 or more")
+
+
+def _check_operator_view(config: Config) -> None:
+    """metrics_* and dashboard_*: paths, the allow-list, tokens."""
+    paths = {"metrics_path": config.metrics_path, "dashboard_path": config.dashboard_path}
+    for key, path in paths.items():
+        if path == "" and key == "metrics_path":
+            continue  # metrics off
+        if not (path.startswith("/") and len(path) > 1 and path.isascii()
+                and path.isprintable() and not any(c in path for c in " ?#")):
+            raise ConfigError(f"{config.source}: [server] {key} must be a URL path such "
+                              f"as \"/_zchannels/{key[:-5]}\" (no spaces, ? or #), not "
+                              f"{path!r}")
+    taken = {config.publish_path: "publish_path"}
+    if config.metrics_path:
+        taken.setdefault(config.metrics_path, "metrics_path")
+    for path in (config.dashboard_path, config.dashboard_path.rstrip("/") + "/events"):
+        if path in taken:
+            raise ConfigError(f"{config.source}: [server] dashboard_path {path!r} is "
+                              f"{taken[path]} already")
+    if config.metrics_path == config.publish_path:
+        raise ConfigError(f"{config.source}: [server] metrics_path and publish_path are both "
+                          f"{config.publish_path!r}")
+    for entry in config.metrics_allow:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(f"{config.source}: [server] metrics_allow: {entry!r} is not an "
+                              "IP address or network (such as \"127.0.0.1\" or "
+                              "\"10.0.0.0/8\")") from None
+    if config.metrics_token and not (config.metrics_token.isascii()
+                                     and config.metrics_token.isprintable()
+                                     and " " not in config.metrics_token):
+        raise ConfigError(f"{config.source}: [server] metrics_token (or "
+                          "ZCHANNELS_METRICS_TOKEN) must be printable ASCII without spaces")
+    # It travels in a URL and a cookie: the characters neither needs to escape.
+    if config.dashboard_token and not all(c.isascii() and (c.isalnum() or c in "-._~")
+                                          for c in config.dashboard_token):
+        raise ConfigError(f"{config.source}: [server] dashboard_token (or "
+                          "ZCHANNELS_DASHBOARD_TOKEN) may use letters, digits and - . _ ~ "
+                          "only (python -c 'import secrets; print(secrets.token_urlsafe())')")
 
 
 def _check_publish(config: Config) -> None:

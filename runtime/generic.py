@@ -24,6 +24,7 @@ import logging
 from typing import Any, Callable, ClassVar, Sequence
 
 from . import auth, layer, routing, wire
+from .history import Recovery
 from .message import Headers, Message, ReplyChannel, Session
 from .stats import counters
 
@@ -34,7 +35,7 @@ CLOSE_NO_STATUS = 1006  # what a disconnect event carries when the client sent n
 HTTP_METHODS = ("get", "post", "put", "patch", "delete", "head", "options")
 
 # Attributes every instance sets in __init__: a path placeholder may not hide them.
-_INSTANCE_ATTRIBUTES = frozenset({"message", "kwargs"})
+_INSTANCE_ATTRIBUTES = frozenset({"message", "kwargs", "recoveries"})
 
 
 def _route_entry(cls: type[_Consumer], method: str) -> routing.Consumer:
@@ -72,9 +73,12 @@ class _Consumer:
         """The connection's session: what one event stores, the next one reads."""
         return self.message.session
 
-    def group_add(self, group: str) -> bool:
-        """Add this connection to `group` (it leaves by itself when it closes)."""
-        return layer.group_add(group, self.reply_channel)
+    def group_add(self, group: str, since: str | None = None) -> bool | Recovery:
+        """Add this connection to `group` (it leaves by itself when it closes). With
+        `since`, the client's last position: a `Recovery`, see `runtime.group_add`."""
+        if since is None:
+            return layer.group_add(group, self.reply_channel)
+        return layer.group_add(group, self.reply_channel, since)
 
     def group_discard(self, group: str) -> bool:
         return layer.group_discard(group, self.reply_channel)
@@ -121,6 +125,10 @@ class WebsocketConsumer(_Consumer):
     """
 
     groups: ClassVar[Sequence[str]] = ()
+    # The query parameter that carries the client's last position (``?since=...``):
+    # the groups above that keep history are joined from it, so the client first gets
+    # what it missed (docs/consumers.md#history-and-recovery). None: not looked for.
+    since_query: ClassVar[str | None] = None
     # True: an anonymous client (no Django login, see runtime.auth) is refused with 403 at
     # the handshake, and closed with 4403 if its login goes while it is connected.
     login_required: ClassVar[bool] = False
@@ -160,6 +168,15 @@ class WebsocketConsumer(_Consumer):
         self.reply_channel.close(code, reason)
         self._closing = True
 
+    def group_since(self, group: str) -> str | None:
+        """The position `group` is joined from on connect: the `since_query` parameter.
+        A position belongs to one group; override this when the class joins several
+        groups with history."""
+        if self.since_query is None:
+            return None
+        values = self.message.query.get(self.since_query)
+        return values[0] if values else None
+
     def group_names(self) -> list[str]:
         """The groups this connection joins: `groups` formatted with the path's
         named groups. Override it for names that depend on more than the path."""
@@ -171,8 +188,13 @@ class WebsocketConsumer(_Consumer):
         if self.login_required and not auth.require_login(self.message):
             self._closing = True
             return
+        #: group -> its Recovery, for the groups joined from a position (group_since)
+        self.recoveries: dict[str, Recovery] = {}
         for group in self.group_names():
-            self.group_add(group)
+            since = self.group_since(group)
+            joined = self.group_add(group, since)
+            if isinstance(joined, Recovery):
+                self.recoveries[group] = joined
         self.connect()
 
     def websocket_receive(self) -> None:

@@ -32,13 +32,14 @@ import os
 import secrets
 import threading
 import time
-from typing import Any
+from typing import Any, overload
 
 import zmq
 
 from . import wire
 from .config import Config, PoolConfig
 from .exceptions import ChannelFull, GroupError, NotInConsumer, UnknownChannel
+from .history import Recovery, Rules
 from .message import ReplyChannel
 from .stats import counters
 
@@ -49,7 +50,7 @@ FLUSHER_JOIN = 1.0  # seconds to wait for the flusher thread at close
 FLUSH_TICK = 0.001  # seconds between the flusher's looks while events keep coming
 FLUSH_PARK = 0.05  # seconds without a held operation before the flusher sleeps until woken
 
-TO, GROUP = wire.VERB_TO, wire.VERB_GROUP
+TO, GROUP, HISTORY = wire.VERB_TO, wire.VERB_GROUP, wire.VERB_HISTORY
 
 
 class Layer:
@@ -64,6 +65,7 @@ class Layer:
         self.broker = self._socket(zmq.DEALER, endpoint or config.router_clients,
                                    routing_id=self.identity)
         self.pools: dict[str, zmq.Socket] = {}
+        self.history_rules = Rules(config.history.groups)  # which groups keep history
         self._requests = itertools.count(1)
         # Events the broker sent while a consumer waited for a membership answer.
         self.inbox: collections.deque[list[bytes]] = collections.deque()
@@ -250,29 +252,56 @@ class Layer:
 
     # -- membership --------------------------------------------------------
 
-    def group_add(self, group: str, reply_channel: ReplyChannel | str) -> bool:
+    @overload
+    def group_add(self, group: str, reply_channel: ReplyChannel | str) -> bool: ...
+    @overload
+    def group_add(self, group: str, reply_channel: ReplyChannel | str,
+                  since: str) -> Recovery: ...
+
+    def group_add(self, group: str, reply_channel: ReplyChannel | str,
+                  since: str | None = None) -> bool | Recovery:
         """Add a connection to a group. When this returns, every later group_send
-        from any process reaches it. False if the connection has already closed."""
-        return self._membership(wire.OP_GROUP_ADD, group, reply_channel)
+        from any process reaches it. False if the connection has already closed.
+
+        With `since` (the last position the client saw, ``"<epoch>:<offset>"``), the
+        connection first gets every message the group sent after it, then the live
+        ones; the result is a `Recovery` (true if added) that says whether that was
+        possible. An HTTP request with a ``Last-Event-ID`` header recovers from it by
+        itself when the group keeps history (docs/consumers.md#history-and-recovery)."""
+        if since is None and isinstance(reply_channel, ReplyChannel) \
+                and reply_channel.since is not None \
+                and self.history_rules.rule_for(wire.check_name(group, "group").encode()):
+            since = reply_channel.since
+        if since is None:
+            return bool(self._membership(wire.OP_GROUP_ADD, group, reply_channel).get("ok"))
+        if not isinstance(since, str):
+            raise TypeError(f"since must be a position string, not {type(since).__name__}")
+        return Recovery.from_answer(
+            self._membership(wire.OP_GROUP_ADD, group, reply_channel, since))
 
     def group_discard(self, group: str, reply_channel: ReplyChannel | str) -> bool:
         """Remove a connection from a group; no group_send after this returns reaches it.
         False if it was not a member (or has closed)."""
-        return self._membership(wire.OP_GROUP_DISCARD, group, reply_channel)
+        return bool(self._membership(wire.OP_GROUP_DISCARD, group, reply_channel).get("ok"))
 
-    def _membership(self, op: str, group: str, reply_channel: ReplyChannel | str) -> bool:
+    def _membership(self, op: str, group: str, reply_channel: ReplyChannel | str,
+                    since: str | None = None) -> dict[str, Any]:
+        """The owning interface's answer to a membership request: ``{"ok": ...}``."""
         wire.check_name(group, "group")
         name = str(reply_channel)
         route = (reply_channel.route if isinstance(reply_channel, ReplyChannel)
                  else wire.split_reply_channel(reply_channel))
         request = next(self._requests)
-        header = wire.encode({"op": op, "group": group, "req": request, "conn": route[1]})
+        fields = {"op": op, "group": group, "req": request, "conn": route[1]}
+        if since is not None:
+            fields["since"] = since  # the broker answers with the group's history
+        header = wire.encode(fields)
         # The interface answers once its table has changed: that confirmation is
         # what makes membership immediate (no slow-joiner race with group sends).
         deadline = time.monotonic() + self.config.group_timeout
         with self.lock:
             self._flush()
-            self._relay([TO, route[0], header])
+            self._relay([TO if since is None else HISTORY, route[0], header])
             if route == self.current_route:
                 self.current_sends += 1
             while True:
@@ -287,7 +316,7 @@ class Layer:
                     continue
                 answer = self._answer(frames)
                 if answer is not None and answer.get("req") == request:
-                    return bool(answer.get("ok"))
+                    return answer
 
     def _answer(self, frames: list[bytes]) -> dict[str, Any] | None:
         """An answer to a membership request, or a bounce (lock held)."""
@@ -299,7 +328,7 @@ class Layer:
                 original = wire.decode(frames[2])
             except ValueError:
                 return None
-            return {"req": original.get("req"), "ok": False}
+            return {"req": original.get("req"), "ok": False, "bounced": True}
         if len(frames) != 3 or frames[0] != wire.TO_WORKER_ANSWER:
             counters.incr("garbage")
             log.warning("dropped a malformed message from the broker (%d frames)", len(frames))
@@ -388,8 +417,18 @@ def send(channel: str, content: dict[str, Any] | None = None, payload: bytes = b
     current().send(channel, content, payload, delay=delay)
 
 
-def group_add(group: str, reply_channel: ReplyChannel | str) -> bool:
-    return current().group_add(group, reply_channel)
+@overload
+def group_add(group: str, reply_channel: ReplyChannel | str) -> bool: ...
+@overload
+def group_add(group: str, reply_channel: ReplyChannel | str, since: str) -> Recovery: ...
+
+
+def group_add(group: str, reply_channel: ReplyChannel | str,
+              since: str | None = None) -> bool | Recovery:
+    """`Layer.group_add`: with `since`, recover what the client missed."""
+    if since is None:
+        return current().group_add(group, reply_channel)
+    return current().group_add(group, reply_channel, since)
 
 
 def group_discard(group: str, reply_channel: ReplyChannel | str) -> bool:

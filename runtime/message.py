@@ -57,7 +57,7 @@ class Session(dict[str, Any]):
 class ReplyChannel:
     """The channel of one client connection. Sends go to the interface that owns it."""
 
-    __slots__ = ("name", "route", "_layer")
+    __slots__ = ("name", "route", "_layer", "since")
 
     def __init__(self, name: str, layer: "Layer") -> None:
         # Parsed once, here: it validates early with a clear message, and every send
@@ -65,6 +65,9 @@ class ReplyChannel:
         self.route: tuple[bytes, int] = wire.split_reply_channel(name)
         self.name = name
         self._layer = layer
+        # The last position the client saw, from an HTTP request's Last-Event-ID (an
+        # EventSource reconnecting): group_add recovers from it by itself.
+        self.since: str | None = None
 
     def send(self, text: str | None = None, bytes: bytes | None = None) -> None:
         """Send one WebSocket message: ``text=`` for a text frame, ``bytes=`` for binary."""
@@ -208,6 +211,13 @@ def _headers(headers: Headers, content_type: str | None) -> list[list[str]]:
     return result
 
 
+def _last_event_id(content: dict[str, Any]) -> str | None:
+    for name, value in content.get("headers", ()):
+        if name.lower() == "last-event-id":
+            return value if isinstance(value, str) and value else None
+    return None
+
+
 class Message:
     """One message from a channel.
 
@@ -224,6 +234,8 @@ class Message:
         self.payload = payload
         name = content.get("reply_channel")
         self.reply_channel = ReplyChannel(name, layer) if name else None
+        if self.channel == "http.request" and self.reply_channel is not None:
+            self.reply_channel.since = _last_event_id(content)
         self.session = Session(content.get("session") or ())
         self._auth: Any = None  # what runtime.auth looked up for this message
 

@@ -37,7 +37,7 @@ from zmq.utils.monitor import recv_monitor_message
 from . import wire
 from .config import PoolConfig
 from .exceptions import BadMessage
-from .stats import counters
+from .stats import counters, labelled
 
 log = logging.getLogger("runtime.poolqueue")
 
@@ -69,6 +69,15 @@ class Pool:
         self.monitor = self.workers.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self.monitor.linger = 0
         self.workers.bind(pool.endpoint_out)
+        # For the metrics: what this pool holds now, and what it handed out.
+        self.dispatched_counter = labelled("pool_dispatched", pool=pool.name)
+        counters.gauges.update({
+            labelled("pool_free_workers", pool=pool.name): lambda: len(self.ready),
+            labelled("pool_busy_workers", pool=pool.name): lambda: len(self.holding),
+            labelled("pool_backlog", pool=pool.name):
+                lambda: len(self.redeliveries) + (self.held is not None),
+            labelled("pool_capacity", pool=pool.name): lambda: pool.capacity,
+        })
 
     def taking(self) -> bool:
         """Whether to read the input now: only while a worker is free to take it."""
@@ -190,6 +199,7 @@ class Pool:
             self.dispatched[worker] = self.dispatched.get(worker, 0) + 1
             self.holding[worker] = frames
             counters.incr("dispatched")
+            counters.incr(self.dispatched_counter)
             counters.incr("zmq_sent")
             return
         if front:

@@ -6,24 +6,65 @@ counter here. Each process rewrites its file (atomically) every
 ``zchannels stats`` prints the files of the processes that are still running, a
 line each. A process removes the files of dead processes when it starts, so a
 restarted process starts from zero (the supervisord log says it restarted).
+
+Besides plain counts and gauges a process may keep histograms (fixed buckets, as
+the interfaces' event latency), and give any of them labels in its key
+(`labelled`): ``runtime.metrics`` renders all of it for Prometheus, and
+``zchannels status`` and the dashboard read the same files.
 """
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 log = logging.getLogger("runtime.stats")
 
 
+# Event latency (seconds), queued -> done: from half a millisecond to event_timeout's default.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                   1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def labelled(name: str, **labels: str) -> str:
+    """The key of a counter, gauge or histogram with labels: ``name{key=value,...}``.
+    `runtime.metrics` turns it into a Prometheus label set; values must not contain
+    ``,``, ``=`` or ``}`` (pool and channel names cannot)."""
+    if not labels:
+        return name
+    return name + "{" + ",".join(f"{k}={v}" for k, v in sorted(labels.items())) + "}"
+
+
+class Histogram:
+    """Observations counted in fixed buckets, as a Prometheus histogram: one bisect and
+    two additions per observation, nothing allocated."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float] = LATENCY_BUCKETS) -> None:
+        self.bounds = tuple(bounds)  # upper bounds, increasing; +Inf is implied
+        self.counts = [0] * (len(self.bounds) + 1)  # per bucket, not cumulative
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1  # le: value <= bound
+        self.sum += value
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"buckets": list(self.bounds), "counts": list(self.counts), "sum": self.sum}
+
+
 class Counters(dict[str, int]):
-    """A dict of named counts; `gauges` are callables read at write time."""
+    """A dict of named counts; `gauges` are callables read at write time; `histograms`
+    are written with them."""
 
     def __init__(self) -> None:
         super().__init__()
         self.gauges: dict[str, Callable[[], Any]] = {}
+        self.histograms: dict[str, Histogram] = {}
         self.role = "process"
         self.path: str | None = None
         self._written: dict[str, int] = {}
@@ -50,8 +91,12 @@ class Counters(dict[str, int]):
 
     def snapshot(self) -> dict[str, Any]:
         data: dict[str, Any] = {"role": self.role, "pid": os.getpid(), "time": time.time()}
+        # The supervisord program (e.g. interface-0), for the metrics' process label.
+        data["process"] = os.environ.get("SUPERVISOR_PROCESS_NAME", "")
         data["counters"] = dict(self)
         data["gauges"] = {name: read() for name, read in self.gauges.items()}
+        if self.histograms:
+            data["histograms"] = {name: h.snapshot() for name, h in self.histograms.items()}
         return data
 
     def write(self, force: bool = False) -> None:

@@ -13,10 +13,16 @@ worker -> broker: ... ending event   ``[D<n>, interface id, header, payload, don
                                      or ``[D<n>, interface id, done]`` (credit too);
                                      a stopping worker: the same with ``T`` (no credit)
 worker -> broker: group send         ``[G, group, header, payload]``
+worker -> broker: join with history  ``[H, interface id, header]`` (a group_add with
+                                     ``since``: the broker adds ``history`` to the
+                                     header and the missed messages behind it)
 worker -> broker: delayed            ``[W<ms>, G, group, header, payload]`` or
                                      ``[W<ms>, S, pool, header, payload]``
 broker -> interface                  ``[worker id, header, payload?, done?]``
-broker -> interface: group message   ``[*, group, header, payload]``
+broker -> interface: group message   ``[*, group, header, payload]``, and
+                                     ``position`` last if its group keeps history
+broker -> interface: join + history  ``[worker id, header, (header, payload,
+                                     position) per missed message]``
 interface -> broker                  ``[worker id, header]``  (answers to requests)
 broker -> worker: answer             ``[A, interface id, header]``
 broker -> worker: bounce             ``[U, interface id, original header]``
@@ -70,6 +76,7 @@ VERB_BYE = b"B"  # B<n>: stopping; take no more
 VERB_TO = b"T"  # an operation for one connection, relayed to its interface
 VERB_DONE = b"D"  # D<n>: the same, ending with the event's done, and a credit (R<n>)
 VERB_GROUP = b"G"  # a group message, to every interface
+VERB_HISTORY = b"H"  # [H, interface id, header]: a group_add that recovers from a position
 VERB_LATER = b"W"  # W<ms>: the message behind it (G, or S) is due in ms milliseconds
 VERB_TO_POOL = b"S"  # [S, pool name, header, payload]: a named channel's message (delayed)
 MAX_DELAY = 86400.0  # seconds a message may be delayed

@@ -39,9 +39,10 @@ class Rig:
 
 
 @contextlib.contextmanager
-def broker_rig(prefix: str) -> Iterator[Rig]:
+def broker_rig(prefix: str, **tables: Any) -> Iterator[Rig]:
+    """`tables`: more of the config file, e.g. ``history={"groups": [...]}``."""
     run_dir = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
-    config = config_module.parse({"server": {"run_dir": run_dir}}, environ={})
+    config = config_module.parse({"server": {"run_dir": run_dir}, **tables}, environ={})
     broker = Broker(config)
     context = zmq.Context()
     rig = Rig(broker, context)

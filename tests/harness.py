@@ -77,11 +77,13 @@ class System:
                  server: dict[str, Any] | None = None,
                  pools: dict[str, tuple[list[str], int]] | None = None,
                  pool_capacity: dict[str, int] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None,
+                 history: list[dict[str, Any]] | None = None) -> None:
         """`pools`: name -> (channel patterns, number of workers), in routing order;
         default: one pool "default" serving "*" with `workers` workers.
         `pool_capacity`: name -> capacity, for the pools that do not use the default.
-        `env`: more environment variables for every process."""
+        `env`: more environment variables for every process.
+        `history`: ``[[history.groups]]`` rules, e.g. ``[{"pattern": "chat.*", "size": 500}]``."""
         pool_capacity = pool_capacity or {}
         # IPC paths must fit in 107 bytes: keep the run directory short.
         self.run_dir = tempfile.mkdtemp(prefix="zc", dir="/tmp")
@@ -94,6 +96,9 @@ class System:
             lines += [f"[pools.{name}]", f"channels = {json.dumps(channels)}"]
             if name in pool_capacity:
                 lines.append(f"capacity = {pool_capacity[name]}")
+        for rule in history or ():
+            lines.append("[[history.groups]]")
+            lines += [f"{k} = {json.dumps(v)}" for k, v in rule.items()]
         with open(self.config_path, "w") as f:
             f.write("\n".join(lines) + "\n")
         self.env = dict(os.environ,

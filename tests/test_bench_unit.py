@@ -8,10 +8,12 @@ import os
 import random
 import struct
 import time
+import zlib
 
 import pytest
 
-from runtime.bench import accounting, channels, cli, report, runner, servers, summary
+from runtime.bench import (accounting, channels, cli, modes, payloads, report, runner, servers,
+                           summary, wirebytes, wsclient)
 from runtime.bench.histogram import GROWTH, Histogram
 from runtime.bench.httpclient import HttpProtocol, ResponseError
 from runtime.bench.client import share
@@ -404,3 +406,227 @@ def test_http_parser_lengths_chunks_and_keep_alive():
     assert got[-2:] == [(200, b"until the end", False), "lost"]
     with pytest.raises(ResponseError):
         HttpProtocol(lambda *a: None, lambda: None).data_received(b"garbage\r\n\r\n")
+
+
+# -- permessage-deflate and chat payloads (--compression, --payload, chat-bytes) ------------
+
+
+def server_deflate(payload, compressor=None):
+    """A message as a server compresses it (on its own, unless given its compressor),
+    without the 4-byte tail."""
+    compressor = compressor or zlib.compressobj(1, zlib.DEFLATED, -15, 8)
+    data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    assert data.endswith(wsclient.SYNC_TAIL)
+    return data[:-4]
+
+
+def server_frame(first_byte, payload):
+    n = len(payload)
+    length = bytes([n]) if n < 126 else b"\x7e" + struct.pack("!H", n)
+    return bytes([first_byte]) + length + payload
+
+
+class FakeTransport:
+    def __init__(self):
+        self.written = []
+
+    def write(self, data):
+        self.written.append(data)
+
+    def close(self):
+        pass
+
+
+def deflate_client(response_extensions):
+    """A client that offered permessage-deflate, and what the server answered."""
+    protocol = WebSocketProtocol("h", 1, "/", deflate=True)
+    assert b"Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n" \
+        in protocol.request
+    protocol.transport = FakeTransport()
+    got = []
+    protocol.on_message = lambda opcode, payload: got.append((opcode, payload))
+    header = f"Sec-WebSocket-Extensions: {response_extensions}\r\n" \
+        if response_extensions is not None else ""
+    protocol.data_received(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                            f"{header}\r\n").encode())
+    return protocol, got
+
+
+def test_websocket_client_inflates_compressed_messages():
+    async def scenario():
+        protocol, got = deflate_client("permessage-deflate; server_no_context_takeover")
+        assert protocol.opened.done() and protocol.deflate and protocol.inflater is None
+        event = json.dumps({"type": "message", "user": "ann", "text": "hello " * 20}).encode()
+        packed = server_deflate(event)
+        half = len(packed) // 2
+        stream = (server_frame(0x80 | wsclient.RSV1 | OP_TEXT, packed)  # compressed
+                  + server_frame(0x81, b"plain")  # a message sent as is (RFC 7692 allows it)
+                  # fragmented: RSV1 on the first frame only, a ping in between
+                  + server_frame(wsclient.RSV1 | OP_TEXT, packed[:half])
+                  + server_frame(0x89, b"hi") + server_frame(0x80, packed[half:]))
+        for i in range(0, len(stream), 5):
+            protocol.data_received(stream[i:i + 5])
+        assert got == [(OP_TEXT, event), (OP_TEXT, b"plain"), (OP_TEXT, event)]
+        assert protocol.bytes_in == len(stream)  # frames only, not the handshake
+        assert protocol.transport.written == [masked_frame(0xA, b"hi")]
+        assert protocol.bytes_out == len(masked_frame(0xA, b"hi"))
+    asyncio.run(scenario())
+
+
+def test_websocket_client_keeps_an_inflater_when_the_server_keeps_its_context():
+    async def scenario():
+        protocol, got = deflate_client("permessage-deflate")  # no server_no_context_takeover
+        assert protocol.deflate and protocol.inflater is not None
+        compressor = zlib.compressobj(1, zlib.DEFLATED, -15, 8)
+        events = [f'{{"type": "message", "user": "bob", "text": "same words {i}"}}'.encode()
+                  for i in range(3)]
+        for event in events:  # later messages refer back to earlier ones
+            protocol.data_received(server_frame(0xC1, server_deflate(event, compressor)))
+        assert [payload for _, payload in got] == events
+    asyncio.run(scenario())
+
+
+def test_websocket_client_fails_unless_the_server_agrees_to_deflate():
+    async def scenario():
+        protocol, got = deflate_client(None)
+        with pytest.raises(wsclient.HandshakeError, match="compression = true"):
+            await protocol.opened
+        # A server that compresses without having agreed: 1002.
+        plain = WebSocketProtocol("h", 1, "/")
+        plain.transport = FakeTransport()
+        plain.data_received(b"HTTP/1.1 101 Switching Protocols\r\n\r\n"
+                            + server_frame(0xC1, server_deflate(b"x" * 50)))
+        assert plain.closed
+        assert plain.transport.written == [masked_frame(0x8, struct.pack("!H", 1002))]
+    asyncio.run(scenario())
+
+
+def test_extension_params_of_a_response():
+    headers = (b"HTTP/1.1 101 Switching Protocols\r\nsec-websocket-extensions: x-other, "
+               b"permessage-deflate; Server_No_Context_Takeover; client_max_window_bits = 15")
+    assert wsclient.extension_params(headers) == ["server_no_context_takeover",
+                                                  "client_max_window_bits=15"]
+    assert wsclient.extension_params(b"HTTP/1.1 101 OK\r\nUpgrade: websocket") is None
+
+
+def test_deflated_frame_is_masked_with_rsv1_and_inflates_to_the_payload():
+    payload = payloads.echo_chat("p0c1", 2, 150)
+    frame = wsclient.deflated_frame(OP_TEXT, payload, mask=b"\x01\x02\x03\x04")
+    assert frame[0] == 0x80 | wsclient.RSV1 | OP_TEXT and frame[1] & 0x80
+    n = frame[1] & 0x7F
+    body = bytes(b ^ frame[2 + i % 4] for i, b in enumerate(frame[6:]))
+    assert len(body) == n < len(payload)
+    assert wsclient.inflate(body) == payload
+    assert wsclient.inflate(body) is wsclient.inflate(body)  # inflated once, then kept
+    # Not worth compressing: sent plain, RSV1 clear.
+    assert wsclient.deflated_frame(OP_TEXT, b"ok", b"\x01\x02\x03\x04") \
+        == masked_frame(OP_TEXT, b"ok", b"\x01\x02\x03\x04")
+
+
+def test_chat_payloads_are_sized_distinct_and_repeatable():
+    for size in (60, 150, 400):
+        made = {payloads.echo_chat(name, k, size) for name in ("p0c0", "p1c7") for k in range(4)}
+        assert len(made) == 8
+        for payload in made:
+            assert len(payload) == size
+            event = json.loads(payload)
+            assert list(event) == ["type", "user", "text"] and event["type"] == "message"
+    assert payloads.echo_chat("p0c0", 1, 150) == payloads.echo_chat("p0c0", 1, 150)
+    assert len(payloads.echo_chat("p0c0", 1, 10)) > 10  # no smaller than the JSON around it
+    text = payloads.broadcast_chat_text("B m0 7 12.500000", "m0", 7, 150)
+    assert text.split(" ", 4)[:4] == ["B", "m0", "7", "12.500000"]
+    assert abs(len(payloads.chat_event("m0", text).encode()) - 150) <= 12  # escapes
+    assert payloads.page_message("hé") == '{"text":"hé"}'  # as JSON.stringify sends it
+    assert all(0 < len(line) < 120 for line in payloads.LINES)
+
+
+def test_echo_cycle_builds_each_frame_once_and_consecutive_ones_differ():
+    class Agreed:
+        deflate = True
+    cycle = modes.echo_cycle(Agreed(), "p0c3", "chat", 150)
+    assert len(cycle) == modes.ECHO_CYCLE
+    assert len({payload for payload, _ in cycle}) == modes.ECHO_CYCLE
+    assert all(frame[0] & wsclient.RSV1 for _, frame in cycle)
+    Agreed.deflate = False
+    [(payload, frame), *_] = modes.echo_cycle(Agreed(), "p0c3", "x", 32)
+    assert payload == b"p0c3:0:" + b"x" * 25 and frame == masked_frame(OP_TEXT, payload)
+
+
+def test_compression_options_and_what_the_report_says():
+    parse = cli.build_parser().parse_args
+    default = parse(["echo"])
+    cli.check_wire_options(default)
+    spec = cli.spec_for(default, "ws://h:1/ws/echo")
+    assert spec["size"] == 32 and "compression" not in spec and "payload" not in spec
+    assert cli.wire_description(default) is None
+    assert cli.title("echo", default) == ("echo, 50 connections, 5 s, then 1 connection at "
+                                          "<= 500/s, 5 s")
+    both = parse(["echo", "--compression", "both", "--payload", "chat"])
+    cli.check_wire_options(both)
+    assert both.size == payloads.CHAT_BYTES
+    assert cli.spec_for(both, "ws://h:1/ws/echo", True)["compression"] is True
+    assert "permessage-deflate off, then on; chat-like JSON" in cli.title("echo", both)
+    wire = cli.wire_description(both)
+    assert "server_no_context_takeover" in wire["compression"] and "150" in wire["payload"]
+    assert parse(["broadcast", "--compression"]).compression == "on"
+    for refused in (["http", "--compression"], ["echo", "--compression", "--channels"]):
+        with pytest.raises(SystemExit):
+            cli.check_wire_options(parse(refused))
+    text = report.header({"title": "t", "command": "c", "started": "s", "machine": {},
+                          "wire": wire})
+    assert "compression: off, then on: clients offer" in text
+
+
+def test_compression_comparisons_pair_like_with_like_and_on_with_off():
+    runs = []
+    for r, (z, zd, t, td) in enumerate([(100.0, 90.0, 50.0, 40.0), (120.0, 100.0, 60.0, 50.0)]):
+        for name, system, rate, deflate, bytes_in in (
+                ("zchannels", "project", z, False, 150.0),
+                ("zchannels +deflate", "project", zd, True, 120.0),
+                ("raw Tornado", "baseline", t, False, 150.0),
+                ("raw Tornado +deflate", "baseline", td, True, 121.0)):
+            run = run_of(name, system, r, rate=rate, bytes_in_per_op=bytes_in)
+            run.update(compression=deflate, plain_name=name.replace(" +deflate", ""))
+            runs.append(run)
+    compared = summary.comparisons("echo", runs)
+    rate = {(c["system"], c["reference"]): c for c in compared if c["metric"] == "rate"}
+    assert list(rate) == [("zchannels", "raw Tornado"),
+                          ("zchannels +deflate", "raw Tornado +deflate"),
+                          ("zchannels +deflate", "zchannels"),
+                          ("raw Tornado +deflate", "raw Tornado")]
+    assert rate[("zchannels +deflate", "raw Tornado +deflate")]["rounds"] == [2.25, 2.0]
+    assert rate[("zchannels +deflate", "zchannels")]["rounds"] == [0.9, pytest.approx(100 / 120)]
+    wire = {(c["system"], c["reference"]): c["ratio"] for c in compared
+            if c["metric"] == "bytes_in_per_op"}
+    assert wire[("zchannels +deflate", "zchannels")] == 0.8
+    text = report.table("echo", summary.columns("echo", runs), compared)
+    assert "bytes received per round trip" in text and "bytes in/op" in text
+
+
+def test_bytes_rows_only_when_counted():
+    runs = [run_of("zchannels", "project", 0, rate=1.0), run_of("raw Tornado", "baseline", 0,
+                                                                rate=2.0)]
+    columns = summary.columns("echo", runs)
+    assert "bytes_in_per_op" not in columns[0]["median"]
+    compared = summary.comparisons("echo", runs)
+    assert not any(c["metric"] in report.WIRE for c in compared)
+    text = report.table("echo", columns, compared)
+    assert "bytes" not in text
+
+
+def test_bytes_per_operation_add_up_across_processes():
+    plain = {"counts": {"sent": 10, "received": 10}, "errors": [], "cpu_seconds": 0.1,
+             "latency": Histogram().to_dict(), "wall_seconds": 1.0}
+    counted = {**plain, "bytes_in": 1000, "bytes_out": 1200}
+    figures = runner.aggregate("echo", {}, [counted, counted], [])
+    assert figures["bytes_in_per_op"] == 100.0 and figures["bytes_out_per_message"] == 120.0
+    assert "bytes_in_per_op" not in runner.aggregate("echo", {}, [plain, plain], [])
+
+
+def test_chat_bytes_frames_and_the_context_a_server_could_keep():
+    assert wirebytes.frame_bytes(125) == 127 and wirebytes.frame_bytes(126) == 130
+    events = [payloads.chat_event("ann", line).encode() for line in payloads.LINES]
+    alone = sum(wirebytes.frame_bytes(len(server_deflate(e))) for e in events)
+    kept = wirebytes.with_context_bytes(events)
+    assert kept < alone < sum(wirebytes.frame_bytes(len(e)) for e in events)
+    assert wirebytes.member_names(12) == list(payloads.USERS) + ["ann2", "bob2"]

@@ -21,6 +21,7 @@ def test_check_config_prints_the_resolved_config():
     config = json.loads(result.stdout)
     assert config["port"] == 8123
     assert config["pools"]["default"]["channels"] == ["*"]
+    assert [rule["pattern"] for rule in config["history"]["groups"]] == ["chat.bench-*", "chat.*"]
 
 
 @pytest.mark.parametrize("args, env, message", [

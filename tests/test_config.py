@@ -65,17 +65,21 @@ def test_load_without_arguments_reads_os_environ(tmp_path, monkeypatch):
 
 
 def test_shipped_config_parses_and_equals_defaults():
-    """Documented defaults, except that it mounts the demo WSGI application."""
+    """Documented defaults, except that it mounts the demo WSGI application and keeps
+    the demo chat rooms' history (but not the bench's)."""
     shipped = load(str(SHIPPED), environ={})
     assert shipped.source == str(SHIPPED)
     assert shipped.wsgi_app == "demo_wsgi:application"
-    assert _same_but_source(dataclasses.replace(shipped, wsgi_app=""), parse({}, environ={}))
+    assert [rule.pattern for rule in shipped.history.groups] == ["chat.bench-*", "chat.*"]
+    no_rules = dataclasses.replace(shipped.history, groups=())
+    assert _same_but_source(dataclasses.replace(shipped, wsgi_app="", history=no_rules),
+                            parse({}, environ={}))
 
 
 def test_shipped_config_uses_only_known_tables_and_keys():
     with open(SHIPPED, "rb") as f:
         data = tomllib.load(f)
-    assert set(data) <= {"server", "endpoints", "pools"}
+    assert set(data) <= {"server", "endpoints", "pools", "history"}
     assert set(data["server"]) == set(SERVER_KEYS), "every [server] key is documented"
 
 

@@ -3,7 +3,9 @@
 ``python -m runtime.bench.baseline`` is a raw Tornado server in one process, written
 the plain way a Tornado user would: ``/ws/echo`` echoes, ``/ws/chat/<room>`` speaks the
 protocol of ``consumers/chat.py`` with an in-process set of members per room, and
-``GET /hello`` answers like zchannels' HTTP consumer. For ``http`` against the WSGI
+``GET /hello`` answers like zchannels' HTTP consumer. With ``--compression`` its
+WebSocket handlers offer Tornado's own permessage-deflate (level 1, memLevel 8, as
+zchannels' defaults), to clients that ask for it. For ``http`` against the WSGI
 fallback, the baseline is the same WSGI callable under gunicorn with the same number of
 worker processes. `start_tornado` and `start_gunicorn` run them for the bench.
 """
@@ -31,17 +33,57 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 START_TIMEOUT = 15.0  # seconds for a baseline server to listen
 STOP_TIMEOUT = 5.0  # seconds after SIGTERM before SIGKILL
 MAX_NAME_CHARS = 32
+DEFLATE_SUFFIX = " +deflate"  # a system's name when its clients use permessage-deflate
+
+# Tornado's compression_options with --compression: zchannels' default level and memLevel.
+COMPRESSION_OPTIONS = {"compression_level": 1, "mem_level": 8}
+compression: dict[str, Any] | None = None  # what the handlers return (None: no deflate)
 
 rooms: dict[str, set["ChatHandler"]] = {}
 guests = itertools.count(1)
 
 
-class EchoHandler(tornado.websocket.WebSocketHandler):
+class OfferedParameters(tornado.websocket.WebSocketProtocol13):
+    """Tornado as it means to be: its header parser (``httputil._parse_header``, 6.6.1)
+    drops an extension parameter that has no value, so an offered
+    ``server_no_context_takeover`` never reaches the compressor options that look for it,
+    and Tornado keeps a compression context per connection whatever the client asked.
+    Read valueless parameters as None, as the rest of Tornado's code expects: raw Tornado
+    then compresses each message on its own when asked, the same work as zchannels."""
+
+    def _parse_extensions_header(self, headers: Any) -> list[tuple[str, dict[str, str]]]:
+        found: list[tuple[str, dict[str, Any]]] = []
+        for offer in headers.get("Sec-WebSocket-Extensions", "").split(","):
+            name, *params = (part.strip() for part in offer.split(";"))
+            if name:
+                pairs = (param.partition("=") for param in params if param)
+                found.append((name, {key.strip(): value.strip().strip('"') if sep else None
+                                     for key, sep, value in pairs}))
+        return found
+
+
+class DeflateOption(tornado.websocket.WebSocketHandler):
+    """permessage-deflate when the server was started with --compression: Tornado then
+    compresses each message for each connection, on its own when the client offers
+    server_no_context_takeover (as the bench's client does), else with a context kept
+    per connection."""
+
+    def get_compression_options(self) -> dict[str, Any] | None:
+        return compression
+
+    def get_websocket_protocol(self) -> tornado.websocket.WebSocketProtocol | None:
+        protocol = super().get_websocket_protocol()
+        if compression is not None and type(protocol) is tornado.websocket.WebSocketProtocol13:
+            protocol.__class__ = OfferedParameters  # the same object, parsing offers right
+        return protocol
+
+
+class EchoHandler(DeflateOption):
     def on_message(self, message: str | bytes) -> None:
         self.write_message(message, binary=isinstance(message, bytes))
 
 
-class ChatHandler(tornado.websocket.WebSocketHandler):
+class ChatHandler(DeflateOption):
     room = ""
     name = ""
 
@@ -124,7 +166,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--ready-file", help="write {pid, port} here once listening")
     parser.add_argument("--fds", type=int, default=0, help="file descriptors to allow")
+    parser.add_argument("--compression", action="store_true",
+                        help=f"permessage-deflate with clients that offer it "
+                        f"({COMPRESSION_OPTIONS})")
     args = parser.parse_args(argv)
+    global compression
+    compression = dict(COMPRESSION_OPTIONS) if args.compression else None
     if args.fds:
         from .client import raise_fd_limit
         _, problem = raise_fd_limit(args.fds)
@@ -143,6 +190,7 @@ class Baseline:
 
     system = "baseline"  # what run["system"] says of its runs
     stats = None  # no ZeroMQ, so no zmq_sent counters to read
+    compression = False  # whether the bench's clients offer permessage-deflate to it
 
     def __init__(self, name: str, proc: subprocess.Popen[bytes], port: int,
                  workdir: str, also: list[int] | None = None) -> None:
@@ -188,12 +236,14 @@ def wait_for(proc: subprocess.Popen[bytes], ready: Any, what: str, log_path: str
     raise RuntimeError(f"{what} did not start within {START_TIMEOUT} s")
 
 
-def start_tornado(workdir: str, fds: int = 0) -> Baseline:
+def start_tornado(workdir: str, fds: int = 0, compression: bool = False) -> Baseline:
+    """Raw Tornado; with `compression`, offering permessage-deflate (named "+deflate")."""
     ready_file = os.path.join(workdir, "tornado.ready")
     log_path = os.path.join(workdir, "tornado.log")
     with open(log_path, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "runtime.bench.baseline", "--port", "0",
-                                 "--ready-file", ready_file, "--fds", str(fds)],
+                                 "--ready-file", ready_file, "--fds", str(fds)]
+                                + (["--compression"] if compression else []),
                                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
     def ready() -> Any:
@@ -203,7 +253,9 @@ def start_tornado(workdir: str, fds: int = 0) -> Baseline:
         except (FileNotFoundError, ValueError):
             return None
     info = wait_for(proc, ready, "the raw Tornado baseline", log_path)
-    baseline = Baseline("raw Tornado", proc, info["port"], workdir)
+    baseline = Baseline("raw Tornado" + (DEFLATE_SUFFIX if compression else ""), proc,
+                        info["port"], workdir)
+    baseline.compression = compression
     with open(log_path, errors="replace") as f:
         baseline.notes = [line[len("baseline: "):].strip() for line in f
                           if line.startswith("baseline: ")]

@@ -5,6 +5,7 @@ and write a JSON file and a PNG plot."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import os
 import secrets
@@ -15,14 +16,17 @@ import time
 from typing import Any, Callable, Protocol
 from urllib.parse import urlsplit
 
-from . import accounting, report, servers, summary
-from .baseline import ROOT, Baseline, start_gunicorn, start_tornado
+from . import accounting, payloads, report, servers, summary, wirebytes, wsclient
+from .baseline import DEFLATE_SUFFIX, ROOT, Baseline, start_gunicorn, start_tornado
 from .channels import DEFAULT_VENV, FLAVOURS, ChannelsServers, SetupError
 from .runner import BenchError, run_load
 
-MODES = ("echo", "broadcast", "idle", "http")
+MODES = ("echo", "broadcast", "idle", "http", "chat-bytes")
 DEFAULT_URL = "http://127.0.0.1:8000"
-DEFAULT_CONNECTIONS = {"echo": 50, "idle": 1000, "http": 50}
+DEFAULT_CONNECTIONS = {"echo": 50, "idle": 1000, "http": 50, "chat-bytes": 10}
+DEFAULT_SIZE = 32  # bytes of an echo message (--payload x)
+# --compression: which runs offer permessage-deflate, per system and round, in order.
+COMPRESSION_VARIANTS = {"off": (False,), "on": (True,), "both": (False, True)}
 LATENCY_RATE = 500.0  # messages/s at most in the 1-connection latency run
 
 
@@ -33,6 +37,22 @@ what each mode runs, per system and round:
               last is answered but at most --latency-rate per second; each --duration
               seconds (--no-latency: only the throughput run)
   broadcast   one run; idle: connections opened, checked, held, memory read
+  chat-bytes  -c members (default 10) join one chat room, then --messages chat lines
+              (default 200) go one at a time, each awaited by every member; once
+              without permessage-deflate and once with it (zchannels must run with
+              compression = true): bytes on the socket per delivered message, and
+              the ratio on / off. Seconds, not --duration.
+
+compression (--compression on|both; echo, broadcast, idle, chat-bytes):
+  the clients offer "permessage-deflate; server_no_context_takeover" and fail unless
+  the server agrees; they send their messages compressed (each distinct one compressed
+  once, at level 1, on its own) and inflate what arrives with RSV1. zchannels must run
+  with compression = true in its config (ZCHANNELS_CONFIG); a connection that does not
+  offer it is not compressed, so one server serves --compression both. raw Tornado gets
+  its own permessage-deflate (get_compression_options: level 1, mem_level 8). Runs
+  with it are named "<system> +deflate"; with both, each system is compared with
+  itself without it too. Bytes read and written per operation are then shown (frames
+  and their headers, after the handshake).
 
 beside every figure:
   server CPU per round trip (request, delivery): user + system CPU of every server
@@ -89,13 +109,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--connections", type=int,
                    help="echo/http: connections, each a closed loop (default 50); "
                    "idle: connections held (default 1000)")
-    p.add_argument("--size", type=int, default=32, help="echo: message bytes (default 32)")
+    p.add_argument("--size", type=int, help="echo: message bytes (default 32, or "
+                   f"{payloads.CHAT_BYTES} with --payload chat); broadcast with --payload "
+                   "chat: bytes of the event each member receives, about")
+    p.add_argument("--payload", choices=("x", "chat"), default="x", help="echo, broadcast: "
+                   "x (default): numbered filler (name:seq:xxx...; broadcast 'B name seq "
+                   "time'); chat: chat-like JSON as the chat demo sends it "
+                   "(runtime/bench/payloads.py), which compresses as chat does")
+    p.add_argument("--compression", nargs="?", const="on", default="off",
+                   choices=tuple(COMPRESSION_VARIANTS), help="permessage-deflate: on "
+                   "(--compression alone), or both: every system without it, then with "
+                   "it, in each round (see below); default off")
+    p.add_argument("--messages", type=int, default=200,
+                   help="chat-bytes: chat messages sent (default 200)")
     p.add_argument("--subscribers", type=int, default=1000,
                    help="broadcast: members of the room (default 1000)")
     p.add_argument("--publishers", type=int, default=2,
                    help="broadcast: members that also publish (default 2)")
     p.add_argument("--rate", type=float, default=0.0, help="broadcast: messages per second "
                    "from all publishers together; 0 (default): flood")
+    p.add_argument("--history", action="store_true", help="broadcast: also load a room "
+                   "whose group keeps history (history-bench-..., under the shipped "
+                   "config's chat.* rule; the bench-... room keeps none), alternating with "
+                   "the plain room in every round: the cost of history, same run "
+                   "(docs/consumers.md#history-and-recovery)")
     p.add_argument("--window", type=int, default=10, help="broadcast flood: messages each "
                    "publisher keeps in flight (default 10)")
     p.add_argument("--processes", type=int, default=max(2, os.cpu_count() or 2),
@@ -123,8 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def endpoints(mode: str, url: str, paths: list[str] | None) -> list[str]:
-    """The URLs the mode loads (one run each): ws:// for WebSocket modes, http:// for http."""
+def endpoints(mode: str, url: str, paths: list[str] | None,
+              history: bool = False) -> list[str]:
+    """The URLs the mode loads (one run each): ws:// for WebSocket modes, http:// for http.
+    `history` (broadcast): a room that keeps history too, after the one that does not."""
     parts = urlsplit(url if "://" in url else f"http://{url}")
     if parts.scheme not in ("http", "ws"):
         raise SystemExit(f"scripts/bench: --url must be http:// or ws://, not {url!r}")
@@ -137,18 +176,26 @@ def endpoints(mode: str, url: str, paths: list[str] | None) -> list[str]:
         return [base + path for path in chosen]
     if given:
         return [base + parts.path + query]
-    if mode == "broadcast":
-        return [f"{base}/ws/chat/bench-{secrets.token_hex(3)}"]
+    if mode in ("broadcast", "chat-bytes"):
+        rooms = [f"{base}/ws/chat/bench-{secrets.token_hex(3)}"]
+        if history and mode == "broadcast":  # chat.history-bench-* is kept, chat.bench-* not
+            rooms.append(f"{base}/ws/chat/history-bench-{secrets.token_hex(3)}")
+        return rooms
     return [f"{base}/ws/echo"]
 
 
-def spec_for(args: argparse.Namespace, url: str) -> dict[str, Any]:
+def spec_for(args: argparse.Namespace, url: str, compression: bool = False
+             ) -> dict[str, Any]:
     connections = args.connections or DEFAULT_CONNECTIONS.get(args.mode, 50)
     spec = {"url": url, "duration": args.duration, "drain": args.drain, "quiet": args.quiet,
             "processes": args.processes, "size": args.size, "connections": connections,
             "subscribers": args.subscribers,
             "publishers": min(args.publishers, args.subscribers),
             "rate": args.rate, "window": args.window}
+    if compression:  # what the clients do on the wire (modes.wire_options)
+        spec["compression"] = True
+    if args.payload != "x":
+        spec["payload"] = args.payload
     if args.mode == "idle":
         spec["duration"] = 0.0  # one echo per connection proves it open; then it idles
     if args.mode != "broadcast":
@@ -157,8 +204,29 @@ def spec_for(args: argparse.Namespace, url: str) -> dict[str, Any]:
 
 
 def title(mode: str, args: argparse.Namespace) -> str:
+    return plain_title(mode, args) + wire_title(mode, args)
+
+
+def wire_title(mode: str, args: argparse.Namespace) -> str:
+    """What the title says of --compression and --payload (nothing by default)."""
+    said = ""
+    if mode == "chat-bytes" or args.compression == "both":
+        said += "; permessage-deflate off, then on"
+    elif args.compression == "on":
+        said += "; permessage-deflate on"
+    if args.payload == "chat" and mode in ("echo", "broadcast"):
+        said += f"; chat-like JSON payload of about {args.size} bytes"
+    elif args.compression != "off" and mode in ("echo", "idle"):
+        said += f"; {args.size}-byte numbered payload"
+    return said
+
+
+def plain_title(mode: str, args: argparse.Namespace) -> str:
     rounds = args.rounds or 1
     medians = f"; medians of {rounds} rounds" if rounds > 1 else ""
+    if mode == "chat-bytes":
+        return f"chat-bytes, {args.connections or DEFAULT_CONNECTIONS[mode]} members, " \
+            f"{args.messages} messages{medians}"
     if mode == "broadcast":
         kind = "flood" if args.rate <= 0 else f"{args.rate:g} msg/s"
         return f"broadcast, {args.subscribers:,} subscribers, {kind}{medians}"
@@ -188,8 +256,9 @@ class Project:
     system = "project"
     notes: list[str] = []
 
-    def __init__(self, args: argparse.Namespace, url: str) -> None:
-        self.name = args.name
+    def __init__(self, args: argparse.Namespace, url: str, compression: bool = False) -> None:
+        self.name = args.name + (DEFLATE_SUFFIX if compression else "")
+        self.compression = compression
         self.base = urlsplit(url).netloc
         self.server_pid = args.server_pid
         self.run_dir = args.run_dir
@@ -212,6 +281,7 @@ class Server(Protocol):
 
     name: str
     notes: list[str]  # what keeps it from taking the whole load
+    compression: bool  # the bench's clients offer it permessage-deflate
 
     @property
     def system(self) -> str:
@@ -240,20 +310,73 @@ def plan(args: argparse.Namespace, url: str,
     there, as on /hello)."""
     parts = urlsplit(url)
     wsgi = args.mode == "http" and parts.path.startswith("/app/")
-    starters: list[Callable[[], Server]] = [lambda: Project(args, url)]
+    variants = COMPRESSION_VARIANTS[args.compression]  # each system off, then on
+    starters: list[Callable[[], Server]] = [functools.partial(Project, args, url, deflate)
+                                            for deflate in variants]
     if args.baseline:
-        starters.append(lambda: start_baseline(args, wsgi))
+        starters += [functools.partial(start_baseline, args, wsgi, deflate)
+                     for deflate in variants]
     if channels is not None and not wsgi:
         starters += [functools.partial(channels.start_daphne, flavour) for flavour in FLAVOURS]
     return starters
 
 
-def start_baseline(args: argparse.Namespace, wsgi: bool) -> Baseline:
-    """Raw Tornado, or for a WSGI path gunicorn, in a fresh directory of its own."""
+def start_baseline(args: argparse.Namespace, wsgi: bool, compression: bool = False
+                   ) -> Baseline:
+    """Raw Tornado (with permessage-deflate, if `compression`), or for a WSGI path
+    gunicorn, in a fresh directory of its own."""
     workdir = tempfile.mkdtemp(prefix="zcbench")
     if wsgi:
         return start_gunicorn(workdir, args.http_workers)
-    return start_tornado(workdir, args.connections or 0 if args.mode == "idle" else 0)
+    return start_tornado(workdir, args.connections or 0 if args.mode == "idle" else 0,
+                         compression)
+
+
+def check_wire_options(args: argparse.Namespace) -> None:
+    """--compression, --payload, --size, --messages: refuse what cannot be measured, and
+    settle the payload size."""
+    if args.compression != "off" and (args.mode == "http" or args.channels):
+        raise SystemExit("scripts/bench: --compression is for the WebSocket modes of "
+                         "zchannels and raw Tornado (not http, not --channels)")
+    if args.mode == "chat-bytes" and (args.channels or args.messages < 1):
+        raise SystemExit("scripts/bench: chat-bytes needs --messages >= 1, and compares "
+                         "zchannels (and with --baseline raw Tornado) only")
+    if args.size is None:
+        args.size = payloads.CHAT_BYTES if args.payload == "chat" else DEFAULT_SIZE
+
+
+def wire_description(args: argparse.Namespace) -> dict[str, Any] | None:
+    """What the report says of compression and payload (None by default)."""
+    if args.compression == "off" and args.payload == "x" and args.mode != "chat-bytes":
+        return None
+    found: dict[str, Any] = {}
+    if args.compression != "off" or args.mode == "chat-bytes":
+        found["compression"] = (
+            ("off, then on" if args.mode == "chat-bytes" or args.compression == "both"
+             else "on") + f": clients offer '{wsclient.DEFLATE_OFFER}' and send each message "
+            f"compressed on its own (zlib level {wsclient.CLIENT_LEVEL}); zchannels as its "
+            "config says (compression = true; level compression_level); raw Tornado "
+            f"{baseline_options()}")
+    if args.mode in ("echo", "broadcast"):
+        found["payload"] = (f"chat-like JSON of about {args.size} bytes "
+                            "(runtime/bench/payloads.py)" if args.payload == "chat"
+                            else f"numbered filler, {args.size} bytes")
+    return found
+
+
+def baseline_options() -> str:
+    from .baseline import COMPRESSION_OPTIONS
+    return f"get_compression_options {COMPRESSION_OPTIONS}"
+
+
+async def deflate_agreed(url: str) -> str | None:
+    """None when the server at `url` agrees to permessage-deflate, else why not."""
+    try:
+        ws = await wsclient.connect(url, 10.0, deflate=True)
+    except (OSError, asyncio.TimeoutError, wsclient.HandshakeError) as e:
+        return f"{type(e).__name__}: {e}"
+    ws.close()
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -267,12 +390,13 @@ def main(argv: list[str] | None = None) -> int:
         # what earlier connections made Python allocate, and shows almost none.
         raise SystemExit("scripts/bench: idle measures one round on a freshly started "
                          "server; repeat it with a restart in between instead of --rounds")
+    check_wire_options(args)
     args.rounds = args.rounds or (3 if (args.baseline or args.channels)
                                   and args.mode != "idle" else 1)
     if args.stats_interval is None:
         args.stats_interval = configured_stats_interval()
     show = {"on": True, "off": False}.get(args.progress, sys.stderr.isatty())
-    targets = endpoints(args.mode, args.url, args.path)
+    targets = endpoints(args.mode, args.url, args.path, args.history)
     command = " ".join(shlex.quote(a) for a in [os.environ.get("ZCHANNELS_BENCH_PROG",
                                                                "scripts/bench")]
                        + list(sys.argv[1:] if argv is None else argv))
@@ -280,6 +404,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scripts/bench: no running zchannels process found in {args.run_dir}/ready "
               "(idle measures server memory): give --run-dir or --server-pid", file=sys.stderr)
         return 2
+    if args.compression != "off" or args.mode == "chat-bytes":
+        why_not = asyncio.run(deflate_agreed(targets[0]))
+        if why_not:
+            print(f"scripts/bench: {targets[0]} does not do permessage-deflate ({why_not}): "
+                  "run zchannels with compression = true, e.g. a copy of conf/zchannels.toml "
+                  "with that line changed, given as ZCHANNELS_CONFIG=<copy> scripts/run",
+                  file=sys.stderr)
+            return 2
     channels = None
     if args.channels:
         try:
@@ -295,7 +427,12 @@ def main(argv: list[str] | None = None) -> int:
         "versions": report.versions(), "options": vars(args), "rounds": args.rounds}
     if channels is not None:
         document["versions"]["channels"] = channels.versions()
+    wire = wire_description(args)
+    if wire is not None:
+        document["wire"] = wire
     print(f"{document['title']} -- {command}", file=sys.stderr)
+    if args.mode == "chat-bytes":
+        return wirebytes.run(args, targets[0], document)
     runs: list[dict[str, Any]] = []
     try:
         for round_index in range(args.rounds):
@@ -357,11 +494,15 @@ def measure(args: argparse.Namespace, url: str, server: Server, round_index: int
     url = f"{parts.scheme}://{server.base}{parts.path}" + (f"?{parts.query}"
                                                            if parts.query else "")
     label = name + (f" ({round_index + 1}/{args.rounds})" if args.rounds > 1 else "")
-    spec = spec_for(args, url)
+    spec = spec_for(args, url, server.compression)
     figures = run_load(args.mode, spec, server.pids, label, show, server.stats)
     if args.mode in report.SINGLE_MODES and not args.no_latency:
         single = {**spec, "connections": 1, "processes": 1, "pace": args.latency_rate}
         figures["single"] = run_load(args.mode, single, server.pids, f"{label}, 1 conn", show)
     figures["warnings"] += [f"{server.system} server: {note}" for note in server.notes]
-    return {"name": name, "system": server.system, "target": parts.path,
-            "round": round_index, "url": url, "spec": spec, "figures": figures}
+    run = {"name": name, "system": server.system, "target": parts.path,
+           "round": round_index, "url": url, "spec": spec, "figures": figures}
+    if args.compression != "off":  # summary.comparisons: this system with and without it
+        run.update(compression=server.compression,
+                   plain_name=name.replace(DEFLATE_SUFFIX, "", 1))
+    return run

@@ -9,16 +9,48 @@ from typing import Any, Callable
 
 import ujson
 
-from . import httpclient, wsclient
+from . import httpclient, payloads, wsclient
 from .client import CONNECT_TIMEOUT, Client, share
 
 IDLE_CHECKS_IN_FLIGHT = 32  # idle: echoes in flight per client process while checking
+# --compression / --payload: each connection cycles through this many distinct messages,
+# each framed (and compressed) once; consecutive ones differ, so a stale echo mismatches.
+ECHO_CYCLE = 4
+PUBLISH_TEXTS = 8  # --payload chat: distinct chat paddings per publisher
+
+
+def wire_options(spec: dict[str, Any]) -> tuple[bool, str]:
+    """(offer permessage-deflate, payload kind) of a run: --compression, --payload."""
+    return bool(spec.get("compression")), spec.get("payload", "x")
+
+
+def bytes_on_wire(conns: list[Any]) -> tuple[int, int]:
+    """Bytes read and written so far by the WebSockets of `conns` (after handshakes)."""
+    return (sum(conn.ws.bytes_in for conn in conns),
+            sum(conn.ws.bytes_out for conn in conns))
+
+
+def echo_cycle(ws: wsclient.WebSocketProtocol, name: str, kind: str,
+               size: int) -> list[tuple[bytes, bytes]]:
+    """(payload, frame) for each of ECHO_CYCLE messages of one connection, each frame
+    built (compressed, when the connection agreed to it) once for the whole run."""
+    cycle = []
+    for k in range(ECHO_CYCLE):
+        if kind == "chat":
+            payload = payloads.echo_chat(name, k, size)
+        else:
+            head = f"{name}:{k}:".encode()
+            payload = head + b"x" * max(0, size - len(head))
+        frame = wsclient.deflated_frame(wsclient.OP_TEXT, payload) if ws.deflate \
+            else wsclient.masked_frame(wsclient.OP_TEXT, payload)
+        cycle.append((payload, frame))
+    return cycle
 
 # -- echo -------------------------------------------------------------------------
 
 
 class EchoConn:
-    __slots__ = ("client", "ws", "name", "seq", "expected", "sent_at", "waiting")
+    __slots__ = ("client", "ws", "name", "seq", "expected", "sent_at", "waiting", "cycle")
 
     def __init__(self, client: "EchoClient", ws: wsclient.WebSocketProtocol, name: str):
         self.client, self.ws, self.name = client, ws, name
@@ -26,11 +58,20 @@ class EchoConn:
         self.expected = b""
         self.sent_at = 0.0
         self.waiting = False
+        # --compression / --payload: the frames to send, built once (echo_cycle).
+        self.cycle: list[tuple[bytes, bytes]] | None = None
         ws.on_message = self.on_message
         ws.on_close = self.on_close
 
     def send_next(self) -> None:
         self.seq += 1
+        if self.cycle is not None:
+            self.expected, frame = self.cycle[self.seq % ECHO_CYCLE]
+            self.waiting = True
+            self.client.count("sent")
+            self.sent_at = time.monotonic()
+            self.ws.send_frame(frame)
+            return
         head = f"{self.name}:{self.seq}:".encode()
         self.expected = head + b"x" * max(0, self.client.size - len(head))
         self.waiting = True
@@ -87,13 +128,25 @@ class EchoClient(ClosedLoopClient):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.size = self.spec["size"]
+        self.deflate, self.payload = wire_options(self.spec)
+        # The default (32 numbered bytes, no compression) builds each frame as it sends.
+        self.prebuilt = self.deflate or self.payload != "x"
 
     def connections_needed(self) -> int:
         return share(self.spec["connections"], self.index, self.spec["processes"])
 
     async def connect_one(self, i: int) -> None:
-        ws = await wsclient.connect(self.spec["url"], CONNECT_TIMEOUT)
-        self.conns.append(EchoConn(self, ws, f"p{self.index}c{i}"))
+        ws = await wsclient.connect(self.spec["url"], CONNECT_TIMEOUT, deflate=self.deflate)
+        conn = EchoConn(self, ws, f"p{self.index}c{i}")
+        if self.prebuilt:
+            conn.cycle = echo_cycle(ws, conn.name, self.payload, self.size)
+        self.conns.append(conn)
+
+    def extra_result(self) -> dict[str, Any]:
+        result = super().extra_result()
+        if self.prebuilt:  # connected quietly, so everything read and written is the load
+            result["bytes_in"], result["bytes_out"] = bytes_on_wire(self.conns)
+        return result
 
     def start_load(self) -> None:
         for conn in self.conns:
@@ -177,6 +230,17 @@ class Member:
         self.seq += 1
         self.outstanding += 1
         self.client.count("published")
+        client = self.client
+        if client.payload == "chat" or client.deflate:
+            head = f"B {self.name} {self.seq} {time.monotonic():.6f}"
+            if client.payload == "chat":  # as the chat page sends it: {"text": ...}
+                head = payloads.page_message(payloads.broadcast_chat_text(
+                    head, self.name, self.seq % PUBLISH_TEXTS, client.spec["size"]))
+            data = head.encode()
+            self.ws.send_frame(wsclient.deflated_frame(wsclient.OP_TEXT, data)
+                               if self.ws.deflate else
+                               wsclient.masked_frame(wsclient.OP_TEXT, data))
+            return
         text = f"B {self.name} {self.seq} {time.monotonic():.6f}".encode()
         self.ws.send_frame(wsclient.masked_frame(wsclient.OP_TEXT, text))
 
@@ -192,7 +256,7 @@ class Member:
         if event.get("type") != "message" or not text.startswith("B "):
             client.count("other_events")  # joins and leaves
             return
-        _, publisher, seq_text, sent = text.split(" ")
+        _, publisher, seq_text, sent = text.split(" ", 4)[:4]  # --payload chat: + chat
         seq = int(seq_text)
         if seq <= self.last_seq.get(publisher, 0):
             client.count("duplicated_or_reordered")
@@ -223,6 +287,8 @@ class BroadcastClient(Client):
         self.publishers: list[Member] = []
         self.first_send = 0.0
         self.last_delivery = 0.0
+        self.deflate, self.payload = wire_options(self.spec)
+        self.bytes_at_start = (0, 0)  # bytes_on_wire when the load began (after the joins)
 
     def connections_needed(self) -> int:
         return share(self.spec["subscribers"], self.index, self.spec["processes"])
@@ -231,7 +297,8 @@ class BroadcastClient(Client):
         # Member names are global: process p takes every p-th name.
         number = self.index + i * self.spec["processes"]
         name = f"m{number}"
-        ws = await wsclient.connect(f"{self.spec['url']}?name={name}", CONNECT_TIMEOUT)
+        ws = await wsclient.connect(f"{self.spec['url']}?name={name}", CONNECT_TIMEOUT,
+                                    deflate=self.deflate)
         member = Member(self, ws, name)
         member.publisher = number < self.spec["publishers"]
         self.conns.append(member)
@@ -240,6 +307,8 @@ class BroadcastClient(Client):
 
     def start_load(self) -> None:
         self.first_send = time.monotonic()
+        if self.deflate or self.payload != "x":
+            self.bytes_at_start = bytes_on_wire(self.conns)
         if self.flood:
             for member in self.publishers:
                 for _ in range(self.spec["window"]):
@@ -264,9 +333,14 @@ class BroadcastClient(Client):
         return time.monotonic() - self.last_message >= self.spec["quiet"]
 
     def extra_result(self) -> dict[str, Any]:
-        return {"received_per_member": [m.received for m in self.conns],
-                "published_per_publisher": {m.name: m.seq for m in self.publishers},
-                "last_delivery": self.last_message, "first_send": self.first_send}
+        result = {"received_per_member": [m.received for m in self.conns],
+                  "published_per_publisher": {m.name: m.seq for m in self.publishers},
+                  "last_delivery": self.last_message, "first_send": self.first_send}
+        if self.deflate or self.payload != "x":
+            now = bytes_on_wire(self.conns)
+            result["bytes_in"] = now[0] - self.bytes_at_start[0]
+            result["bytes_out"] = now[1] - self.bytes_at_start[1]
+        return result
 
 
 # -- http -----------------------------------------------------------------------------

@@ -39,15 +39,19 @@ SINGLE = "1 connection: "  # label prefix of the 1-connection run's figures
 RATIOS: dict[str, list[tuple[str, str]]] = {
     "echo": [("rate", "round trips/s"), ("latency.p50", "RTT p50"),
              ("latency.p99", "RTT p99"), ("single.latency.p50", "1-conn p50"),
-             ("single.latency.p99", "1-conn p99"), ("cpu_per_op", "server CPU/op")],
+             ("single.latency.p99", "1-conn p99"), ("cpu_per_op", "server CPU/op"),
+             ("bytes_in_per_op", "bytes in/op")],
     "http": [("rate", "requests/s"), ("latency.p50", "p50"), ("latency.p99", "p99"),
              ("single.latency.p50", "1-conn p50"), ("single.latency.p99", "1-conn p99"),
              ("cpu_per_op", "server CPU/op")],
     "broadcast": [("rate", "deliveries/s"), ("latency.p50", "p50"), ("latency.p99", "p99"),
-                  ("cpu_per_op", "server CPU/op")],
+                  ("cpu_per_op", "server CPU/op"), ("bytes_in_per_op", "bytes in/op")],
     "idle": [("rss_per_connection", "RSS/connection")],
 }
 EACH_ROUND = ("rate", "single.latency.p50", "cpu_per_op", "rss_per_connection")
+# Rows and ratios only runs with --compression or --payload have (bytes on the wire):
+# left out of the table, the ratios and the JSON's columns when no run has them.
+WIRE = ("bytes_in_per_op", "bytes_out_per_message")
 EXTRA_ROWS = [("connections", "opened", "{:,.0f}"), ("client CPU (cores)", "client_cpu", "{:.2f}"),
               ("busiest client process", "client_cpu_max_process", "{:.0%}"),
               ("server CPU (cores)", "server_cpu", "{:.2f}"),
@@ -62,6 +66,10 @@ def rows(mode: str) -> list[tuple[str, str, str, bool]]:
         op = OPERATION[mode]
         found += [("cpu_per_op", f"server CPU per {op} (µs)", "us", False),
                   ("zmq_per_op", f"ZeroMQ messages per {op}", "{:.2f}", False)]
+    if mode in ("echo", "broadcast"):
+        found += [("bytes_in_per_op", f"bytes received per {OPERATION[mode]}", "{:,.1f}",
+                   False),
+                  ("bytes_out_per_message", "bytes sent per message", "{:,.1f}", False)]
     if mode in SINGLE_MODES:
         found += [(f"single.{key}", SINGLE + label, style, better)
                   for key, label, style, better in METRICS[mode]
@@ -113,13 +121,15 @@ def header(document: dict[str, Any]) -> str:
         f"date:    {document['started']} to {document.get('finished', '?')}"
         + (f" (git {commit})" if commit else ""),
         f"machine: {machine.get('cpus')} cores" + (f" ({model})" if model else "")
-        + f", load average (1 / 5 / 15 min) {load(before)} before, {load(after)} after"])
+        + f", load average (1 / 5 / 15 min) {load(before)} before, {load(after)} after"]
+        + [f"{key + ':':<8} {text}" for key, text in document.get("wire", {}).items()])
 
 
 def table(mode: str, columns: list[dict[str, Any]], compared: list[dict[str, Any]]) -> str:
     """The figures of every system side by side (medians over the rounds), then the
     ratios, then the warnings and notes of every run."""
-    found = rows(mode)
+    found = [row for row in rows(mode) if row[0] not in WIRE
+             or any(c["median"].get(row[0]) is not None for c in columns)]
     width = max([30] + [len(label) for _, label, _, _ in found])
     cols = [max(14, len(c["name"])) for c in columns]
     lines = [" " * width + "  " + "  ".join(c["name"].rjust(w) for c, w in zip(columns, cols))]
@@ -145,7 +155,8 @@ def ratio_table(mode: str, compared: list[dict[str, Any]]) -> list[str]:
         pairs.setdefault((c["system"], c["reference"]), {})[c["metric"]] = c
     if not any(c["ratio"] is not None for c in compared):
         return []
-    metrics = RATIOS[mode]
+    metrics = [m for m in RATIOS[mode] if m[0] not in WIRE
+               or any(m[0] in by_metric for by_metric in pairs.values())]
     rounds = max(len(c["rounds"]) for c in compared)
     names = [f"{a} vs {b}" for a, b in pairs]
     width = max([28] + [len(n) for n in names])

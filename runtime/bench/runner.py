@@ -290,6 +290,14 @@ def aggregate(mode: str, spec: dict[str, Any], results: list[dict[str, Any]],
         if figures["lost"]:
             warnings.append(f"{figures['lost']:,} deliveries lost "
                             f"({figures['members_with_loss']} members missed some)")
+    if any("bytes_in" in r for r in results):  # --compression / --payload: bytes on the wire
+        bytes_in = sum(r.get("bytes_in", 0) for r in results)
+        bytes_out = sum(r.get("bytes_out", 0) for r in results)
+        messages_out = figures.get("published", figures.get("sent", 0))
+        figures.update(bytes_in=bytes_in, bytes_out=bytes_out,
+                       bytes_in_per_op=bytes_in / figures["received"]
+                       if figures.get("received") else None,
+                       bytes_out_per_message=bytes_out / messages_out if messages_out else None)
     if counts.get("mismatched"):
         warnings.append(f"{counts['mismatched']:,} echoes did not match what was sent")
     if errors:

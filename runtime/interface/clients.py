@@ -18,8 +18,8 @@ from typing import Any, Protocol
 import zmq
 
 from .. import wire
-from ..config import Config
-from ..stats import counters
+from ..config import CLIENT_CHANNELS, Config
+from ..stats import Histogram, counters, labelled
 from .deflate import RSV1, Deflater
 from .frames import OPCODE_BINARY, OPCODES, frame, frame_message
 from .groups import GroupTable
@@ -28,6 +28,8 @@ from .pipeline import AckResult, Event, Limits, Overdue, Pipeline, Refusal
 log = logging.getLogger("runtime.interface")
 
 DISCONNECT_RETRY = 0.1  # seconds before re-offering a disconnect event to a full pool
+# Events handed to a pool, by channel (the metrics' events_sent{channel=...}).
+EVENTS_SENT = {channel: labelled("events_sent", channel=channel) for channel in CLIENT_CHANNELS}
 
 
 class Outgoing:
@@ -120,6 +122,12 @@ class Clients:
         self.stopping = False
         self.detached = False  # the pool sockets are closed: nothing more can be sent
         self._ids = itertools.count(1)
+        # Metrics: seconds from handing an event to its pool to its done, per pool.
+        self.latency: dict[str, Histogram] = {}
+        for channel in CLIENT_CHANNELS:
+            pool = config.pool_for(channel)
+            name = labelled("event_latency_seconds", pool=pool.name if pool else "")
+            self.latency[channel] = counters.histograms.setdefault(name, Histogram())
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -169,6 +177,7 @@ class Clients:
                 counters.incr("refused_pool_full")  # every refusal, each retry included
                 return False
             counters.incr("zmq_sent")
+            counters.incr(EVENTS_SENT[channel])
             return True
 
         refusal = pipeline.dispatch(send, time.monotonic(), self.limits, self.stopping)
@@ -220,6 +229,8 @@ class Clients:
             counters.incr("late_acks")
             return
         self.busy.discard(client)
+        # The event is finished; in_flight_since still says when it was handed over.
+        self.latency[result.channel].observe(time.monotonic() - client.pipeline.in_flight_since)
         if isinstance(header.get("session"), dict):
             client.session_changed()
         if result.lost:

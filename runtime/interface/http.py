@@ -23,6 +23,7 @@ from tornado.httputil import HTTPInputError, responses
 
 from .. import wire
 from ..config import Config
+from ..history import POSITION_HEADER
 from ..stats import counters
 from .clients import Clients, Outgoing, peer_port
 from .compat import error_reason, headers_written, is_finished, response_status, unsent_bytes
@@ -172,8 +173,10 @@ class Exchange:
         self.held = (status, headers, timeout_status)
         self.deadline = time.monotonic() + timeout
 
-    def release_hold(self, payload: bytes | None = None) -> None:
-        """Answer a held long-poll: with the message that arrived, or (None) its timeout."""
+    def release_hold(self, payload: bytes | None = None, position: Any = None) -> None:
+        """Answer a held long-poll: with the message that arrived, or (None) its timeout.
+        A message of a group that keeps history brings its position, sent as the
+        ``ZChannels-Position`` header: the next poll's ``since``."""
         assert self.held is not None and self.handler is not None
         status, headers, timeout_status = self.held
         self.held = None
@@ -181,6 +184,8 @@ class Exchange:
             if payload is None:
                 self.handler.begin(timeout_status, [], ())
             else:
+                if isinstance(position, str):
+                    headers = [*headers, [POSITION_HEADER, position]]
                 self.handler.begin(status, headers, ())
         except (TypeError, ValueError, HTTPInputError) as e:
             self.invalid(str(e))
@@ -218,7 +223,7 @@ class Exchange:
         elif self.mode == wire.MODE_STREAM:
             self.write(payload)
         elif self.mode == wire.MODE_HOLD and self.held is not None:
-            self.release_hold(payload)
+            self.release_hold(payload, header.get("position"))
         else:
             # Before start (or on a plain response) there is nowhere to put it.
             counters.incr("http_sends_dropped")

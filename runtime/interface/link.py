@@ -21,6 +21,7 @@ from .. import wire
 from ..config import Config
 from ..stats import counters
 from .clients import Client, Clients, Outgoing
+from .positions import Positions
 from .zmqio import SocketReader
 
 log = logging.getLogger("runtime.interface")
@@ -50,6 +51,7 @@ class Link:
     def __init__(self, config: Config, interface_id: str, context: zmq.Context,
                  clients: Clients) -> None:
         self.clients = clients
+        self.positions = Positions(config.history.groups)  # group history: its positions
         self.answered = False  # the broker has answered a hello: it knows this interface
         self.broker = context.socket(zmq.DEALER)
         self.broker.routing_id = interface_id.encode()
@@ -110,7 +112,8 @@ class Link:
             self.on_operation(frames)
 
     def on_operation(self, frames: list[bytes]) -> None:
-        if len(frames) not in (2, 3):
+        # (2 + 3n frames: a join that recovers, with the n messages its connection missed)
+        if len(frames) not in (2, 3) and (len(frames) < 5 or (len(frames) - 2) % 3):
             counters.incr("garbage")
             log.warning("dropped a malformed message from the broker (%d frames)", len(frames))
             return
@@ -134,12 +137,20 @@ class Link:
         if client is not None:
             client.pipeline.note_arrival()
         if op in MEMBERSHIP:
-            self.answer(frames[0], header, self.membership(client, op, header.get("group")))
+            group = header.get("group")
+            member = client is not None and isinstance(group, str) \
+                and group.encode() in client.groups  # (before the add)
+            added = self.membership(client, op, group)
+            history = None
+            if "history" in header and op == wire.OP_GROUP_ADD:  # group_add(since=...)
+                history = self.positions.recovered(client if added else None, header,
+                                                   header["history"], frames[2:], member)
+            self.answer(frames[0], header, added, history)
             return
         operation = OPERATIONS.get(op)
-        if operation is None:
+        if operation is None or len(frames) > 3:
             counters.incr("garbage")
-            log.warning("dropped a message with unknown op %r", op)
+            log.warning("dropped a message with unknown op %r (%d frames)", op, len(frames))
         elif client is None:
             counters.incr("dropped_to_closed")
         else:
@@ -156,22 +167,26 @@ class Link:
             return True
         return self.clients.groups.discard(group.encode(), client)
 
-    def answer(self, worker: bytes, request: dict[str, Any], ok: bool) -> None:
+    def answer(self, worker: bytes, request: dict[str, Any], ok: bool,
+               history: dict[str, Any] | None = None) -> None:
         """Only now that the table has changed does the worker's group_add return."""
+        answer: dict[str, Any] = {"req": request.get("req"), "ok": ok}
+        if history is not None:
+            answer["history"] = history
         try:
-            self.broker.send_multipart(
-                [worker, wire.encode({"req": request.get("req"), "ok": ok})], zmq.NOBLOCK)
+            self.broker.send_multipart([worker, wire.encode(answer)], zmq.NOBLOCK)
             counters.incr("zmq_sent")
         except zmq.Again:  # the worker gives up after group_timeout and says so
             counters.incr("dropped_answers")
         self.reader.kick()
 
     def on_group(self, frames: list[bytes]) -> None:
-        if len(frames) != 3:
+        # [group, header, payload], and its position if the group keeps history
+        if len(frames) != 3 and len(frames) != 4:
             counters.incr("garbage")
             log.warning("dropped a malformed group message (%d frames)", len(frames))
             return
-        group, raw_header, payload = frames
+        group, raw_header, payload = frames[0], frames[1], frames[2]
         counters.incr("group_received")  # against the workers' group_sends
         members = self.clients.groups.members(group)
         if not members:
@@ -196,7 +211,10 @@ class Link:
             for client in targets:
                 client.close(code, "")
             return
-        message = Outgoing(header.get("kind"), payload, header)  # framed once, if at all
+        if len(frames) == 4:  # its position spliced in once, for every member
+            message = self.positions.message(group, header, payload, frames[3])
+        else:
+            message = Outgoing(header.get("kind"), payload, header)  # framed once, if at all
         for client in targets:
             client.deliver(message)
 

@@ -28,11 +28,13 @@ from tornado.httputil import HTTPServerRequest
 from ..config import CLIENT_CHANNELS, Config
 from ..process import announce_ready, withdraw_ready
 from ..stats import counters
-from . import sweeps
+from . import observe, sweeps
 from .clients import Clients
+from .dashboard import DashboardEvents, DashboardPage, Streams, events_path
 from .http import ConsumerRequest
 from .link import Link
 from .publish import Publisher, PublishRequest
+from .scrape import MetricsRequest, networks
 from .static import StaticFiles, log_request
 from .websocket import ConsumerSocket
 
@@ -48,6 +50,7 @@ class Interface:
         self.config = config
         self.id = "i" + secrets.token_hex(4)
         self.port = 0
+        self.dashboards = Streams()  # open dashboard streams, ended at shutdown
 
     async def run(self, port: int | None = None) -> None:
         self.context = zmq.Context()
@@ -59,6 +62,7 @@ class Interface:
         counters.gauges.update(connections=lambda: len(self.clients),
                                groups=lambda: len(self.clients.groups),
                                group_members=self.clients.groups.member_count)
+        observe.register(self.clients, self.config)  # the metrics' gauges of the clients
         counters.write(force=True)
         await self.link.wait_for_broker()
         self.listen(port)
@@ -121,6 +125,7 @@ class Interface:
         if self.publisher is not None:
             rules.append((re.escape(self.config.publish_path), PublishRequest,
                           {"publisher": self.publisher, "config": self.config}))
+        rules += self.operator_rules()
         rules.append((re.escape(self.config.static_url) + "(.*)", StaticFiles, static))
         index = self.config.static_index
         if index and os.path.isfile(os.path.join(self.config.static_dir, index)):
@@ -128,10 +133,25 @@ class Interface:
         rules.append((r"/.*", ConsumerRequest, dict(consumers, port=self.port)))
         return rules
 
+    def operator_rules(self) -> list[Any]:
+        """The metrics (unless metrics_path is "") and the dashboard (if it has a token):
+        docs/operations.md."""
+        config = self.config
+        rules: list[Any] = []
+        if config.metrics_path:
+            rules.append((re.escape(config.metrics_path), MetricsRequest,
+                          {"config": config, "allowed": networks(config)}))
+        if config.dashboard_token:
+            guarded = {"config": config, "streams": self.dashboards}
+            rules.append((re.escape(config.dashboard_path), DashboardPage, guarded))
+            rules.append((re.escape(events_path(config)), DashboardEvents, guarded))
+        return rules
+
     async def shutdown(self) -> None:
         """Stop accepting, close every client (WebSockets with 1001), hand the disconnect
         events to the workers, then close the ZeroMQ sockets."""
         self.http.stop()
+        self.dashboards.close_all()
         self.clients.stopping = True
         for client in list(self.clients.by_id.values()):
             client.stop()

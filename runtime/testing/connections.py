@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, cast
 
 from .. import wire
 from ..config import Config
+from ..history import POSITION_HEADER
 from ..interface.pipeline import AckResult, Pipeline
 from ..interface.sse import SSE_HEADERS, sse_event
 
@@ -265,14 +266,17 @@ class _Exchange(_Client):
         if self.held is not None and number == self.hold_number:
             self.release()
 
-    def release(self, payload: bytes | None = None) -> None:
-        """Answer a held long-poll: with the message that arrived, or (None) its timeout."""
+    def release(self, payload: bytes | None = None, position: Any = None) -> None:
+        """Answer a held long-poll: with the message that arrived (and its group history
+        position, as a header), or (None) its timeout."""
         assert self.held is not None
         status, headers, timeout_status = self.held
         self.held = None
         if payload is None:
             self.begin(timeout_status, [], ())
         else:
+            if isinstance(position, str):
+                headers = [*headers, [POSITION_HEADER, position]]
             self.begin(status, headers, ())
         self.mode = wire.MODE_RESPONSE
         self.body(payload or b"", more=False)
@@ -304,7 +308,7 @@ class _Exchange(_Client):
         elif self.mode == wire.MODE_STREAM:
             self.write(payload)
         elif self.held is not None:
-            self.release(payload)
+            self.release(payload, header.get("position"))
         else:
             self.layer.count("http_sends_dropped")
             log.warning("%s: a message arrived for an HTTP response that is not a stream "

@@ -12,7 +12,9 @@ from typing import Any, Callable, cast
 from .. import wire
 from ..config import Config
 from ..exceptions import ChannelFull, UnknownChannel
+from ..history import RECOVERY_FAILED, Keeper, Recovery, Rules, notice
 from ..interface.pipeline import Event, Limits
+from ..interface.positions import positioned
 from ..message import ReplyChannel
 from .connections import INTERFACE_ID, OPERATIONS, _Client
 
@@ -59,6 +61,10 @@ class InMemoryLayer:
         self._timer_ids = itertools.count()  # orders timers due at the same time
         self._client_ids = itertools.count(1)
         self.current_sends = 0  # what runtime.layer.Layer counts for its "done"; unused
+        # Group history, kept as the broker keeps it (on the fake clock).
+        self.history = Keeper(config.history, clock=lambda: self.now) \
+            if config.history.enabled else None
+        self.history_rules = Rules(config.history.groups)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] += n
@@ -114,14 +120,47 @@ class InMemoryLayer:
         self.waiting[pool] += 1
         self.work.append((header, payload, None, pool))
 
-    def group_add(self, group: str, reply_channel: ReplyChannel | str) -> bool:
+    def group_add(self, group: str, reply_channel: ReplyChannel | str,
+                  since: str | None = None) -> bool | Recovery:
         wire.check_name(group, "group")
+        if since is None and isinstance(reply_channel, ReplyChannel) \
+                and reply_channel.since is not None \
+                and self.history_rules.rule_for(group.encode()) is not None:
+            since = reply_channel.since  # Last-Event-ID, as runtime.layer does
         client = self._client(reply_channel)
-        if client is None or client.pipeline.closed:
-            return False  # it has left every group already
-        self.groups.setdefault(group, {})[client] = None
-        client.groups.add(group)
-        return True
+        added = client is not None and not client.pipeline.closed
+        member = client is not None and added and group in client.groups
+        if added:
+            assert client is not None
+            self.groups.setdefault(group, {})[client] = None
+            client.groups.add(group)
+        if since is None:
+            return added  # (if not added, it has left every group already)
+        if not isinstance(since, str):
+            raise TypeError(f"since must be a position string, not {type(since).__name__}")
+        result, frames = (self.history.recover(group.encode(), since) if self.history
+                          else (Keeper.nothing_kept(), []))
+        if member:  # it has had the group's messages live: nothing twice
+            result = {**result, "missed": 0} if result.get("ok") else result
+        elif added and client is not None:
+            self._recovered(client, group, since, result, frames)
+        return Recovery.from_answer({"ok": added, "history": result})
+
+    def _recovered(self, client: _Client, group: str, since: str, result: dict[str, Any],
+                   frames: list[bytes]) -> None:
+        """What the interface does for a join that recovers (interface/positions.py)."""
+        if not result.get("ok"):
+            current = result.get("position")
+            client.deliver(wire.KIND_TEXT, notice(group, since, result), {
+                "op": wire.OP_SEND, "kind": wire.KIND_TEXT, "event": RECOVERY_FAILED,
+                "id": current, "position": current})
+            return
+        for i in range(0, len(frames), 3):
+            if client.pipeline.closed:
+                break
+            message = positioned(result.get("key") or "", wire.decode(frames[i]),
+                                 frames[i + 1], frames[i + 2])
+            client.deliver(message.kind, message.payload, message.header)
 
     def group_discard(self, group: str, reply_channel: ReplyChannel | str) -> bool:
         wire.check_name(group, "group")
@@ -147,6 +186,13 @@ class InMemoryLayer:
         self.count("group_sends")
 
     def _to_group(self, group: str, header: dict[str, Any], payload: bytes) -> None:
+        if self.history is not None and header["op"] == wire.OP_SEND:
+            stamped = self.history.stamp([group.encode(), wire.encode(header), payload], None)
+            if len(stamped) == 4:
+                rule = self.history_rules.rule_for(group.encode())
+                message = positioned(rule.key if rule else "", dict(header), payload,
+                                     stamped[3])
+                header, payload = message.header, message.payload
         targets = tuple(self.groups.get(group, ()))  # a close ends memberships
         for client in targets:
             if header["op"] == wire.OP_CLOSE:

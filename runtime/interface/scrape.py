@@ -1,0 +1,100 @@
+"""``GET <metrics_path>``: the Prometheus metrics of every process of this host.
+
+Any interface answers for all of them: it reads the stats files of the run
+directory (`runtime.metrics`), so a scrape sees the broker and the workers too and
+costs the message path nothing. The figures are as fresh as ``stats_interval``.
+
+Who may read them: a client whose address is in ``metrics_allow`` (loopback by
+default) and, when ``metrics_token`` is set, that sends it as a bearer token.
+Behind a reverse proxy on the same host every request comes from loopback; a
+request that says it was forwarded (``Forwarded``, ``X-Forwarded-For``,
+``X-Real-IP``) is therefore served only with the token. Refusals are 403 (401 for a
+missing token), counted (``metrics_refused``) and logged. `access` is that rule,
+without I/O.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+from typing import Any, Mapping, Sequence
+
+import tornado.web
+
+from .. import metrics
+from ..config import Config
+from ..stats import collect, counters
+from ..status import read_proc
+from .publish import authorize
+
+log = logging.getLogger("runtime.interface.metrics")
+
+FORWARDED_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def networks(config: Config) -> list[Network]:
+    return [ipaddress.ip_network(entry, strict=False) for entry in config.metrics_allow]
+
+
+def access(remote_ip: str | None, headers: Mapping[str, str], allowed: Sequence[Network],
+           token: str) -> tuple[int, str] | None:
+    """None if the request may read the metrics; else (status, why)."""
+    try:
+        address = ipaddress.ip_address(remote_ip or "")
+    except ValueError:
+        return 403, f"address {remote_ip!r} is not an IP address"
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if not any(address in network for network in allowed):
+        return 403, f"address {address} is not in metrics_allow"
+    if token:
+        status = authorize(headers.get("Authorization"), token)
+        if status is not None:
+            return status, "missing bearer token" if status == 401 else "wrong token"
+    elif any(name in headers for name in FORWARDED_HEADERS):
+        return 403, "forwarded by a proxy, and no metrics_token is set"
+    return None
+
+
+class MetricsRequest(tornado.web.RequestHandler):
+    """``GET <metrics_path>``: the text exposition format."""
+
+    SUPPORTED_METHODS = ("GET", "HEAD")
+    config: Config
+
+    def initialize(self, config: Config, allowed: Sequence[Network]) -> None:
+        self.config = config
+        self.allowed = allowed
+
+    def prepare(self) -> None:
+        refused = access(self.request.remote_ip, self.request.headers, self.allowed,
+                         self.config.metrics_token)
+        if refused is not None:
+            status, why = refused
+            counters.incr("metrics_refused")
+            log.warning("metrics refused to %s: %s", self.request.remote_ip, why)
+            self.set_status(status)
+            if status == 401:
+                self.set_header("WWW-Authenticate", 'Bearer realm="zchannels"')
+            self.set_header("Content-Type", "text/plain; charset=utf-8")
+            self.finish(f"{why}\n")
+            raise tornado.web.Finish()
+
+    def get(self) -> None:
+        counters.incr("metrics_scrapes")
+        self.set_header("Content-Type", metrics.CONTENT_TYPE)
+        self.set_header("Cache-Control", "no-store")
+        processes = collect(self.config.run_dir)
+        for data in processes:  # CPU and memory: what the processes cannot say themselves
+            uptime, cpu, rss = read_proc(data.get("pid", 0))
+            data["proc"] = {"uptime": uptime, "cpu_seconds": cpu, "rss_bytes": rss}
+        self.finish(metrics.render(processes))
+
+    def head(self) -> None:
+        self.set_header("Content-Type", metrics.CONTENT_TYPE)
+        self.finish()
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish(f"{status_code}\n")  # never a traceback to the client
