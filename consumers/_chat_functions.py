@@ -37,11 +37,13 @@ def join(message, room):
     message.session["name"] = name
     message.reply_channel.accept()
     since = (query.get("since") or [None])[0]  # the last position the page saw, if any
+    # announce: the room is told of the join now and of the leave when the socket closes
     if since:  # first what it missed (the room keeps history), then live
-        group_add(room_group(room), message.reply_channel, since=since)
+        group_add(room_group(room), message.reply_channel, since=since,
+                  info={"user": name}, announce=True)
     else:
-        group_add(room_group(room), message.reply_channel)
-    broadcast(room, type="join", user=name, text=f"{name} joined")
+        group_add(room_group(room), message.reply_channel, info={"user": name},
+                  announce=True)
 
 
 @consumer("websocket.receive", path="/ws/chat/<room>")
@@ -65,9 +67,3 @@ def say(message, room):
             return
     broadcast(room, type="message", user=name, text=text)
 
-
-@consumer("websocket.disconnect", path="/ws/chat/<room>")
-def leave(message, room):
-    # The socket has already left the group: this reaches only those who stay.
-    name = message.session.get("name", "?")
-    broadcast(room, type="leave", user=name, text=f"{name} left")

@@ -2,7 +2,10 @@
 
 Every member's text frame -- JSON ``{"text": ...}`` or a plain string -- is broadcast
 to every member of the room, the sender included, as ``{"type": "message", "user":
-..., "text": ...}``. Members are told when someone joins or leaves. A frame that
+..., "text": ...}``. Members are told when someone joins or leaves by the runtime's
+presence notices, ``{"type": "join"/"leave", "group", "member", "info": {"user":
+...}}``, and ``group_members("chat.<room>")`` lists who is there
+(docs/consumers.md#presence). A frame that
 starts like a JSON object but is not one closes the socket with 1007, because a
 client that sends broken JSON has a bug its author should see.
 
@@ -42,15 +45,19 @@ def room_group(room):
 class ChatConsumer(WebsocketConsumer):
     groups = ["chat.{room}"]  # joined before connect() runs, left when the socket closes
     since_query = "since"  # ?since=<position>: first what the client missed, then live
+    announce_presence = True  # the room is told when this member joins and leaves
 
-    def connect(self):
+    def user_name(self):
         query = parse_qs(self.message.get("query_string", ""))
         name = (query.get("name") or [""])[0].strip()[:MAX_NAME_CHARS]
-        if not name:
-            name = "guest-" + self.reply_channel.name.rsplit("!", 1)[1]
-        self.session["name"] = name  # every later event of this socket reads it back
+        return name or "guest-" + self.reply_channel.name.rsplit("!", 1)[1]
+
+    def presence_info(self):
+        return {"user": self.user_name()}  # what group_members and the notices show
+
+    def connect(self):
+        self.session["name"] = self.user_name()  # every later event reads it back
         self.accept()
-        self.broadcast(type="join", user=name, text=f"{name} joined")
 
     def receive(self, text=None, bytes=None):
         if text is None:
@@ -69,11 +76,6 @@ class ChatConsumer(WebsocketConsumer):
                            'invalid JSON: expected {"text": "..."} or a plain string')
                 return
         self.broadcast(type="message", user=self.session.get("name", "?"), text=text)
-
-    def disconnect(self, code):
-        # The socket has already left the group: this reaches only those who stay.
-        name = self.session.get("name", "?")
-        self.broadcast(type="leave", user=name, text=f"{name} left")
 
     def broadcast(self, **event):
         self.group_send(room_group(self.room), text=json.dumps(event))

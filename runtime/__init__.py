@@ -15,8 +15,10 @@ from .exceptions import (BadMessage, ChannelFull, ConfigError, GroupError, NotIn
 from .generic import (HttpConsumer, JsonWebsocketConsumer, WebsocketConsumer,
                       WebsocketDemultiplexer)
 from .history import Recovery
-from .layer import group_add, group_discard, group_send, reply_channel, send
+from .layer import (group_add, group_discard, group_members, group_send, group_size,
+                    reply_channel, send)
 from .message import Message, ReplyChannel, Session
+from .presence import Member
 from .routing import consumer
 
 __all__ = [
@@ -38,6 +40,9 @@ __all__ = [
     "group_add",
     "group_discard",
     "group_send",
+    "group_members",
+    "group_size",
+    "Member",
     "reply_channel",
     "ZChannelsError",
     "ChannelFull",

@@ -39,10 +39,11 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from . import wire
+from . import transport, wire
 from .config import Config
 from .history import Keeper
 from .poolqueue import Pool
+from .presence import MAX_ANSWER_MEMBERS, OpenSockets, Presence, abandoned_disconnect
 from .process import Service
 from .stats import counters
 
@@ -63,7 +64,9 @@ LATER, TO_POOL = wire.VERB_LATER, wire.VERB_TO_POOL
 READY, BYE, TO, DONE, GROUP = (wire.VERB_READY, wire.VERB_BYE, wire.VERB_TO, wire.VERB_DONE,
                                wire.VERB_GROUP)
 ANSWER, BOUNCE, FROM_GROUP = wire.TO_WORKER_ANSWER, wire.TO_WORKER_BOUNCE, wire.FROM_GROUP
-HISTORY = wire.VERB_HISTORY
+HISTORY, QUERY, PRESENCE = wire.VERB_HISTORY, wire.VERB_QUERY, wire.PRESENCE
+NOTICE_HEADER = wire.encode({"op": wire.OP_SEND, "kind": wire.KIND_TEXT})
+PROBE_INTERVAL = 0.1  # seconds between looks for a gone interface while one is missing
 HELD = tuple[zmq.Socket | None, list[Any]]  # (socket of the sender, frames); None: group
 
 
@@ -74,7 +77,7 @@ class Broker(Service):
         self.interface_monitor = self.interfaces.get_monitor_socket(
             zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         self.clients = self._router(config.router_clients)
-        self.pools = [Pool(pool, self.socket) for pool in config.pools]
+        self.pools = [Pool(pool, self.socket, config) for pool in config.pools]
         self.monitors = [self.interface_monitor, *(pool.monitor for pool in self.pools)]
         self.sockets[:0] = self.monitors  # closed before the sockets they watch
         for sock in (self.interfaces, self.interface_monitor, self.clients,
@@ -83,6 +86,12 @@ class Broker(Service):
         self.reading: dict[Pool, bool] = {pool: False for pool in self.pools}
         self.known: dict[bytes, None] = {}  # interfaces that said hello: group messages go here
         self.connected = 0  # connections on the interface socket (its monitor)
+        self.presence = Presence()  # who is in which group (runtime/presence.py)
+        self.websockets = OpenSockets()  # every interface's open WebSockets
+        # Interfaces found gone whose sockets' disconnects ran: one that comes back is
+        # told to drop those sockets (bounded; oldest forgotten first).
+        self.abandoned: dict[bytes, None] = {}
+        self.probed_at = 0.0  # when the interfaces were last probed (`find_gone_interfaces`)
         self.peers: dict[bytes, zmq.Socket] = {}  # worker or client -> the socket it is on
         self.started = time.monotonic()
         self.startup: list[HELD] | None = []  # held for the interfaces until they are back
@@ -93,13 +102,16 @@ class Broker(Service):
         self.pool_inputs: dict[bytes, zmq.Socket] = {}
         for pool in self.pools:
             push = self.pool_inputs[pool.pool.name.encode()] = self.socket(zmq.PUSH)
-            push.connect(pool.pool.endpoint_in)
+            transport.connect(push, pool.pool.endpoint_in, config)
         counters.gauges.update(
             free_workers=lambda: sum(len(p.ready) for p in self.pools),
             busy_workers=lambda: sum(len(p.holding) for p in self.pools),
             interfaces=lambda: len(self.known),
             held=lambda: len(self.startup or ()),
-            delayed=lambda: len(self.delayed))
+            delayed=lambda: len(self.delayed),
+            presence_groups=lambda: len(self.presence.groups),
+            presence_members=self.presence.total,
+            open_websockets=self.websockets.total)
         # Group history (runtime/history.py): None when no rule keeps any, and then a
         # group message costs nothing more than before.
         self.history = Keeper(config.history) if config.history.enabled else None
@@ -112,7 +124,7 @@ class Broker(Service):
         sock = self.socket(zmq.ROUTER)
         sock.router_mandatory = 1
         sock.sndhwm = sock.rcvhwm = self.config.router_hwm
-        sock.bind(endpoint)
+        transport.bind(sock, endpoint, self.config)
         return sock
 
     def run(self) -> None:
@@ -163,6 +175,8 @@ class Broker(Service):
             self.settle()
         if self.history is not None:
             self.history.sweep()
+        if len(self.known) > self.connected:
+            self.find_gone_interfaces()
 
     def closing(self) -> None:
         # What workers have sent is passed on, not dropped with the sockets: a restart
@@ -208,6 +222,9 @@ class Broker(Service):
                 pool.credit(sender, READY + verb[1:], parts[1].get(zmq.SRCFD))
             elif kind == GROUP and len(parts) == 5 and verb == GROUP:
                 self.group([part.bytes for part in parts[2:]])
+            elif kind == QUERY and len(parts) == 3 and verb == QUERY:
+                self.remember(sender, sock)
+                self.presence_query(sock, sender, parts[2].bytes)
             elif kind == HISTORY and len(parts) == 4 and verb == HISTORY:
                 self.remember(sender, sock)
                 self.history_join(sock, [parts[2].bytes, sender, parts[3].bytes])
@@ -255,7 +272,7 @@ class Broker(Service):
             counters.incr("dropped_interface_full")
             log.warning("interface %r is not keeping up: dropped a message", interface)
         else:  # EHOSTUNREACH: the interface is gone (it stopped or died)
-            self.known.pop(interface, None)
+            self.interface_gone(interface)
             counters.incr("unreachable_interface")
             log.debug("interface %r is not connected; bouncing to %r", interface, sender)
         try:
@@ -369,13 +386,13 @@ class Broker(Service):
                 continue
             interface, to, header = frames
             if to == wire.PING:
-                # An interface saying hello: it is (back) and wants group messages.
-                self.known[interface] = None
-                try:
-                    interfaces.send_multipart([interface, wire.PING, wire.PONG], zmq.NOBLOCK)
-                    counters.incr("zmq_sent")
-                except zmq.ZMQError:
-                    counters.incr("dropped_pongs")
+                self.hello(interface, header)
+                continue
+            if to == PRESENCE:
+                if interface in self.abandoned:  # from before it dropped its sockets
+                    counters.incr("dropped_presence")
+                else:
+                    self.presence_changes(interface, header)
                 continue
             # An answer to a worker's membership request.
             sock = self.peers.get(to)
@@ -395,6 +412,154 @@ class Broker(Service):
                 self.connected += 1
             elif event["event"] == zmq.EVENT_DISCONNECTED:
                 self.connected -= 1
+
+    def hello(self, interface: bytes, header: bytes) -> None:
+        """An interface saying hello: it is (back) and wants group messages. One that
+        was found gone, and whose sockets' disconnects ran, is told to drop them first
+        (ABANDONED), until it says hello as one that has (``{"abandoned": true}``)."""
+        answer = wire.PONG
+        if interface in self.abandoned:
+            if header == wire.HELLO_ABANDONED:
+                del self.abandoned[interface]
+            else:
+                answer = wire.ABANDONED
+        if answer == wire.PONG:
+            self.known[interface] = None
+        try:
+            self.interfaces.send_multipart([interface, wire.PING, answer], zmq.NOBLOCK)
+            counters.incr("zmq_sent")
+        except zmq.ZMQError:
+            counters.incr("dropped_pongs")
+
+    # -- presence (runtime/presence.py) --------------------------------------------
+
+    def presence_changes(self, interface: bytes, raw: bytes) -> None:
+        """An interface's membership changes: {"changes": [[group, reply channel, joined,
+        info, announce], ...]}; with "reset", first forget all it said before: a
+        snapshot after a reconnect, silent (its members were announced when they joined)."""
+        try:
+            header = wire.decode(raw)
+            changes = header["changes"]
+            reset = header.get("reset") is True
+            if not isinstance(changes, list):
+                raise ValueError("changes is not a list")
+        except (ValueError, KeyError) as e:
+            counters.incr("garbage")
+            log.warning("dropped malformed presence changes from %r: %s", interface, e)
+            return
+        presence, sockets = self.presence, self.websockets
+        if reset:
+            presence.forget_interface(interface, quiet=True)
+            sockets.forget(interface)
+        for opened in header.get("opened") or ():
+            if isinstance(opened, list) and len(opened) == 2 \
+                    and all(isinstance(x, str) for x in opened):
+                sockets.opened(interface, opened[0], opened[1])
+        for change in changes:
+            if not (isinstance(change, list) and len(change) == 5 and isinstance(change[0], str)
+                    and isinstance(change[1], str) and isinstance(change[2], bool)):
+                counters.incr("garbage")
+                log.warning("dropped a malformed presence change from %r: %.200r",
+                            interface, change)
+                continue
+            group, channel, joined, info, announce = change
+            if joined:
+                told = presence.joined(interface, group, channel, info, announce is True,
+                                       quiet=reset)
+            else:
+                told = presence.left(interface, group, channel)
+            if told is not None:
+                self.announce(group, told)
+        for closed in header.get("closed") or ():
+            if isinstance(closed, str):
+                sockets.closed(interface, closed)
+
+    def announce(self, group: str, notice: bytes) -> None:
+        """A member's join or leave, to its group (for members that joined with announce)."""
+        counters.incr("presence_notices")
+        self.group([group.encode(), NOTICE_HEADER, notice])
+
+    def presence_query(self, sock: zmq.Socket, sender: bytes, raw: bytes) -> None:
+        """[Q, {"req", "group", "what": "members"|"size"}]: answered at once, from the
+        broker's view."""
+        try:
+            header = wire.decode(raw)
+            group, what = header["group"], header.get("what", "members")
+            if not isinstance(group, str) or what not in ("members", "size"):
+                raise ValueError(f"group {group!r}, what {what!r}")
+        except (ValueError, KeyError) as e:
+            counters.incr("garbage")
+            log.warning("dropped a malformed presence query from %r: %s", sender, e)
+            return
+        counters.incr("presence_queries")
+        answer: dict[str, Any] = {"req": header.get("req"), "ok": True}
+        if what == "size":
+            answer["size"] = self.presence.size(group)
+        else:
+            members = self.presence.members(group)
+            if len(members) > MAX_ANSWER_MEMBERS:
+                answer.update(ok=False, size=len(members))
+            else:
+                answer["members"] = members
+        try:
+            sock.send_multipart([sender, ANSWER, b"", wire.encode(answer)], zmq.NOBLOCK)
+            counters.incr("zmq_sent")
+        except zmq.ZMQError:
+            counters.incr("unreachable_worker")
+
+    def find_gone_interfaces(self) -> None:
+        """Fewer connections than interfaces that said hello: one of them is gone. The
+        monitor does not say which, so each is sent a pong (which an interface takes as
+        a repeated answer to its hello) until the send fails for the gone ones."""
+        now = time.monotonic()
+        if now - self.probed_at < PROBE_INTERVAL:
+            return
+        self.probed_at = now
+        for interface in list(self.known):
+            try:
+                self.interfaces.send_multipart([interface, wire.PING, wire.PONG], zmq.NOBLOCK)
+                counters.incr("zmq_sent")
+            except zmq.ZMQError as e:
+                if e.errno == zmq.EHOSTUNREACH:
+                    self.interface_gone(interface)
+
+    def interface_gone(self, interface: bytes) -> None:
+        """An interface stopped or died: it gets no group messages, its members leave
+        every group (announced where asked for), and the disconnect consumers of its
+        open WebSockets run, once each, marked abandoned (promise 9)."""
+        if interface not in self.known:
+            return
+        del self.known[interface]
+        members = len(self.presence.interfaces.get(interface, ()))
+        sockets = self.websockets.forget(interface)
+        log.warning("interface %s is gone: %d open WebSocket(s) abandoned (their "
+                    "disconnects run here), %d membership(s) left",
+                    interface.decode(errors="replace"), len(sockets), members)
+        counters.incr("interfaces_gone")
+        for group, notice in self.presence.forget_interface(interface):
+            self.announce(group, notice)
+        if sockets:
+            if len(self.abandoned) >= MAX_PEERS:
+                del self.abandoned[next(iter(self.abandoned))]
+            self.abandoned[interface] = None
+        self.run_disconnects(sockets)
+
+    def run_disconnects(self, sockets: dict[str, str]) -> None:
+        """Each socket's websocket.disconnect, into the input of the pool that serves
+        it, as an interface would have sent it; one the pool cannot take is counted."""
+        pool = self.config.pool_for("websocket.disconnect")
+        push = self.pool_inputs.get(pool.name.encode()) if pool is not None else None
+        for channel, path in sockets.items():
+            try:
+                if push is None:
+                    raise zmq.Again()
+                push.send_multipart(abandoned_disconnect(channel, path), zmq.NOBLOCK)
+                counters.incr("zmq_sent")
+                counters.incr("abandoned_disconnects")
+            except zmq.Again:
+                counters.incr("abandoned_dropped")
+                log.error("pool %s is full: the disconnect of %s (its interface died) "
+                          "will not run", pool.name if pool else "?", channel)
 
     # -- after a start ---------------------------------------------------------
 

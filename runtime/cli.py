@@ -38,6 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     reloader.add_argument("--check", action="store_true", help="import the consumers and "
                           "the WSGI application as a worker does, report, and exit")
     roles.add_parser("check-config", help="validate the config and print it")
+    keys = roles.add_parser("keys", help="make the CURVE keys of a deployment on several "
+                            "hosts: the layer host's pair and one per app host")
+    keys.add_argument("--dir", default="keys", help="where to write them (default: keys), "
+                      "one directory per host")
+    keys.add_argument("--clients", type=int, default=1, metavar="N",
+                      help="app hosts to make keys for: app-1 .. app-N (default 1)")
+    keys.add_argument("--client", metavar="NAME", help="add one app host's keys to an "
+                      "existing --dir")
     init = roles.add_parser("init", help="add consumers/ (with an example) and "
                             "conf/zchannels.toml to the project in the current directory")
     init.add_argument("--wsgi-app", metavar="MODULE:CALLABLE", help="the WSGI application "
@@ -101,6 +109,9 @@ def run_role(args: argparse.Namespace) -> int:
         if args.role == "init":
             return project.init(os.getcwd(), args.wsgi_app)
         return project.run(args.config, args.reload, args.log_level)
+    if args.role == "keys":  # needs no configuration
+        from . import keys
+        return keys.main(args.dir, args.clients, args.client)
     config = config_module.load(args.config)
     if args.role == "check-config":
         print(json.dumps(_describe(config), indent=2))

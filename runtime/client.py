@@ -60,13 +60,15 @@ import zmq
 
 from . import config as config_module
 from . import layer as layer_module
+from . import transport
 from .config import Config
 from .exceptions import NotInConsumer
 from .layer import Layer
 from .message import ReplyChannel
+from .presence import Member
 
-__all__ = ["Client", "configure", "default_client", "send", "group_send", "reply_channel",
-           "close"]
+__all__ = ["Client", "configure", "default_client", "send", "group_send", "group_members",
+           "group_size", "reply_channel", "close"]
 
 T = TypeVar("T")
 
@@ -104,6 +106,13 @@ class Client:
         self._run(lambda layer: layer.group_send(group, text=text, bytes=bytes, close=close,
                                                  event=event, id=id, delay=delay))
 
+    def group_members(self, group: str) -> list[Member]:
+        """Every member of `group` with its info (docs/consumers.md#presence)."""
+        return self._run(lambda layer: layer.group_members(group))
+
+    def group_size(self, group: str) -> int:
+        return self._run(lambda layer: layer.group_size(group))
+
     def reply_channel(self, name: str) -> ReplyChannel:
         """The `ReplyChannel` of one connection or HTTP request, from its name: ``send``,
         ``close``, and for a request ``respond``, ``send_event`` and the rest. Each call
@@ -122,7 +131,7 @@ class Client:
             probe = context.socket(zmq.DEALER)
             probe.linger = 0
             monitor = probe.get_monitor_socket(zmq.EVENT_CONNECTED)  # before connecting
-            probe.connect(self.config.router_clients)
+            transport.connect(probe, self.config.router_clients, self.config)
             return bool(monitor.poll(max(0, int(timeout * 1000))))
         finally:
             context.destroy(linger=0)
@@ -240,6 +249,16 @@ def group_send(group: str, text: str | None = None, bytes: bytes | None = None,
     """`Client.group_send` with the default client (or, in a worker, the worker's layer)."""
     _run(lambda layer: layer.group_send(group, text=text, bytes=bytes, close=close,
                                         event=event, id=id, delay=delay))
+
+
+def group_members(group: str) -> list[Member]:
+    """`Client.group_members` with the default client (or, in a worker, its layer)."""
+    return _run(lambda layer: layer.group_members(group))
+
+
+def group_size(group: str) -> int:
+    """`Client.group_size` with the default client (or, in a worker, its layer)."""
+    return _run(lambda layer: layer.group_size(group))
 
 
 def reply_channel(name: str) -> ReplyChannel:

@@ -90,6 +90,17 @@ class Config:
     # Group history ([history] table, runtime/history.py, docs/consumers.md)
     history: HistoryConfig = HistoryConfig()
     pools: tuple[PoolConfig, ...] = ()
+    # Several hosts (docs/deployment.md, runtime/transport.py)
+    role: str = "all"  # which programs this host runs: all, layer, app or workers
+    worker_pools: tuple[str, ...] = ()  # pools whose workers this host runs; (): all
+    curve_dir: str = ""  # this host's CURVE keys (zchannels keys); "": none
+    curve_allow_dir: str = ""  # layer host: allowed client public keys; "": curve_dir/allowed
+    insecure_tcp: bool = False  # allow tcp:// off loopback without CURVE (with a warning)
+    heartbeat_interval: float = 1.0  # seconds between ZeroMQ PINGs on tcp (0: off)
+    heartbeat_timeout: float = 3.0  # seconds of silence after a PING before dropping a peer
+    tcp_keepalive_idle: int = 5  # seconds idle before the kernel's first keepalive probe
+    tcp_keepalive_interval: int = 1  # seconds between keepalive probes
+    tcp_keepalive_count: int = 5  # unanswered probes before the kernel drops the connection
     router_interfaces: str = ""  # interfaces' DEALERs connect to the broker here
     router_clients: str = ""  # processes that are not workers send through the broker here
     source: str = "<defaults>"
@@ -148,8 +159,18 @@ _SCALARS: dict[str, tuple[type, ...]] = {
     "metrics_token": (str,),
     "dashboard_path": (str,),
     "dashboard_token": (str,),
+    "role": (str,),
+    "curve_dir": (str,),
+    "curve_allow_dir": (str,),
+    "insecure_tcp": (bool,),
+    "heartbeat_interval": (int, float),
+    "heartbeat_timeout": (int, float),
+    "tcp_keepalive_idle": (int,),
+    "tcp_keepalive_interval": (int,),
+    "tcp_keepalive_count": (int,),
 }
-_LISTS = ("consumers", "allowed_origins", "metrics_allow")
+_LISTS = ("consumers", "allowed_origins", "metrics_allow", "worker_pools")
+HOST_ROLES = ("all", "layer", "app", "workers")  # ZCHANNELS_ROLE
 _ENDPOINTS = ("router_interfaces", "router_clients")
 _POSITIVE = (
     "max_message_bytes",
@@ -166,6 +187,10 @@ _POSITIVE = (
     "send_timeout",
     "router_hwm",
     "stats_interval",
+    "heartbeat_timeout",
+    "tcp_keepalive_idle",
+    "tcp_keepalive_interval",
+    "tcp_keepalive_count",
 )
 _POOL_KEYS = ("channels", "capacity", "endpoint_in", "endpoint_out")
 
@@ -231,6 +256,9 @@ def parse(
     config = replace(config, pools=pools, history=_parse_history(data.get("history"), source),
                      **_default_endpoints(config))
     _check_endpoints(config)
+    for name in config.worker_pools:
+        config.pool(name)  # an unknown pool is an error that lists the pools
+    _check_tcp(config)
     return config
 
 
@@ -277,6 +305,12 @@ def _apply_environment(values: dict[str, Any], environ: Mapping[str, str], sourc
     for key in ("metrics_token", "dashboard_token"):  # secrets too
         if environ.get(f"ZCHANNELS_{key.upper()}"):
             values[key] = environ[f"ZCHANNELS_{key.upper()}"]
+    for key in ("role", "curve_dir"):  # what differs between the hosts of one config
+        if environ.get(f"ZCHANNELS_{key.upper()}"):
+            values[key] = environ[f"ZCHANNELS_{key.upper()}"]
+    if environ.get("ZCHANNELS_WORKER_POOLS"):
+        values["worker_pools"] = tuple(p for p in environ["ZCHANNELS_WORKER_POOLS"].split(",")
+                                       if p)
 
 
 def _check_ranges(config: Config) -> None:
@@ -313,6 +347,7 @@ def _check_ranges(config: Config) -> None:
         raise ConfigError(f"{config.source}: [server] consumers must name at least one directory")
     _check_publish(config)
     _check_compression(config)
+    _check_hosts(config)
     _check_operator_view(config)
 
 
@@ -324,6 +359,18 @@ def _check_compression(config: Config) -> None:
                               f"not {getattr(config, key)}")
     if config.compression_min_bytes < 0:
         raise ConfigError(f"{config.source}: [server] compression_min_bytes must be 0 or more")
+
+
+def _check_hosts(config: Config) -> None:
+    if config.role not in HOST_ROLES:
+        raise ConfigError(f"{config.source}: [server] role (or ZCHANNELS_ROLE) must be one "
+                          f"of {', '.join(HOST_ROLES)}, not {config.role!r}")
+    if config.heartbeat_interval < 0:
+        raise ConfigError(f"{config.source}: [server] heartbeat_interval must be 0 (off) "
+                          "or more")
+    if config.curve_dir and config.insecure_tcp:
+        raise ConfigError(f"{config.source}: [server] curve_dir and insecure_tcp = true "
+                          "contradict each other: CURVE, or plaintext tcp; set one")
 
 
 def _check_operator_view(config: Config) -> None:
@@ -455,3 +502,26 @@ def _check_endpoints(config: Config) -> None:
                               f"the endpoint {endpoint}")
         seen[endpoint] = what
 
+
+
+def _check_tcp(config: Config) -> None:
+    """tcp:// off loopback needs CURVE keys (or an explicit insecure_tcp); keys must be
+    there, complete for this host's role, and private."""
+    from . import keys  # (it imports zmq.auth)
+    tcp = {what: e for what, e in all_endpoints(config).items() if e.startswith("tcp://")}
+    if not config.curve_dir:
+        exposed = [f"{what} = {e}" for what, e in tcp.items() if not _loopback(e)]
+        if exposed and not config.insecure_tcp:
+            raise ConfigError(
+                f"{config.source}: {'; '.join(exposed)} can be reached from other hosts, "
+                "and tcp:// endpoints there need CURVE keys: make them with "
+                "`zchannels keys --dir keys --clients N` (it says which directory goes to "
+                "which host) and set [server] curve_dir on each host (or ZCHANNELS_CURVE_DIR); "
+                "or, on a private network only, insecure_tcp = true")
+        return
+    keys.check_dir(config, bool(tcp))
+
+
+def _loopback(endpoint: str) -> bool:
+    from .transport import is_loopback
+    return is_loopback(endpoint)

@@ -73,12 +73,16 @@ class _Consumer:
         """The connection's session: what one event stores, the next one reads."""
         return self.message.session
 
-    def group_add(self, group: str, since: str | None = None) -> bool | Recovery:
+    def group_add(self, group: str, since: str | None = None, info: Any = None,
+                  announce: bool = False) -> bool | Recovery:
         """Add this connection to `group` (it leaves by itself when it closes). With
-        `since`, the client's last position: a `Recovery`, see `runtime.group_add`."""
+        `since`, the client's last position: a `Recovery`, see `runtime.group_add`;
+        `info`: what `group_members` shows of it; `announce`: the group is told when
+        it joins and when it leaves."""
         if since is None:
-            return layer.group_add(group, self.reply_channel)
-        return layer.group_add(group, self.reply_channel, since)
+            return layer.group_add(group, self.reply_channel, info=info, announce=announce)
+        return layer.group_add(group, self.reply_channel, since, info=info,
+                               announce=announce)
 
     def group_discard(self, group: str) -> bool:
         return layer.group_discard(group, self.reply_channel)
@@ -129,6 +133,9 @@ class WebsocketConsumer(_Consumer):
     # the groups above that keep history are joined from it, so the client first gets
     # what it missed (docs/consumers.md#history-and-recovery). None: not looked for.
     since_query: ClassVar[str | None] = None
+    # True: the groups above are told when this connection joins and leaves them
+    # ({"type": "join"/"leave", "group", "member", "info": presence_info()}).
+    announce_presence: ClassVar[bool] = False
     # True: an anonymous client (no Django login, see runtime.auth) is refused with 403 at
     # the handshake, and closed with 4403 if its login goes while it is connected.
     login_required: ClassVar[bool] = False
@@ -177,6 +184,12 @@ class WebsocketConsumer(_Consumer):
         values = self.message.query.get(self.since_query)
         return values[0] if values else None
 
+    def presence_info(self) -> Any:
+        """What `group_members` shows of this connection in the groups it joins on
+        connect (any JSON value, e.g. ``{"user": name}``); None by default. It runs
+        before `connect`, from the connect message (path, query, headers, user)."""
+        return None
+
     def group_names(self) -> list[str]:
         """The groups this connection joins: `groups` formatted with the path's
         named groups. Override it for names that depend on more than the path."""
@@ -190,9 +203,11 @@ class WebsocketConsumer(_Consumer):
             return
         #: group -> its Recovery, for the groups joined from a position (group_since)
         self.recoveries: dict[str, Recovery] = {}
-        for group in self.group_names():
+        names = self.group_names()
+        info = self.presence_info() if names else None
+        for group in names:
             since = self.group_since(group)
-            joined = self.group_add(group, since)
+            joined = self.group_add(group, since, info, self.announce_presence)
             if isinstance(joined, Recovery):
                 self.recoveries[group] = joined
         self.connect()

@@ -36,11 +36,12 @@ from typing import Any, overload
 
 import zmq
 
-from . import wire
+from . import transport, wire
 from .config import Config, PoolConfig
 from .exceptions import ChannelFull, GroupError, NotInConsumer, UnknownChannel
 from .history import Recovery, Rules
 from .message import ReplyChannel
+from .presence import MAX_ANSWER_MEMBERS, Member, check_info
 from .stats import counters
 
 log = logging.getLogger("runtime.layer")
@@ -50,7 +51,7 @@ FLUSHER_JOIN = 1.0  # seconds to wait for the flusher thread at close
 FLUSH_TICK = 0.001  # seconds between the flusher's looks while events keep coming
 FLUSH_PARK = 0.05  # seconds without a held operation before the flusher sleeps until woken
 
-TO, GROUP, HISTORY = wire.VERB_TO, wire.VERB_GROUP, wire.VERB_HISTORY
+TO, GROUP, HISTORY, QUERY = wire.VERB_TO, wire.VERB_GROUP, wire.VERB_HISTORY, wire.VERB_QUERY
 
 
 class Layer:
@@ -94,7 +95,7 @@ class Layer:
         sock.sndtimeo = self._send_timeout_ms
         if routing_id is not None:
             sock.routing_id = routing_id
-        sock.connect(endpoint)
+        transport.connect(sock, endpoint, self.config)
         return sock
 
     # -- sending ---------------------------------------------------------
@@ -253,15 +254,21 @@ class Layer:
     # -- membership --------------------------------------------------------
 
     @overload
-    def group_add(self, group: str, reply_channel: ReplyChannel | str) -> bool: ...
+    def group_add(self, group: str, reply_channel: ReplyChannel | str, *,
+                  info: Any = None, announce: bool = False) -> bool: ...
     @overload
     def group_add(self, group: str, reply_channel: ReplyChannel | str,
-                  since: str) -> Recovery: ...
+                  since: str, *, info: Any = None, announce: bool = False) -> Recovery: ...
 
     def group_add(self, group: str, reply_channel: ReplyChannel | str,
-                  since: str | None = None) -> bool | Recovery:
+                  since: str | None = None, *, info: Any = None,
+                  announce: bool = False) -> bool | Recovery:
         """Add a connection to a group. When this returns, every later group_send
-        from any process reaches it. False if the connection has already closed.
+        from any process reaches it, and `group_members` lists it with `info` (any
+        JSON value, up to 4 KiB encoded: a user name, say). With `announce`, the group
+        is told, ``{"type": "join", "group", "member", "info"}``, and told again
+        (``"leave"``) when it leaves or closes. False if the connection has already
+        closed.
 
         With `since` (the last position the client saw, ``"<epoch>:<offset>"``), the
         connection first gets every message the group sent after it, then the live
@@ -273,19 +280,43 @@ class Layer:
                 and self.history_rules.rule_for(wire.check_name(group, "group").encode()):
             since = reply_channel.since
         if since is None:
-            return bool(self._membership(wire.OP_GROUP_ADD, group, reply_channel).get("ok"))
+            return bool(self._membership(wire.OP_GROUP_ADD, group, reply_channel,
+                                         info=info, announce=announce).get("ok"))
         if not isinstance(since, str):
             raise TypeError(f"since must be a position string, not {type(since).__name__}")
-        return Recovery.from_answer(
-            self._membership(wire.OP_GROUP_ADD, group, reply_channel, since))
+        return Recovery.from_answer(self._membership(
+            wire.OP_GROUP_ADD, group, reply_channel, since, info, announce))
 
     def group_discard(self, group: str, reply_channel: ReplyChannel | str) -> bool:
         """Remove a connection from a group; no group_send after this returns reaches it.
         False if it was not a member (or has closed)."""
         return bool(self._membership(wire.OP_GROUP_DISCARD, group, reply_channel).get("ok"))
 
+    def group_members(self, group: str) -> list[Member]:
+        """Every member of `group` on every interface, with the info it joined with, as
+        the broker knows them now (docs/consumers.md#presence: how stale that can be)."""
+        answer = self._query(group, "members")
+        if not answer.get("ok"):
+            raise GroupError(f"group {group!r} has {answer.get('size')} members, more than "
+                             f"group_members returns ({MAX_ANSWER_MEMBERS}): use group_size")
+        return [Member(channel, info) for channel, info in answer["members"]]
+
+    def group_size(self, group: str) -> int:
+        """How many members `group` has, on every interface."""
+        return int(self._query(group, "size")["size"])
+
+    def _query(self, group: str, what: str) -> dict[str, Any]:
+        wire.check_name(group, "group")
+        request = next(self._requests)
+        header = wire.encode({"req": request, "group": group, "what": what})
+        with self.lock:
+            self._flush()  # what this consumer did before comes first
+            self._send(self.broker, [QUERY, header], "%s", "the route to the broker")
+            return self._await_answer(request, f"group_{what}({group!r})")
+
     def _membership(self, op: str, group: str, reply_channel: ReplyChannel | str,
-                    since: str | None = None) -> dict[str, Any]:
+                    since: str | None = None, info: Any = None,
+                    announce: bool = False) -> dict[str, Any]:
         """The owning interface's answer to a membership request: ``{"ok": ...}``."""
         wire.check_name(group, "group")
         name = str(reply_channel)
@@ -295,6 +326,10 @@ class Layer:
         fields = {"op": op, "group": group, "req": request, "conn": route[1]}
         if since is not None:
             fields["since"] = since  # the broker answers with the group's history
+        if info is not None:
+            fields["info"] = check_info(info)
+        if announce:
+            fields["announce"] = True
         header = wire.encode(fields)
         # The interface answers once its table has changed: that confirmation is
         # what makes membership immediate (no slow-joiner race with group sends).
@@ -304,19 +339,27 @@ class Layer:
             self._relay([TO if since is None else HISTORY, route[0], header])
             if route == self.current_route:
                 self.current_sends += 1
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self.broker.poll(int(remaining * 1000) + 1):
-                    counters.incr("group_timeouts")
-                    raise GroupError(f"{op} {group!r} for {name}: the owning interface did "
-                                     f"not answer within {self.config.group_timeout:g}s")
-                frames = self.broker.recv_multipart()
-                if frames[0] == wire.TO_WORKER_EVENT:
-                    self.inbox.append(frames[1:])  # for after this consumer
-                    continue
-                answer = self._answer(frames)
-                if answer is not None and answer.get("req") == request:
-                    return answer
+            return self._await_answer(request, f"{op} {group!r} for {name}: the owning "
+                                      "interface", deadline)
+
+    def _await_answer(self, request: int, what: str,
+                      deadline: float | None = None) -> dict[str, Any]:
+        """The answer to `request`, keeping the events that come meanwhile (lock held)."""
+        if deadline is None:
+            deadline = time.monotonic() + self.config.group_timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self.broker.poll(int(remaining * 1000) + 1):
+                counters.incr("group_timeouts")
+                raise GroupError(f"{what} did not answer within "
+                                 f"{self.config.group_timeout:g}s")
+            frames = self.broker.recv_multipart()
+            if frames[0] == wire.TO_WORKER_EVENT:
+                self.inbox.append(frames[1:])  # for after this consumer
+                continue
+            answer = self._answer(frames)
+            if answer is not None and answer.get("req") == request:
+                return answer
 
     def _answer(self, frames: list[bytes]) -> dict[str, Any] | None:
         """An answer to a membership request, or a bounce (lock held)."""
@@ -418,17 +461,34 @@ def send(channel: str, content: dict[str, Any] | None = None, payload: bytes = b
 
 
 @overload
-def group_add(group: str, reply_channel: ReplyChannel | str) -> bool: ...
+def group_add(group: str, reply_channel: ReplyChannel | str, *, info: Any = None,
+              announce: bool = False) -> bool: ...
 @overload
-def group_add(group: str, reply_channel: ReplyChannel | str, since: str) -> Recovery: ...
+def group_add(group: str, reply_channel: ReplyChannel | str, since: str, *,
+              info: Any = None, announce: bool = False) -> Recovery: ...
 
 
 def group_add(group: str, reply_channel: ReplyChannel | str,
-              since: str | None = None) -> bool | Recovery:
-    """`Layer.group_add`: with `since`, recover what the client missed."""
+              since: str | None = None, *, info: Any = None,
+              announce: bool = False) -> bool | Recovery:
+    """`Layer.group_add`: with `since`, recover what the client missed; `info`, what
+    `group_members` shows of it; `announce`, tell the group when it joins and leaves."""
+    extra: dict[str, Any] = {}  # only what is asked for: a test's fake layer may lack them
+    if info is not None:
+        extra["info"] = info
+    if announce:
+        extra["announce"] = True
     if since is None:
-        return current().group_add(group, reply_channel)
-    return current().group_add(group, reply_channel, since)
+        return current().group_add(group, reply_channel, **extra)
+    return current().group_add(group, reply_channel, since, **extra)
+
+
+def group_members(group: str) -> list[Member]:
+    return current().group_members(group)
+
+
+def group_size(group: str) -> int:
+    return current().group_size(group)
 
 
 def group_discard(group: str, reply_channel: ReplyChannel | str) -> bool:

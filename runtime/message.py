@@ -246,6 +246,12 @@ class Message:
         return bool(self.content.get("redelivered"))
 
     @property
+    def abandoned(self) -> bool:
+        """True for a ``websocket.disconnect`` the broker sent because the socket's
+        interface died (docs/consumers.md): code 1006, and no session (it died too)."""
+        return bool(self.content.get("abandoned"))
+
+    @property
     def text(self) -> str | None:
         """The payload of a text frame, or None for a binary one."""
         if self.content.get("kind") == wire.KIND_TEXT:

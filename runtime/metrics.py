@@ -88,6 +88,8 @@ HELP = {
     "pool_backlog": "Messages inside the broker waiting for a worker of the pool.",
     "pool_capacity": "The pool's configured capacity.",
     "pool_dispatched": "Messages the broker handed to a worker of the pool.",
+    "curve_refused": "Connections the broker refused: their CURVE client key is not in "
+                     "the allow-list (docs/deployment.md).",
     "event_latency_seconds": "Seconds from an interface handing an event to its pool "
                              "until the worker's done arrived (pool wait + consumer).",
 }

@@ -35,7 +35,8 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from . import wire
-from .config import PoolConfig
+from . import transport
+from .config import Config, PoolConfig
 from .exceptions import BadMessage
 from .stats import counters, labelled
 
@@ -49,7 +50,8 @@ EVENT = [wire.TO_WORKER_EVENT]
 
 
 class Pool:
-    def __init__(self, pool: PoolConfig, socket: Callable[[int], zmq.Socket]) -> None:
+    def __init__(self, pool: PoolConfig, socket: Callable[[int], zmq.Socket],
+                 config: Config) -> None:
         self.pool = pool
         # Free workers, longest-waiting first; a dict so a repeated READY counts once.
         self.ready: dict[bytes, None] = {}
@@ -63,12 +65,12 @@ class Pool:
         self.stale_disconnects: dict[int, int] = {}
         self.incoming = socket(zmq.PULL)
         self.incoming.rcvhwm = pool.capacity
-        self.incoming.bind(pool.endpoint_in)
+        transport.bind(self.incoming, pool.endpoint_in, config)
         self.workers = socket(zmq.ROUTER)
         self.workers.router_mandatory = 1  # a worker that has gone is an error, not a sink
         self.monitor = self.workers.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self.monitor.linger = 0
-        self.workers.bind(pool.endpoint_out)
+        transport.bind(self.workers, pool.endpoint_out, config)
         # For the metrics: what this pool holds now, and what it handed out.
         self.dispatched_counter = labelled("pool_dispatched", pool=pool.name)
         counters.gauges.update({

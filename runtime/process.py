@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import zmq
 
+from . import transport
 from .stats import counters
 
 if TYPE_CHECKING:
@@ -110,6 +111,7 @@ class Service:
 
     def serve(self, **ready_info: Any) -> None:
         on_stop_signals(self.stop)
+        transport.describe(self.config, check_keys=self.role != "broker")
         counters.setup(self.config.run_dir, self.role)
         counters.write(force=True)  # `zchannels stats` lists it before it counts anything
         announce_ready(self.config.run_dir, self.role, **ready_info)
@@ -124,5 +126,6 @@ class Service:
             counters.write(force=True)
             for sock in self.sockets:
                 sock.close()
+            transport.release(self.context)  # the ZAP thread's socket, if it has one
             self.context.term()
             log.info("%s stopped", self.role)

@@ -125,17 +125,43 @@ def render(name: str, python: str, project: str) -> str:
         python=value(shlex.quote(python)), project=value(project))
 
 
+# Which programs each host role runs (ZCHANNELS_ROLE, docs/deployment.md): the layer
+# host the broker; an app host interfaces and workers; a workers host workers only.
+ROLE_PROGRAMS = {
+    "all": ("broker", "worker", "interface"),
+    "layer": ("broker",),
+    "app": ("worker", "interface"),
+    "workers": ("worker",),
+}
+
+
 def supervisord_config(config: config_module.Config, python: str, project: str) -> str:
-    """The rendered supervisord.conf, with a worker program for every pool of
-    `config` (the template has the ``default`` pool's, which serves as the model)."""
+    """The rendered supervisord.conf for this host's role (`config.role`), with a worker
+    program for every pool of `config` -- or of `config.worker_pools` -- (the template
+    has the ``default`` pool's, which serves as the model)."""
     text = render(SUPERVISORD_TEMPLATE, python, project)
     start = text.index("\n[program:worker-default]\n") + 1
     end = text.index("\n[", start) + 1
     model = text[start:end]
-    workers = "\n".join(model.replace("worker-default", f"worker-{pool.name}")
-                        .replace("--pool default", f"--pool {pool.name}")
-                        for pool in config.pools)
-    return text[:start] + workers + text[end:]
+    runs = ROLE_PROGRAMS[config.role]
+    pools = [pool.name for pool in config.pools
+             if not config.worker_pools or pool.name in config.worker_pools]
+    workers = "\n".join(model.replace("worker-default", f"worker-{name}")
+                        .replace("--pool default", f"--pool {name}")
+                        for name in pools) if "worker" in runs else ""
+    text = text[:start] + workers + text[end:]
+    if "broker" not in runs:
+        text = _without_section(_without_section(text, "group:layer"), "program:broker")
+    if "interface" not in runs:
+        text = _without_section(text, "program:interface")
+    return text
+
+
+def _without_section(text: str, name: str) -> str:
+    """`text` without the ``[name]`` section (up to the next section or the end)."""
+    start = text.index(f"\n[{name}]\n") + 1
+    end = text.find("\n[", start)
+    return text[:start] + (text[end + 1:] if end >= 0 else "")
 
 
 def prepare(config_path: str | None, reload: bool,
@@ -178,7 +204,9 @@ def run(config_path: str | None, reload: bool, log_level: str) -> int:
     """``zchannels run``: supervisord in the foreground, in place of this process."""
     argv, config, run_dir = prepare(config_path, reload, log_level)
     reloading = ", workers restarted on changes: logs/reloader.log" if reload else ""
-    print(f"zchannels: http://{config.host}:{config.port}/  (project {os.getcwd()}, "
+    serving = (f"http://{config.host}:{config.port}/" if "interface" in
+               ROLE_PROGRAMS[config.role] else f"no interfaces here (role {config.role})")
+    print(f"zchannels: {serving}  (role {config.role}, project {os.getcwd()}, "
           f"run dir {run_dir}{reloading})\n"
           f"zchannels: control it with: {supervisorctl_command(run_dir)} status",
           file=sys.stderr, flush=True)

@@ -24,9 +24,12 @@ broker -> interface: group message   ``[*, group, header, payload]``, and
 broker -> interface: join + history  ``[worker id, header, (header, payload,
                                      position) per missed message]``
 interface -> broker                  ``[worker id, header]``  (answers to requests)
+interface -> broker: presence        ``[P, header]`` (membership changes: `presence`)
+worker -> broker: presence query     ``[Q, header]``, answered ``[A, "", header]``
 broker -> worker: answer             ``[A, interface id, header]``
 broker -> worker: bounce             ``[U, interface id, original header]``
 interface -> broker ping             ``[PING, header]``, answered ``[PING, PONG]``
+                                     (or ``[PING, ABANDONED]``: see the broker)
 ==================================  ==============================================
 
 One echo is four messages: event to the broker, broker to a worker, the reply with
@@ -79,6 +82,7 @@ VERB_GROUP = b"G"  # a group message, to every interface
 VERB_HISTORY = b"H"  # [H, interface id, header]: a group_add that recovers from a position
 VERB_LATER = b"W"  # W<ms>: the message behind it (G, or S) is due in ms milliseconds
 VERB_TO_POOL = b"S"  # [S, pool name, header, payload]: a named channel's message (delayed)
+VERB_QUERY = b"Q"  # [Q, header]: who is in a group (runtime/presence.py); the broker answers
 MAX_DELAY = 86400.0  # seconds a message may be delayed
 # The first frame of what the broker sends a worker.
 TO_WORKER_EVENT = b"E"
@@ -88,9 +92,16 @@ TO_WORKER_BOUNCE = b"U"
 # there is the id of the process that sent the operation (or PING).
 FROM_GROUP = b"*"
 
+# What an interface sends the broker in place of a worker id: its membership changes.
+PRESENCE = b"P"
+
 UNREACHABLE = b"unreachable"
 PING = b""
 PONG = b"pong"
+# The broker's answer to the hello of an interface it found gone and whose sockets'
+# disconnects it ran: drop them (close 1012) and say hello again with HELLO_ABANDONED.
+ABANDONED = b"abandoned"
+HELLO_ABANDONED = b'{"abandoned":true}'
 
 # RFC 6455 section 7.4: the registered codes an endpoint may put in a close frame.
 SENDABLE_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011,

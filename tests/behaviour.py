@@ -49,9 +49,20 @@ def unique(prefix: str) -> str:
 
 
 def chat_event(kind: str, user: str, text: str | None = None) -> dict[str, str]:
-    if text is None:
-        text = f"{user} joined" if kind == "join" else f"{user} left"
-    return {"type": kind, "user": user, "text": text}
+    """A chat message, or (no text) a join or leave as `received` shows it."""
+    return {"type": kind, "user": user} if text is None else \
+        {"type": kind, "user": user, "text": text}
+
+
+def received(ws: Any) -> dict[str, Any]:
+    """The next chat event; a presence notice (join, leave: the runtime's, with the
+    member's reply channel and its info) as its type and user."""
+    event = ws.receive_json()
+    if event.get("type") in ("join", "leave"):
+        assert set(event) == {"type", "group", "member", "info"}, event
+        assert event["group"].startswith("chat.") and "!" in event["member"], event
+        return {"type": event["type"], "user": event["info"]["user"]}
+    return event
 
 
 def assert_closed(ws: Any) -> None:
@@ -79,32 +90,32 @@ def echo_text_and_binary(backend):
 def chat_room_with_three_members(backend):
     room = unique("room")
     ann = backend.websocket(f"/ws/chat/{room}?name=ann")
-    assert ann.receive_json() == chat_event("join", "ann")
+    assert received(ann) == chat_event("join", "ann")
     bob = backend.websocket(f"/ws/chat/{room}?name=bob")
     for ws in (ann, bob):
-        assert ws.receive_json() == chat_event("join", "bob")
+        assert received(ws) == chat_event("join", "bob")
     cy = backend.websocket(f"/ws/chat/{room}?name=cy")
     for ws in (ann, bob, cy):
-        assert ws.receive_json() == chat_event("join", "cy")
+        assert received(ws) == chat_event("join", "cy")
 
     # Two members' messages have no order between them (different connections): each
     # is awaited everywhere before the next one.
     bob.send(text="hi all")  # a plain string
     for ws in (ann, bob, cy):
-        assert ws.receive_json() == chat_event("message", "bob", "hi all")
+        assert received(ws) == chat_event("message", "bob", "hi all")
     ann.send(text=json.dumps({"text": "json too"}))  # or {"text": ...}
     for ws in (ann, bob, cy):
-        assert ws.receive_json() == chat_event("message", "ann", "json too")
+        assert received(ws) == chat_event("message", "ann", "json too")
 
     cy.close()  # leaves the room before its disconnect consumer announces it
     for ws in (ann, bob):
-        assert ws.receive_json() == chat_event("leave", "cy")
+        assert received(ws) == chat_event("leave", "cy")
     ann.send(text="two left")
     for ws in (ann, bob):
-        assert ws.receive_json() == chat_event("message", "ann", "two left")
+        assert received(ws) == chat_event("message", "ann", "two left")
 
     other = backend.websocket(f"/ws/chat/{unique('room')}")  # no name: guest-<n>
-    joined = other.receive_json()
+    joined = received(other)
     assert joined["type"] == "join" and joined["user"].startswith("guest-")
     for ws in (ann, bob, other):
         ws.close()
@@ -114,15 +125,15 @@ def chat_room_with_three_members(backend):
 def chat_closes_1007_on_broken_json_and_1003_on_binary(backend):
     room = unique("room")
     ann = backend.websocket(f"/ws/chat/{room}?name=ann")
-    ann.receive_json()
+    received(ann)
     bob = backend.websocket(f"/ws/chat/{room}?name=bob")
-    bob.receive_json()
-    ann.receive_json()
+    received(bob)
+    received(ann)
 
     bob.send(text='{"text": unquoted}')
     assert bob.wait_closed() == 1007
     assert_closed(bob)
-    assert ann.receive_json() == chat_event("leave", "bob")
+    assert received(ann) == chat_event("leave", "bob")
 
     ann.send(bytes=b"\x01")
     assert ann.wait_closed() == 1003

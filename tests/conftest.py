@@ -7,6 +7,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from harness import checked_system  # noqa: E402
+from browser import browser  # noqa: E402,F401 (the headless Chromium fixture, for any test)
 
 
 @pytest.fixture(scope="module")

@@ -188,6 +188,18 @@ class System:
                 assert info["port"] == self.port
         return proc
 
+    def interface_name_of(self, reply_channel: str) -> str:
+        """The name (interface-N) of the running interface that owns `reply_channel`."""
+        interface_id = reply_channel.split("!")[0]
+        ready = os.path.join(self.run_dir, "ready")
+        for name, proc in self.processes.items():
+            path = os.path.join(ready, f"interface.{proc.pid}")
+            if name.startswith("interface") and os.path.exists(path):
+                with open(path) as f:
+                    if json.load(f)["id"] == interface_id:
+                        return name
+        raise AssertionError(f"no running interface has id {interface_id}")
+
     def role_of(self, name: str) -> str:
         args = self.arguments[name]
         return f"{args[0]}-{args[2]}" if args[0] == "worker" else args[0]

@@ -37,8 +37,11 @@ def test_echo_on_and_off_with_the_baseline(deflating, tmp_path):
     assert plain["bytes_in_per_op"] == pytest.approx(plain["bytes_out_per_message"] - 4)
     assert 140 < plain["bytes_in_per_op"] <= 154
     assert deflated["bytes_in_per_op"] < 140 and deflated["bytes_out_per_message"] < 140
+    # Stock Tornado keeps a context per connection (it cannot read the client's
+    # server_no_context_takeover): the same four messages again and again shrink to
+    # almost nothing. zchannels compresses each on its own, for every member at once.
     tornado = runs["raw Tornado +deflate"]["figures"]["bytes_in_per_op"]
-    assert tornado == pytest.approx(deflated["bytes_in_per_op"], abs=3)  # no context kept
+    assert tornado < deflated["bytes_in_per_op"]
     pairs = [(c["system"], c["reference"]) for c in document["comparisons"]
              if c["metric"] == "rate"]
     assert pairs == [("zchannels", "raw Tornado"), ("zchannels +deflate", "raw Tornado +deflate"),
@@ -74,8 +77,9 @@ def test_chat_bytes_on_and_off(deflating, tmp_path):
     on, off = figures["zchannels +deflate"], figures["zchannels"]
     assert on["bytes_in_per_delivery"] < off["bytes_in_per_delivery"]
     assert on["json_bytes_per_message"] == off["json_bytes_per_message"]  # the same lines
+    # Stock Tornado's context per connection: fewer bytes, compressed once per member.
     assert figures["raw Tornado +deflate"]["bytes_in_per_delivery"] \
-        == pytest.approx(on["bytes_in_per_delivery"], abs=1)
+        < on["bytes_in_per_delivery"]
     assert "zchannels: on / off, bytes received 0." in done.stdout
 
 

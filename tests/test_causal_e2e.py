@@ -85,7 +85,7 @@ async def join_chat(system, room, name):
         message = await read(ws, READ_TIMEOUT)
         assert message is not None, f"{name} was closed before it joined"
         event = json.loads(message)
-        if event["type"] == "join" and event["user"] == name:
+        if event["type"] == "join" and event["info"] == {"user": name}:
             return ws
 
 
@@ -142,22 +142,29 @@ def losses(system):
 
 
 def assert_ledger(system):
-    """Every group message the workers sent reached every interface (group_received
-    does not count the interfaces' start-up probes)."""
-    def balanced():
-        workers = system.counters("worker")
-        received = [system.counters(f"interface-{k}") for k in range(INTERFACES)]
-        if workers is None or None in received:
+    """Every group message the workers sent, and every join and leave notice the broker
+    sent for the chat's announced members, reached every interface (group_received does
+    not count the interfaces' start-up probes)."""
+    def sent() -> int | None:
+        workers, broker = system.counters("worker"), system.counters("broker")
+        if workers is None or broker is None:
             return None
-        counts = (workers.get("group_sends", 0), [r.get("group_received", 0) for r in received])
+        return workers.get("group_sends", 0) + broker.get("presence_notices", 0)
+
+    def balanced():
+        received = [system.counters(f"interface-{k}") for k in range(INTERFACES)]
+        total = sent()
+        if total is None or None in received:
+            return None
+        counts = (total, [r.get("group_received", 0) for r in received])
         return counts if all(r == counts[0] for r in counts[1]) else None
     try:
-        wait_until(balanced, 5, "group_received == group_sends on every interface")
+        wait_until(balanced, 5, "group_received == group_sends + presence_notices on every "
+                   "interface")
     except AssertionError:
-        workers = system.counters("worker") or {}
         received = [(system.counters(f"interface-{k}") or {}).get("group_received")
                     for k in range(INTERFACES)]
-        raise AssertionError(f"workers sent {workers.get('group_sends')} group messages, "
+        raise AssertionError(f"workers and broker sent {sent()} group messages, "
                              f"the interfaces received {received}") from None
 
 

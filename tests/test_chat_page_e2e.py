@@ -6,7 +6,6 @@ import time
 
 import pytest
 
-from browser import browser  # noqa: F401 (the fixture)
 from harness import checked_system, wait_until
 
 pytestmark = pytest.mark.e2e

@@ -10,9 +10,7 @@ import zlib
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient
-from tornado.websocket import websocket_connect
 
-from browser import browser  # noqa: F401 (the fixture)
 from harness import checked_system, read, run, wait_until
 from rawws import WAIT, deflated, handshake, masked_frame, raw_websocket, read_frame
 
@@ -173,7 +171,7 @@ def test_a_group_message_to_1000_compressed_members_is_compressed_once_per_inter
     assert received == [text] * MEMBERS
 
 
-def test_chromium_chats_through_the_page_with_compression_on(system, browser):  # noqa: F811
+def test_chromium_chats_through_the_page_with_compression_on(system, browser):
     pages = [browser.new_page(), browser.new_page()]
     try:
         for name, page in zip(("ann", "bob"), pages):

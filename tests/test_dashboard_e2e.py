@@ -7,7 +7,6 @@ import threading
 
 import pytest
 
-from browser import browser  # noqa: F401 (the fixture)
 from harness import checked_system, http_request, read, run, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -86,7 +85,7 @@ class Load:
             raise self.error
 
 
-def test_the_page_opens_with_its_token_and_moves_with_the_load(system, browser):  # noqa: F811
+def test_the_page_opens_with_its_token_and_moves_with_the_load(system, browser):
     page = browser.new_page()
     try:
         response = page.goto(f"http://127.0.0.1:{system.port}{PATH}?token={TOKEN}",
@@ -119,7 +118,7 @@ def test_the_page_opens_with_its_token_and_moves_with_the_load(system, browser):
         page.close()
 
 
-def test_without_the_token_the_page_is_403(system, browser):  # noqa: F811
+def test_without_the_token_the_page_is_403(system, browser):
     page = browser.new_page()
     try:
         response = page.goto(f"http://127.0.0.1:{system.port}{PATH}", timeout=15_000)

@@ -12,8 +12,6 @@ and for every group message a member missed: the loss is counted, because the wo
 No client may wait for an answer that never comes without its socket closing.
 """
 import asyncio
-import json
-import os
 import time
 
 import pytest
@@ -197,18 +195,6 @@ class Load:
         return len(set(numbers) - set(received))
 
 
-def interface_name_of(system, reply_channel):
-    interface_id = reply_channel.split("!")[0]
-    ready = os.path.join(system.run_dir, "ready")
-    for name, proc in system.processes.items():
-        path = os.path.join(ready, f"interface.{proc.pid}")
-        if name.startswith("interface") and os.path.exists(path):
-            with open(path) as f:
-                if json.load(f)["id"] == interface_id:
-                    return name
-    raise AssertionError(f"no running interface has id {interface_id}")
-
-
 def report(what, value, unit="s"):
     """Print a figure (shown with pytest -s); the tests assert behaviour, not speed."""
     print(f"\n{what}: {value:.2f} {unit}" if unit == "s" else f"\n{what}: {value} {unit}")
@@ -290,7 +276,7 @@ def test_a_killed_broker_is_restarted_and_traffic_resumes(system):
     for member in load.members:
         missed = load.missed_by(member)
         if missed:
-            name = interface_name_of(system, member["rc"])
+            name = system.interface_name_of(member["rc"])
             received = system.settled_counters(name)["group_received"]
             assert missed <= workers["group_sends"] - received, \
                 f"{member['rc']} missed {missed} group messages that no counter shows"
@@ -309,7 +295,7 @@ def test_a_killed_interface_closes_its_clients_and_the_other_serves_at_once(syst
         load = Load(system)
         await load.start()
         on_victim = {c["rc"] for c in load.echo + load.members
-                     if interface_name_of(system, c["rc"]) == "interface-1"}
+                     if system.interface_name_of(c["rc"]) == "interface-1"}
         assert on_victim, "the kernel spread the clients over both interfaces"
         system.kill("interface-1")
         killed = time.monotonic()
@@ -317,7 +303,7 @@ def test_a_killed_interface_closes_its_clients_and_the_other_serves_at_once(syst
         for i in range(6):
             ws = await system.connect("/test/echo-rc")
             rc = (await read(ws))[3:]
-            assert interface_name_of(system, rc) == "interface-0"
+            assert system.interface_name_of(rc) == "interface-0"
             ws.write_message("new")
             assert await read(ws) == "new"
             ws.close()

@@ -77,6 +77,25 @@ def test_every_pool_gets_a_worker_program():
     assert found["program:worker-fast"]["numprocs"] == "2"
 
 
+@pytest.mark.parametrize("role, worker_pools, expected", [
+    ("all", [], ["group:layer", "program:broker", "program:worker-heavy",
+                 "program:worker-default", "program:interface"]),
+    ("layer", [], ["group:layer", "program:broker"]),
+    ("app", [], ["program:worker-heavy", "program:worker-default", "program:interface"]),
+    ("app", ["default"], ["program:worker-default", "program:interface"]),
+    ("workers", ["heavy"], ["program:worker-heavy"]),
+])
+def test_each_host_role_runs_only_its_programs(role, worker_pools, expected):
+    """ZCHANNELS_ROLE (docs/deployment.md): the layer host the broker, an app host
+    interfaces and workers, a workers host the workers of its worker_pools only."""
+    config = config_module.parse({"server": {"role": role, "worker_pools": worker_pools},
+                                  "pools": {"heavy": {"channels": ["heavy.*"]},
+                                            "default": {"channels": ["*"]}}}, environ={})
+    found = sections(project.supervisord_config(config, "/py", "/project"))
+    assert [name for name in found if name.startswith(("program:", "group:"))] == expected
+    assert "supervisord" in found and "supervisorctl" in found
+
+
 def make_django_like(directory, name="mysite"):
     os.makedirs(os.path.join(directory, name))
     with open(os.path.join(directory, name, "wsgi.py"), "w") as f:

@@ -37,12 +37,14 @@ def test_echo_text_and_binary_in_order(system):
 def test_chat_broadcasts_to_every_member_including_sender(system):
     async def scenario():
         alice = await system.connect("/ws/chat/room1?name=alice")
-        assert json.loads(await read(alice)) == {"type": "join", "user": "alice",
-                                                 "text": "alice joined"}
+        joined = json.loads(await read(alice))  # the runtime's presence notice
+        alice_rc = joined["member"]
+        assert joined == {"type": "join", "group": "chat.room1", "member": alice_rc,
+                          "info": {"user": "alice"}}
         bob = await system.connect("/ws/chat/room1?name=bob")
-        assert json.loads(await read(bob))["user"] == "bob"
-        assert json.loads(await read(alice)) == {"type": "join", "user": "bob",
-                                                 "text": "bob joined"}
+        joined = json.loads(await read(bob))
+        assert joined["info"] == {"user": "bob"} and joined["member"] != alice_rc
+        assert json.loads(await read(alice)) == joined
         # JSON {"text": ...} or a plain string; the sender hears itself too.
         for sender, user, frame, text in ((alice, "alice", json.dumps({"text": "hi bob"}),
                                            "hi bob"),
@@ -54,8 +56,7 @@ def test_chat_broadcasts_to_every_member_including_sender(system):
         other = await system.connect("/ws/chat/elsewhere?name=carol")
         await read(other)  # carol's own join
         bob.close()
-        assert json.loads(await read(alice)) == {"type": "leave", "user": "bob",
-                                                 "text": "bob left"}
+        assert json.loads(await read(alice)) == {**joined, "type": "leave"}
         other.write_message("only here")
         assert json.loads(await read(other))["text"] == "only here"
         alice.write_message("still here")

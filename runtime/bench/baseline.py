@@ -43,39 +43,15 @@ rooms: dict[str, set["ChatHandler"]] = {}
 guests = itertools.count(1)
 
 
-class OfferedParameters(tornado.websocket.WebSocketProtocol13):
-    """Tornado as it means to be: its header parser (``httputil._parse_header``, 6.6.1)
-    drops an extension parameter that has no value, so an offered
-    ``server_no_context_takeover`` never reaches the compressor options that look for it,
-    and Tornado keeps a compression context per connection whatever the client asked.
-    Read valueless parameters as None, as the rest of Tornado's code expects: raw Tornado
-    then compresses each message on its own when asked, the same work as zchannels."""
-
-    def _parse_extensions_header(self, headers: Any) -> list[tuple[str, dict[str, str]]]:
-        found: list[tuple[str, dict[str, Any]]] = []
-        for offer in headers.get("Sec-WebSocket-Extensions", "").split(","):
-            name, *params = (part.strip() for part in offer.split(";"))
-            if name:
-                pairs = (param.partition("=") for param in params if param)
-                found.append((name, {key.strip(): value.strip().strip('"') if sep else None
-                                     for key, sep, value in pairs}))
-        return found
-
-
 class DeflateOption(tornado.websocket.WebSocketHandler):
-    """permessage-deflate when the server was started with --compression: Tornado then
-    compresses each message for each connection, on its own when the client offers
-    server_no_context_takeover (as the bench's client does), else with a context kept
-    per connection."""
+    """permessage-deflate when the server was started with --compression, as stock
+    Tornado does it: each message compressed for each connection, with a context kept
+    per connection. (Tornado 6.6.1's header parser drops a parameter without a value,
+    so it never sees the server_no_context_takeover the bench's client offers; the
+    client then inflates with one context per connection.)"""
 
     def get_compression_options(self) -> dict[str, Any] | None:
         return compression
-
-    def get_websocket_protocol(self) -> tornado.websocket.WebSocketProtocol | None:
-        protocol = super().get_websocket_protocol()
-        if compression is not None and type(protocol) is tornado.websocket.WebSocketProtocol13:
-            protocol.__class__ = OfferedParameters  # the same object, parsing offers right
-        return protocol
 
 
 class EchoHandler(DeflateOption):
@@ -93,7 +69,7 @@ class ChatHandler(DeflateOption):
             or f"guest-{next(guests)}"
         self.room = room
         rooms.setdefault(room, set()).add(self)
-        self.broadcast(type="join", user=self.name, text=f"{self.name} joined")
+        self.announce("join")
 
     def on_message(self, message: str | bytes) -> None:
         if isinstance(message, bytes):
@@ -114,7 +90,12 @@ class ChatHandler(DeflateOption):
         members = rooms.get(self.room)
         if members is not None and self in members:
             members.discard(self)
-            self.broadcast(type="leave", user=self.name, text=f"{self.name} left")
+            self.announce("leave")
+
+    def announce(self, action: str) -> None:
+        """What zchannels' presence notices carry (runtime/presence.py), byte for byte."""
+        self.broadcast(type=action, group=f"chat.{self.room}", member=f"t!{id(self)}",
+                       info={"user": self.name})
 
     def broadcast(self, **event: Any) -> None:
         text = json.dumps(event)

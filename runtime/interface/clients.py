@@ -13,7 +13,7 @@ import asyncio
 import itertools
 import logging
 import time
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import zmq
 
@@ -122,6 +122,10 @@ class Clients:
         self.stopping = False
         self.detached = False  # the pool sockets are closed: nothing more can be sent
         self._ids = itertools.count(1)
+        # The link's presence reporter: told when a WebSocket opens, and when a client
+        # closes with the groups it leaves.
+        self.on_open: Callable[[Client, str], None] | None = None
+        self.on_close: Callable[[Client, list[bytes]], None] | None = None
         # Metrics: seconds from handing an event to its pool to its done, per pool.
         self.latency: dict[str, Histogram] = {}
         for channel in CLIENT_CHANNELS:
@@ -244,11 +248,28 @@ class Clients:
         client.acknowledged(result)
         self.dispatch(client)
 
+    def opened(self, client: Client, path: str) -> None:
+        """A WebSocket's handshake is done: from now on its disconnect must run."""
+        if self.on_open is not None:
+            self.on_open(client, path)
+
+    def abandon(self, client: Client, code: int, reason: str) -> None:
+        """Close a client whose disconnect consumer has already run elsewhere (the broker
+        ran it when it took this interface for dead): nothing more is sent for it."""
+        if client.pipeline.close(None, time.monotonic()):
+            self._gone(client)
+        client.close(code, reason)
+
     def closed(self, client: Client) -> None:
         """The socket (or HTTP response) is gone: leave every group now, then tell the
         consumers, in order."""
         if not client.pipeline.close(client.disconnect_channel(), time.monotonic()):
             return
+        if self.on_close is not None:
+            self.on_close(client, list(client.groups))
+        self._gone(client)
+
+    def _gone(self, client: Client) -> None:
         self.groups.leave_all(client)
         if client.resume is not None:  # reading was paused: let Tornado see the close
             resume, client.resume = client.resume, None

@@ -17,15 +17,17 @@ from typing import Any, Callable
 
 import zmq
 
-from .. import wire
+from .. import transport, wire
 from ..config import Config
 from ..stats import counters
 from .clients import Client, Clients, Outgoing
 from .positions import Positions
+from .presence import PresenceReporter
 from .zmqio import SocketReader
 
 log = logging.getLogger("runtime.interface")
 
+CLOSE_SERVICE_RESTART = 1012  # what a client sees of sockets the broker abandoned
 HELLO_INTERVAL = 0.05  # seconds between hellos while waiting for the broker at start
 WAIT_LOG_INTERVAL = 5.0  # seconds between "still waiting for the broker" lines
 
@@ -52,6 +54,8 @@ class Link:
                  clients: Clients) -> None:
         self.clients = clients
         self.positions = Positions(config.history.groups)  # group history: its positions
+        self.presence = PresenceReporter(self.tell_broker)  # membership changes, to the broker
+        clients.on_open, clients.on_close = self.presence.opened, self.presence.closed
         self.answered = False  # the broker has answered a hello: it knows this interface
         self.broker = context.socket(zmq.DEALER)
         self.broker.routing_id = interface_id.encode()
@@ -59,7 +63,7 @@ class Link:
         self.broker.rcvhwm = config.router_hwm
         self.monitor = self.broker.get_monitor_socket(zmq.EVENT_CONNECTED)
         self.monitor.linger = 0
-        self.broker.connect(config.router_interfaces)
+        transport.connect(self.broker, config.router_interfaces, config)
         loop = asyncio.get_running_loop()
         self.reader = SocketReader(self.broker, self.on_message, loop)
         self.monitor_reader = SocketReader(self.monitor, self.reconnected, loop)
@@ -76,18 +80,48 @@ class Link:
                 logged = time.monotonic()
                 log.warning("still waiting for the broker after %.0fs", logged - started)
 
-    def hello(self) -> None:
+    def hello(self, header: bytes = b"{}") -> None:
         try:
-            self.broker.send_multipart([wire.PING, b"{}"], zmq.NOBLOCK)
+            self.broker.send_multipart([wire.PING, header], zmq.NOBLOCK)
             counters.incr("zmq_sent")
         except zmq.Again:  # the broker has been away long enough to fill the pipe
             pass
         self.reader.kick()
 
     def reconnected(self, frames: list[bytes]) -> None:
-        """The DEALER (re)connected to the broker (a monitor event): say hello."""
+        """The DEALER (re)connected to the broker (a monitor event): say hello, and who
+        is in which group (a restarted broker knows nothing)."""
         if self.answered:
             self.hello()
+            self.presence.snapshot(self.clients.groups)
+
+    def abandoned(self) -> None:
+        """The broker took this interface for dead (it was cut off from it longer than
+        the heartbeat timeout) and ran the disconnect consumers of its WebSockets: close
+        them (1012, so clients reconnect) without running those again, then say hello
+        as new, with what is left (HTTP streams' memberships)."""
+        sockets = list(self.presence.sockets)
+        counters.incr("abandoned_by_broker", len(sockets))
+        log.warning("the broker ran the disconnects of this interface's %d WebSocket(s) "
+                    "(it was cut off from the broker): closing them with %d",
+                    len(sockets), CLOSE_SERVICE_RESTART)
+        self.presence.abandoned()
+        for conn_id in sockets:
+            client = self.clients.get(conn_id)
+            if client is not None:
+                self.clients.abandon(client, CLOSE_SERVICE_RESTART, "server restarted")
+        self.hello(wire.HELLO_ABANDONED)
+        self.presence.snapshot(self.clients.groups)
+
+    def tell_broker(self, header: dict[str, Any]) -> None:
+        """Presence changes, ahead of the answer the worker waits for."""
+        try:
+            self.broker.send_multipart([wire.PRESENCE, wire.encode(header)], zmq.NOBLOCK)
+            counters.incr("zmq_sent")
+        except zmq.Again:  # the broker has been away long enough to fill the pipe
+            counters.incr("dropped_presence")
+        # A send may consume the socket's edge-triggered readiness: look for input now.
+        self.reader.kick()
 
     def close(self) -> None:
         self.reader.close()
@@ -100,8 +134,11 @@ class Link:
         if frames[0] == wire.FROM_GROUP:
             self.on_group(frames[1:])
             return
-        if len(frames) == 2 and frames[0] == wire.PING and frames[1] == wire.PONG:
-            self.answered = True
+        if len(frames) == 2 and frames[0] == wire.PING:
+            if frames[1] == wire.ABANDONED:
+                self.abandoned()
+            else:
+                self.answered = True
             return
         counters.incr("from_router")  # against the workers' to_router: the broker's losses
         if len(frames) == 4:
@@ -141,6 +178,12 @@ class Link:
             member = client is not None and isinstance(group, str) \
                 and group.encode() in client.groups  # (before the add)
             added = self.membership(client, op, group)
+            if added and client is not None and isinstance(group, str):
+                if op == wire.OP_GROUP_ADD:
+                    self.presence.joined(client, group.encode(), header.get("info"),
+                                         header.get("announce") is True)
+                else:
+                    self.presence.left(client, [group.encode()])
             history = None
             if "history" in header and op == wire.OP_GROUP_ADD:  # group_add(since=...)
                 history = self.positions.recovered(client if added else None, header,

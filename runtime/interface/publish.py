@@ -41,7 +41,7 @@ import tornado.web
 import zmq
 from tornado.http1connection import HTTP1Connection
 
-from .. import wire
+from .. import transport, wire
 from ..config import Config
 from ..stats import counters
 from .compat import error_reason, is_finished
@@ -221,7 +221,7 @@ class Publisher:
         sock.immediate = True  # nothing queued while the peer is away: a 503 instead
         if routing_id is not None:
             sock.routing_id = routing_id
-        sock.connect(endpoint)
+        transport.connect(sock, endpoint, self.config)
         return sock
 
     def publish(self, publication: Publication) -> bool:

@@ -25,6 +25,7 @@ import tornado.web
 import zmq
 from tornado.httputil import HTTPServerRequest
 
+from .. import transport
 from ..config import CLIENT_CHANNELS, Config
 from ..process import announce_ready, withdraw_ready
 from ..stats import counters
@@ -58,6 +59,7 @@ class Interface:
         self.link = Link(self.config, self.id, self.context, self.clients)
         self.publisher = (Publisher(self.config, self.id, self.context)
                           if self.config.publish_token else None)
+        transport.describe(self.config, check_keys=True)
         counters.setup(self.config.run_dir, "interface")
         counters.gauges.update(connections=lambda: len(self.clients),
                                groups=lambda: len(self.clients.groups),
@@ -90,7 +92,7 @@ class Interface:
                 sock = by_pool[pool.name] = self.context.socket(zmq.PUSH)
                 sock.sndhwm = POOL_SEND_HWM
                 sock.linger = 0
-                sock.connect(pool.endpoint_in)
+                transport.connect(sock, pool.endpoint_in, self.config)
             sockets[channel] = by_pool[pool.name]
         return sockets
 

@@ -252,6 +252,7 @@ class Connection:
             inflate_messages(self.handler.ws_connection, self.compression.client_context)
         # Tornado raises StreamBufferFullError past this, whatever writes.
         stream.max_write_buffer_size = self.config.max_outbound_bytes + CONTROL_HEADROOM
+        self.handler.clients.opened(self, self.path)  # the broker knows it is open
         pending, self.pending, self.pending_bytes = self.pending, [], 0
         for data in pending:
             self.write(data)

@@ -16,6 +16,7 @@ from ..history import RECOVERY_FAILED, Keeper, Recovery, Rules, notice
 from ..interface.pipeline import Event, Limits
 from ..interface.positions import positioned
 from ..message import ReplyChannel
+from ..presence import Member, Presence, check_info
 from .connections import INTERFACE_ID, OPERATIONS, _Client
 
 log = logging.getLogger("runtime.testing")
@@ -65,6 +66,7 @@ class InMemoryLayer:
         self.history = Keeper(config.history, clock=lambda: self.now) \
             if config.history.enabled else None
         self.history_rules = Rules(config.history.groups)
+        self.presence = Presence()  # who is in which group, as the broker keeps it
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] += n
@@ -121,8 +123,11 @@ class InMemoryLayer:
         self.work.append((header, payload, None, pool))
 
     def group_add(self, group: str, reply_channel: ReplyChannel | str,
-                  since: str | None = None) -> bool | Recovery:
+                  since: str | None = None, *, info: Any = None,
+                  announce: bool = False) -> bool | Recovery:
         wire.check_name(group, "group")
+        if info is not None:
+            check_info(info)
         if since is None and isinstance(reply_channel, ReplyChannel) \
                 and reply_channel.since is not None \
                 and self.history_rules.rule_for(group.encode()) is not None:
@@ -135,6 +140,7 @@ class InMemoryLayer:
             self.groups.setdefault(group, {})[client] = None
             client.groups.add(group)
         if since is None:
+            self._joined(client if added else None, group, info, announce)
             return added  # (if not added, it has left every group already)
         if not isinstance(since, str):
             raise TypeError(f"since must be a position string, not {type(since).__name__}")
@@ -144,7 +150,15 @@ class InMemoryLayer:
             result = {**result, "missed": 0} if result.get("ok") else result
         elif added and client is not None:
             self._recovered(client, group, since, result, frames)
+        # As the broker does: the join is told once the interface has added it, after
+        # what it missed.
+        self._joined(client if added else None, group, info, announce)
         return Recovery.from_answer({"ok": added, "history": result})
+
+    def _joined(self, client: _Client | None, group: str, info: Any, announce: bool) -> None:
+        if client is not None:
+            self._announce(group, self.presence.joined(
+                INTERFACE_ID.encode(), group, client.reply_channel, info, announce))
 
     def _recovered(self, client: _Client, group: str, since: str, result: dict[str, Any],
                    frames: list[bytes]) -> None:
@@ -203,6 +217,18 @@ class InMemoryLayer:
     def reply_channel(self, name: str) -> ReplyChannel:
         return ReplyChannel(name, cast(Any, self))
 
+    def group_members(self, group: str) -> list[Member]:
+        wire.check_name(group, "group")
+        return [Member(channel, info) for channel, info in self.presence.members(group)]
+
+    def group_size(self, group: str) -> int:
+        wire.check_name(group, "group")
+        return self.presence.size(group)
+
+    def _announce(self, group: str, notice: bytes | None) -> None:
+        if notice is not None:
+            self._to_group(group, {"op": wire.OP_SEND, "kind": wire.KIND_TEXT}, notice)
+
     def members(self, group: str) -> list[str]:
         """The reply channels in `group` now, in the order they joined."""
         return [client.reply_channel for client in self.groups.get(group, ())]
@@ -220,6 +246,8 @@ class InMemoryLayer:
         client.groups.discard(group)
         if not members:
             del self.groups[group]
+        self._announce(group, self.presence.left(INTERFACE_ID.encode(), group,
+                                                 client.reply_channel))
 
     # -- the interface's side -----------------------------------------------------------
 

@@ -1,0 +1,223 @@
+"""Presence end to end: group_members and group_size from any process, across
+interfaces, announced joins and leaves, and what a dead interface or a restarted
+broker does to the view (docs/consumers.md#presence)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from harness import checked_system, read, run, wait_until
+from runtime.client import Client
+from runtime.config import load
+
+BOUND = 2.0  # seconds: the documented bound for a close to leave the view, and more
+
+
+@pytest.fixture(scope="module")
+def system():
+    with checked_system() as running:
+        yield running
+
+
+async def member(system, group: str, name: str, announce: bool = False):
+    ws = await system.connect(f"/test/presence/{group}?name={name}"
+                              f"&announce={int(announce)}")
+    first = await read(ws)
+    assert first.startswith("rc:"), first
+    return ws, first[3:]
+
+
+async def ask(ws, question: str):
+    ws.write_message(question)
+    return json.loads(await read(ws))
+
+
+async def members_on_both_interfaces(system, group: str, names: list[str]):
+    """Members named `names`, on two interfaces at least (the kernel spreads new
+    connections over them; extra connections are made until it has, then closed)."""
+    made = []
+    while True:
+        made.append(await member(system, group, names[len(made) % len(names)]))
+        if len(made) >= len(names):
+            kept = made[-len(names):]
+            if len({system.interface_name_of(rc) for _, rc in kept}) == 2:
+                for ws, _ in made[:-len(names)]:
+                    ws.close()
+                return kept
+        assert len(made) < 60, "the kernel put 60 connections on one interface"
+
+
+def outside_members(system, group: str) -> list[list]:
+    """group_members from a process that is not a worker (runtime.client)."""
+    config = load(system.config_path, environ={"ZCHANNELS_RUN_DIR": system.run_dir})
+    with Client(config) as client:
+        return sorted([list(m) for m in client.group_members(group)])
+
+
+def test_three_members_on_two_interfaces_listed_with_their_names_from_any_worker(system):
+    group = "room-three"
+
+    async def scenario():
+        joined = await members_on_both_interfaces(system, group, ["ann", "bob", "cy"])
+        await asyncio.sleep(0.3)  # the closed extras' leaves
+        expected = sorted([rc, {"name": name}] for (_, rc), name in
+                          zip(joined, ["ann", "bob", "cy"]))
+        # Asked by consumers of all three (any worker), and from outside the workers.
+        for ws, _ in joined:
+            assert sorted(await ask(ws, "members")) == expected
+            assert await ask(ws, "size") == 3
+        assert await asyncio.to_thread(outside_members, system, group) == expected
+        # One closes: gone from the view within the bound.
+        (gone, gone_rc), (stays, _) = joined[0], joined[1]
+        gone.close()
+        deadline = time.monotonic() + BOUND
+        while gone_rc in {rc for rc, _ in await ask(stays, "members")}:
+            assert time.monotonic() < deadline, f"{gone_rc} still listed after {BOUND}s"
+            await asyncio.sleep(0.05)
+        assert await ask(stays, "size") == 2
+        for ws, _ in joined[1:]:
+            ws.close()
+    run(scenario())
+
+
+def test_announced_members_are_told_to_the_group_on_join_and_leave(system):
+    group = "room-announced"
+
+    async def scenario():
+        ann, ann_rc = await member(system, group, "ann", announce=True)
+        assert json.loads(await read(ann)) == {"type": "join", "group": group,
+                                               "member": ann_rc, "info": {"name": "ann"}}
+        quiet, quiet_rc = await member(system, group, "quiet")  # not announced
+        bob, bob_rc = await member(system, group, "bob", announce=True)
+        for ws in (ann, quiet, bob):
+            assert json.loads(await read(ws))["member"] == bob_rc
+        quiet.close()  # its leave is not told either
+        bob.close()
+        assert json.loads(await read(ann)) == {"type": "leave", "group": group,
+                                               "member": bob_rc, "info": {"name": "bob"}}
+        assert sorted(rc for rc, _ in await ask(ann, "members")) == [ann_rc]
+        ann.close()
+    run(scenario())
+
+
+def test_info_over_4_kib_is_refused_at_group_add(system):
+    async def scenario():
+        ws, _ = await member(system, "room-big", "x")
+        answer = await ask(ws, "too big")
+        ws.close()
+        return answer
+    assert run(scenario()).startswith("refused: group_add info is 5002 bytes")
+
+
+def test_a_killed_interface_leaves_the_view_and_its_announced_members_are_told_gone():
+    with checked_system() as system:
+        group = "room-kill"
+
+        async def scenario():
+            members = []
+            while len({system.interface_name_of(rc) for _, rc in members}) < 2 \
+                    or len(members) < 4:
+                members.append(await member(system, group, f"m{len(members)}", announce=True))
+                assert len(members) < 60
+            victims = {rc for _, rc in members if system.interface_name_of(rc) == "interface-1"}
+            survivors = [(ws, rc) for ws, rc in members if rc not in victims]
+            watcher = survivors[0][0]
+            # Drain the join notices the watcher has had so far.
+            while True:
+                try:
+                    await read(watcher, 0.5)
+                except asyncio.TimeoutError:
+                    break
+            system.kill("interface-1")
+            told = set()
+            while told != victims:
+                notice = json.loads(await read(watcher, BOUND + 3))
+                assert notice["type"] == "leave", notice
+                told.add(notice["member"])
+            assert {rc for rc, _ in await ask(watcher, "members")} == \
+                {rc for _, rc in survivors}
+            for ws, _ in survivors:
+                ws.close()
+            return system.settled_counters("broker")
+        counters = run(scenario(), timeout=60)
+        assert counters.get("interfaces_gone", 0) == 1
+
+
+def test_a_restarted_broker_learns_the_members_again_from_the_interfaces():
+    with checked_system() as system:
+        group = "room-restart"
+
+        async def scenario():
+            joined = await members_on_both_interfaces(system, group, ["ann", "bob"])
+            await asyncio.sleep(0.3)
+            before = sorted(await ask(joined[0][0], "members"))
+            system.kill("broker")  # a crash: its view of who is where dies with it
+            system.restart("broker")
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    after = sorted(await ask(joined[0][0], "members"))
+                except asyncio.TimeoutError:
+                    after = None
+                if after == before:
+                    break
+                assert time.monotonic() < deadline, f"after the restart: {after}"
+                await asyncio.sleep(0.1)
+            for ws, _ in joined:
+                ws.close()
+        run(scenario(), timeout=60)
+
+
+def test_the_online_demo_answers_who_and_count(system):
+    async def scenario():
+        ann = await system.connect("/ws/online/demo?name=ann")
+        bob = await system.connect("/ws/online/demo?name=bob")
+        bob.write_message("count")  # bob's own join has returned before its receive runs
+        assert await read(bob) == "2"
+        ann.write_message("who")
+        assert json.loads(await read(ann)) == ["ann", "bob"]
+        ann.write_message("nonsense")
+        assert await read(ann) is None and ann.close_code == 1003
+        bob.close()
+    run(scenario())
+
+
+def test_a_killed_interface_s_websockets_get_their_disconnect_once_marked_abandoned():
+    """Promise 9 when an interface dies: the broker runs the disconnect consumers of its
+    open WebSockets on the surviving workers, once each, with abandoned set."""
+    with checked_system() as system:
+        async def scenario():
+            sockets = []
+            while len({system.interface_name_of(rc) for _, rc in sockets}) < 2 \
+                    or len(sockets) < 10:
+                ws = await system.connect("/test/abandon")
+                sockets.append((ws, (await read(ws))[3:]))
+                assert len(sockets) < 80
+            victims = {rc for _, rc in sockets if system.interface_name_of(rc) == "interface-1"}
+            survivor_ws, survivor_rc = next((ws, rc) for ws, rc in sockets
+                                            if rc not in victims)
+            system.kill("interface-1")
+
+            def abandoned_ran():
+                lines = [r for r in system.records() if r[0] == "X"]
+                return lines if {r[1] for r in lines} >= victims else None
+            lines = await asyncio.to_thread(wait_until, abandoned_ran, BOUND + 3,
+                                            "the victims' disconnects")
+            await asyncio.sleep(0.5)  # time for a second run, if there were one
+            lines = [r for r in system.records() if r[0] == "X"]
+            assert sorted(r[1] for r in lines) == sorted(victims)  # once each, only them
+            assert all(r[2:] == ["True", "1006", "{}"] for r in lines), lines
+            survivor_ws.close(1000)  # a normal close: not abandoned
+            normal = await asyncio.to_thread(
+                wait_until, lambda: [r for r in system.records()
+                                     if r[0] == "X" and r[1] == survivor_rc], 5,
+                "the survivor's own disconnect")
+            assert normal[0][2:4] == ["False", "1000"]
+            for ws, _ in sockets:
+                ws.close()
+            return system.settled_counters("broker")
+        counters = run(scenario(), timeout=60)
+        assert counters.get("abandoned_disconnects", 0) >= 1
