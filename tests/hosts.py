@@ -21,6 +21,7 @@ never anything else.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import secrets
@@ -29,7 +30,7 @@ import signal
 import socket
 import subprocess
 import sys
-from typing import Any
+from typing import Any, Iterator
 
 from harness import DEMO_CONSUMERS, ROOT, TEST_CONSUMERS, System
 
@@ -265,3 +266,31 @@ def make_keys(base: str, app_hosts: list[str]) -> dict[str, str]:
     keys.create(base, app_hosts)
     return {"layer": os.path.join(base, keys.LAYER),
             **{host: os.path.join(base, host) for host in app_hosts}}
+
+
+@contextlib.contextmanager
+def three_hosts(key_base: str, pools: dict[str, list[str]], a: dict[str, Any],
+                b: dict[str, Any]) -> Iterator[Cluster]:
+    """A started cluster of a layer host (the broker) and app hosts ``a`` and ``b``
+    (`a`, `b`: their Host keyword arguments: workers, interfaces), each with its own
+    keys; stopped and its namespaces removed at the end, whatever happened."""
+    network = Network(["layer", "a", "b"])
+    cluster = None
+    try:
+        network.up()
+        key_dirs = make_keys(key_base, ["a", "b"])
+        layout = Layout(network, "layer", list(pools))
+        cluster = Cluster(network, [
+            Host("layer", network, layout, pools, key_dirs["layer"], "layer"),
+            Host("a", network, layout, pools, key_dirs["a"], "app", **a),
+            Host("b", network, layout, pools, key_dirs["b"], "app", **b),
+        ])
+        cluster.key_base = key_base
+        cluster.start()
+        yield cluster
+    finally:
+        try:
+            if cluster is not None:
+                cluster.cleanup()
+        finally:
+            network.cleanup()

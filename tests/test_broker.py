@@ -7,7 +7,7 @@ import time
 import pytest
 import zmq
 
-from broker_rig import broker_rig
+from broker_rig import broker_rig, run_until, settle
 from runtime import broker as broker_module
 from runtime import wire
 from runtime.stats import counters
@@ -35,17 +35,6 @@ def setup(monkeypatch):
             return rig.peer(zmq.DEALER, config.router_clients, name)
 
         yield broker, interface, worker, client, rig
-
-
-def run_until(broker, condition, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        broker.step(broker.poll())
-
-
-def settle(broker):
-    run_until(broker, lambda: broker.startup is None)
 
 
 def test_an_operation_goes_to_the_interface_named_with_the_sender_in_front(setup):

@@ -2,12 +2,11 @@
 messages of a group with history go out with their position, others exactly as
 before; a join with ``since`` reaches the interface as one message, the missed
 messages behind the add, ahead of everything sent after it."""
-import time
 
 import pytest
 import zmq
 
-from broker_rig import broker_rig
+from broker_rig import broker_rig, run_until, settle
 from runtime import broker as broker_module
 from runtime import wire
 from runtime.stats import counters
@@ -32,17 +31,6 @@ def setup(monkeypatch):
 
         client = rig.peer(zmq.DEALER, rig.config.router_clients, b"c1")
         yield broker, interface, client, rig
-
-
-def run_until(broker, condition, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        broker.step(broker.poll())
-
-
-def settle(broker):
-    run_until(broker, lambda: broker.startup is None)
 
 
 def group_send(broker, client, group, text):

@@ -1,17 +1,14 @@
 """What ``group_add(..., since=)`` puts on the wire and returns, read by a real ROUTER
 standing in for the broker: a join with history goes as ``H``; a plain one as before;
 an HTTP request's ``Last-Event-ID`` is used by itself, for groups with history only."""
-import shutil
-import tempfile
 import threading
 
 import pytest
-import zmq
 
-from runtime import config as config_module
+from broker_rig import layer_with_broker
+
 from runtime import wire
 from runtime.history import Recovery
-from runtime.layer import Layer
 from runtime.message import Message
 
 HISTORY = {"groups": [{"pattern": "chat.*", "size": 10}]}
@@ -19,21 +16,8 @@ HISTORY = {"groups": [{"pattern": "chat.*", "size": 10}]}
 
 @pytest.fixture
 def pair():
-    run_dir = tempfile.mkdtemp(prefix="zl", dir="/tmp")
-    config = config_module.parse({"server": {"run_dir": run_dir}, "history": HISTORY},
-                                 environ={})
-    context = zmq.Context()
-    broker = context.socket(zmq.ROUTER)
-    broker.rcvtimeo = 2000  # ms: a missing message fails the test, never hangs
-    broker.bind(config.router_clients)
-    layer = Layer(config, context, identity="w-test", endpoint=config.router_clients)
-    try:
-        yield layer, broker
-    finally:
-        layer.close()
-        broker.close(linger=0)
-        context.term()
-        shutil.rmtree(run_dir, ignore_errors=True)
+    with layer_with_broker(history=HISTORY) as made:
+        yield made
 
 
 def answered(layer, broker, call, history=None):

@@ -23,7 +23,7 @@ import zmq
 from tornado.websocket import websocket_connect
 
 from harness import ROOT, read, run, wait_until
-from hosts import Cluster, Host, Layout, Network, make_keys
+from hosts import three_hosts
 from runtime import config as config_module, keys, wire
 from runtime.client import Client
 from runtime.layer import Layer
@@ -37,32 +37,12 @@ HEARTBEAT_BOUND = 1.0 + 3.0  # heartbeat_interval + heartbeat_timeout (the defau
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    network = Network(["layer", "a", "b"])
-    cluster = None
-    try:
-        network.up()
-        key_base = str(tmp_path_factory.mktemp("keys") / "keys")
-        key_dirs = make_keys(key_base, ["a", "b"])
-        layout = Layout(network, "layer", list(POOLS))
-        hosts = [
-            Host("layer", network, layout, POOLS, key_dirs["layer"], "layer"),
-            Host("a", network, layout, POOLS, key_dirs["a"], "app",
-                 workers={"west": 1, "spread": 1}, interfaces=1),
-            Host("b", network, layout, POOLS, key_dirs["b"], "app",
-                 workers={"default": 2, "spread": 1}, interfaces=1),
-        ]
-        cluster = Cluster(network, hosts)
-        cluster.key_base = key_base
-        cluster.start()
+    with three_hosts(str(tmp_path_factory.mktemp("keys") / "keys"), POOLS,
+                     a={"workers": {"west": 1, "spread": 1}, "interfaces": 1},
+                     b={"workers": {"default": 2, "spread": 1}, "interfaces": 1}) as cluster:
         yield cluster
         unexpected = cluster.unexpected_errors()
         assert not unexpected, "processes logged unexpected errors:\n" + "\n".join(unexpected)
-    finally:
-        try:
-            if cluster is not None:
-                cluster.cleanup()
-        finally:
-            network.cleanup()
 
 
 def connect(host, path):

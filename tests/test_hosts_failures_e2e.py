@@ -20,7 +20,7 @@ import pytest
 from tornado.websocket import websocket_connect
 
 from harness import read, run, wait_until
-from hosts import Cluster, Host, Layout, Network, make_keys
+from hosts import three_hosts
 from runtime import config as config_module
 from runtime.client import Client
 
@@ -35,29 +35,12 @@ RESUME_BOUND = 2.0  # seconds after the link is back
 
 @pytest.fixture
 def cluster(tmp_path_factory):
-    network = Network(["layer", "a", "b"])
-    cluster = None
-    try:
-        network.up()
-        if network.fallback:
-            pytest.skip(f"these need network namespaces: {network.fallback}")
-        key_dirs = make_keys(str(tmp_path_factory.mktemp("keys") / "keys"), ["a", "b"])
-        layout = Layout(network, "layer", list(POOLS))
-        cluster = Cluster(network, [
-            Host("layer", network, layout, POOLS, key_dirs["layer"], "layer"),
-            Host("a", network, layout, POOLS, key_dirs["a"], "app",
-                 workers={"default": 2}, interfaces=1),
-            Host("b", network, layout, POOLS, key_dirs["b"], "app",
-                 workers={"default": 1}, interfaces=1),
-        ])
-        cluster.start()
+    with three_hosts(str(tmp_path_factory.mktemp("keys") / "keys"), POOLS,
+                     a={"workers": {"default": 2}, "interfaces": 1},
+                     b={"workers": {"default": 1}, "interfaces": 1}) as cluster:
+        if cluster.network.fallback:
+            pytest.skip(f"these need network namespaces: {cluster.network.fallback}")
         yield cluster
-    finally:
-        try:
-            if cluster is not None:
-                cluster.cleanup()
-        finally:
-            network.cleanup()
 
 
 async def member(host, group, name):

@@ -1,43 +1,17 @@
 """What a worker's layer puts on the wire, read by a real ROUTER standing in for the
 broker: the consumer's last operation for its own connection rides with the done and
 the credit, and is never held while the consumer goes on running."""
-import contextlib
-import shutil
-import tempfile
 import time
 
 import pytest
-import zmq
 
-from runtime import config as config_module
+from broker_rig import layer_with_broker
+
 from runtime import wire
-from runtime.layer import Layer
 from runtime.message import ReplyChannel
 
 ROUTE = (b"i1", 5)
 DONE = b'{"op":"done","conn":5}'
-
-
-@contextlib.contextmanager
-def layer_with_broker(flusher):
-    run_dir = tempfile.mkdtemp(prefix="zl", dir="/tmp")
-    config = config_module.parse({"server": {"run_dir": run_dir}}, environ={})
-    context = zmq.Context()
-    broker = context.socket(zmq.ROUTER)
-    broker.rcvtimeo = 2000  # ms: a missing message fails the test, never hangs
-    broker.bind(config.router_clients)
-    layer = Layer(config, context, identity="w-test", endpoint=config.router_clients)
-    if flusher:
-        layer.start_flusher()
-    else:  # what rides with the done, without a thread's timing in the way
-        layer.holding = True
-    try:
-        yield layer, broker
-    finally:
-        layer.close()
-        broker.close(linger=0)
-        context.term()
-        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @pytest.fixture
