@@ -532,9 +532,11 @@ class Broker(Service):
         del self.known[interface]
         members = len(self.presence.interfaces.get(interface, ()))
         sockets = self.websockets.forget(interface)
-        log.warning("interface %s is gone: %d open WebSocket(s) abandoned (their "
-                    "disconnects run here), %d membership(s) left",
-                    interface.decode(errors="replace"), len(sockets), members)
+        # A stopped interface closed its sockets first: only a dead one leaves any.
+        log.log(logging.WARNING if sockets else logging.INFO,
+                "interface %s is gone: %d open WebSocket(s) abandoned (their disconnects "
+                "run here), %d membership(s) left", interface.decode(errors="replace"),
+                len(sockets), members)
         counters.incr("interfaces_gone")
         for group, notice in self.presence.forget_interface(interface):
             self.announce(group, notice)
