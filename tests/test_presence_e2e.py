@@ -35,19 +35,23 @@ async def ask(ws, question: str):
     return json.loads(await read(ws))
 
 
-async def members_on_both_interfaces(system, group: str, names: list[str]):
-    """Members named `names`, on two interfaces at least (the kernel spreads new
-    connections over them; extra connections are made until it has, then closed)."""
+async def members_on_both_interfaces(system, group: str, count: int):
+    """`count` members (ws, reply channel, name) on two interfaces at least: the kernel
+    spreads new connections over them, so more are made until it has, and the extras
+    are closed. Returns once the group holds exactly the ones kept."""
     made = []
     while True:
-        made.append(await member(system, group, names[len(made) % len(names)]))
-        if len(made) >= len(names):
-            kept = made[-len(names):]
-            if len({system.interface_name_of(rc) for _, rc in kept}) == 2:
-                for ws, _ in made[:-len(names)]:
-                    ws.close()
-                return kept
+        name = f"m{len(made)}"
+        made.append((*await member(system, group, name), name))
+        kept = made[-count:]
+        if len(made) >= count and len({system.interface_name_of(rc) for _, rc, _ in kept}) == 2:
+            break
         assert len(made) < 60, "the kernel put 60 connections on one interface"
+    for ws, _, _ in made[:-count]:
+        ws.close()
+    await asyncio.to_thread(wait_until, lambda: len(outside_members(system, group)) == count,
+                            BOUND, "the extra members to leave")
+    return kept
 
 
 def outside_members(system, group: str) -> list[list]:
@@ -61,24 +65,22 @@ def test_three_members_on_two_interfaces_listed_with_their_names_from_any_worker
     group = "room-three"
 
     async def scenario():
-        joined = await members_on_both_interfaces(system, group, ["ann", "bob", "cy"])
-        await asyncio.sleep(0.3)  # the closed extras' leaves
-        expected = sorted([rc, {"name": name}] for (_, rc), name in
-                          zip(joined, ["ann", "bob", "cy"]))
+        joined = await members_on_both_interfaces(system, group, 3)
+        expected = sorted([rc, {"name": name}] for _, rc, name in joined)
         # Asked by consumers of all three (any worker), and from outside the workers.
-        for ws, _ in joined:
+        for ws, _, _ in joined:
             assert sorted(await ask(ws, "members")) == expected
             assert await ask(ws, "size") == 3
         assert await asyncio.to_thread(outside_members, system, group) == expected
         # One closes: gone from the view within the bound.
-        (gone, gone_rc), (stays, _) = joined[0], joined[1]
+        (gone, gone_rc, _), (stays, _, _) = joined[0], joined[1]
         gone.close()
         deadline = time.monotonic() + BOUND
         while gone_rc in {rc for rc, _ in await ask(stays, "members")}:
             assert time.monotonic() < deadline, f"{gone_rc} still listed after {BOUND}s"
             await asyncio.sleep(0.05)
         assert await ask(stays, "size") == 2
-        for ws, _ in joined[1:]:
+        for ws, _, _ in joined[1:]:
             ws.close()
     run(scenario())
 
@@ -151,9 +153,9 @@ def test_a_restarted_broker_learns_the_members_again_from_the_interfaces():
         group = "room-restart"
 
         async def scenario():
-            joined = await members_on_both_interfaces(system, group, ["ann", "bob"])
-            await asyncio.sleep(0.3)
+            joined = await members_on_both_interfaces(system, group, 2)
             before = sorted(await ask(joined[0][0], "members"))
+            assert len(before) == 2
             system.kill("broker")  # a crash: its view of who is where dies with it
             system.restart("broker")
             deadline = time.monotonic() + 5
@@ -166,7 +168,7 @@ def test_a_restarted_broker_learns_the_members_again_from_the_interfaces():
                     break
                 assert time.monotonic() < deadline, f"after the restart: {after}"
                 await asyncio.sleep(0.1)
-            for ws, _ in joined:
+            for ws, _, _ in joined:
                 ws.close()
         run(scenario(), timeout=60)
 

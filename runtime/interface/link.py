@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, cast
 
 import zmq
 
@@ -31,21 +31,33 @@ CLOSE_SERVICE_RESTART = 1012  # what a client sees of sockets the broker abandon
 HELLO_INTERVAL = 0.05  # seconds between hellos while waiting for the broker at start
 WAIT_LOG_INTERVAL = 5.0  # seconds between "still waiting for the broker" lines
 
-Operation = Callable[[Client, dict[str, Any], bytes], None]
+Operation = Callable[[Any, Mapping[str, Any], bytes], None]
 
-# What a worker's operation does to the client it names (op "done" and membership
-# requests are the link's own business, below).
-OPERATIONS: dict[str, Operation] = {
-    wire.OP_SEND: lambda client, header, payload:
-        client.deliver(Outgoing(header.get("kind"), payload, header)),
-    wire.OP_CLOSE: lambda client, header, payload:
-        client.close(header.get("code", 1000), str(header.get("reason", ""))),
-    wire.OP_ACCEPT: lambda client, header, payload: client.accept(header.get("subprotocol")),
-    wire.OP_REJECT: lambda client, header, payload: client.reject(),
-    wire.OP_START: lambda client, header, payload: client.start(header, payload),
-    wire.OP_BODY: lambda client, header, payload: client.body(payload, bool(header.get("more"))),
-    wire.OP_HOLD: lambda client, header, payload: client.hold(header),
-}
+
+def operations(deliver: Operation) -> dict[str, Operation]:
+    """What a worker's operation does to the client it names (op "done" and membership
+    requests are the link's own business, below), given how a message is delivered:
+    the in-memory test server (runtime.testing) uses the same table with its own."""
+    return {
+        wire.OP_SEND: deliver,
+        wire.OP_CLOSE: lambda client, header, payload:
+            client.close(header.get("code", 1000), str(header.get("reason", ""))),
+        wire.OP_ACCEPT: lambda client, header, payload:
+            client.accept(header.get("subprotocol")),
+        wire.OP_REJECT: lambda client, header, payload: client.reject(),
+        wire.OP_START: lambda client, header, payload: client.start(header, payload),
+        wire.OP_BODY: lambda client, header, payload:
+            client.body(payload, bool(header.get("more"))),
+        wire.OP_HOLD: lambda client, header, payload: client.hold(header),
+    }
+
+
+def _deliver(client: Client, header: Mapping[str, Any], payload: bytes) -> None:
+    # (the header is the dict the link decoded)
+    client.deliver(Outgoing(header.get("kind"), payload, cast(dict[str, Any], header)))
+
+
+OPERATIONS = operations(_deliver)
 MEMBERSHIP = (wire.OP_GROUP_ADD, wire.OP_GROUP_DISCARD)
 
 

@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, cast
 from .. import wire
 from ..config import Config
 from ..history import POSITION_HEADER
+from ..interface.link import operations
 from ..interface.pipeline import AckResult, Pipeline
 from ..interface.sse import SSE_HEADERS, sse_event
 
@@ -372,19 +373,10 @@ class _Exchange(_Client):
         self.fail(500, "invalid response")
 
 
-# What each operation of ReplyChannel does to the client it names (runtime/wire.py).
-_Operation = Callable[[_Client, Mapping[str, Any], bytes], None]
-OPERATIONS: dict[str, _Operation] = {
-    wire.OP_SEND: lambda client, header, payload:
-        client.deliver(header.get("kind", wire.KIND_BYTES), payload, header),
-    wire.OP_CLOSE: lambda client, header, payload:
-        client.close(header.get("code", 1000), str(header.get("reason", ""))),
-    wire.OP_ACCEPT: lambda client, header, payload: client.accept(header.get("subprotocol")),
-    wire.OP_REJECT: lambda client, header, payload: client.reject(),
-    wire.OP_START: lambda client, header, payload: client.start(header, payload),
-    wire.OP_BODY: lambda client, header, payload: client.body(payload, bool(header.get("more"))),
-    wire.OP_HOLD: lambda client, header, payload: client.hold(header),
-}
+# What each operation of ReplyChannel does to the client it names: the interface's own
+# table (runtime/interface/link.py), a message delivered to the in-memory client.
+OPERATIONS = operations(lambda client, header, payload:
+                        client.deliver(header.get("kind", wire.KIND_BYTES), payload, header))
 
 
 def _bad_start(status: Any, headers: Any) -> str:
