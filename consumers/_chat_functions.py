@@ -11,7 +11,7 @@ import json
 import logging
 from urllib.parse import parse_qs
 
-from runtime import consumer, group_add, group_send
+from zchannels import consumer, group_add, group_send
 
 log = logging.getLogger("consumers.chat")
 

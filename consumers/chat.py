@@ -28,7 +28,7 @@ import json
 import logging
 from urllib.parse import parse_qs
 
-from runtime import WebsocketConsumer, consumer, group_add
+from zchannels import WebsocketConsumer, consumer, group_add
 
 log = logging.getLogger("consumers.chat")
 

@@ -1,5 +1,5 @@
 """Demo: /ws/echo sends every frame back unchanged (text as text, bytes as bytes)."""
-from runtime import consumer
+from zchannels import consumer
 
 
 @consumer("websocket.receive", path="/ws/echo")

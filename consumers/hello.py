@@ -1,5 +1,5 @@
 """Demo: the smallest HTTP consumer. ``GET /hello`` answers ``hello``."""
-from runtime import consumer
+from zchannels import consumer
 
 
 @consumer("http.request", path="/hello")

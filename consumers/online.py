@@ -8,7 +8,7 @@ Send ``who`` for the sorted names of everyone in the room, on every interface, o
 import json
 from urllib.parse import parse_qs
 
-from runtime import WebsocketConsumer, group_members, group_size
+from zchannels import WebsocketConsumer, group_members, group_size
 
 MAX_NAME_CHARS = 32
 

@@ -19,7 +19,7 @@ BENCH_TIMEOUT = 600  # seconds for one bench run, whatever its options
 
 def bench(mode, url, run_dir, duration, extra, namespace=None):
     prefix = ["ip", "netns", "exec", namespace] if namespace else []
-    command = [*prefix, sys.executable, "-m", "runtime.bench", mode, "--url", url,
+    command = [*prefix, sys.executable, "-m", "benchkit", mode, "--url", url,
                "--duration", str(duration), "--run-dir", run_dir, "--no-plot",
                "--progress", "off", *extra]
     print("$", " ".join(command), flush=True)

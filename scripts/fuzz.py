@@ -12,7 +12,7 @@ frames (or ``--duration`` seconds have passed):
 - random multipart ZeroMQ messages on every IPC endpoint in the run directory (the
   broker's two ROUTERs, for interfaces and for other senders, and each pool's PULL and
   ROUTER), including JSON headers of the right shape with the wrong types, and the
-  verbs of every hop (runtime/wire.py) with frames of any number and content.
+  verbs of every hop (runtime/wire/frames.py) with frames of any number and content.
 
 Meanwhile ``--echo`` clients do numbered round trips on /ws/echo and ``--chat``
 clients talk in one chat room. The report says how many frames of each kind went
@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from runtime.stats import alive
+from zchannels.core.stats import alive
 
 CLOSE_CODES = [1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1011, 1015, 2999,
                3000, 4999, 5000, 0, 65535]
@@ -103,7 +103,7 @@ def random_message(rng: random.Random) -> list[bytes]:
 
 
 # Socket type an attacker connects to each bound endpoint with.
-PEER_TYPES = {"router-clients": zmq.DEALER, "router-interfaces": zmq.DEALER}
+PEER_TYPES = {"broker-clients": zmq.DEALER, "broker-interfaces": zmq.DEALER}
 
 
 def zmq_endpoints(run_dir: str) -> dict[str, tuple[str, int]]:

@@ -1,16 +1,16 @@
 """Behaviour scenarios written once and run twice: in-process against
-`runtime.testing.TestServer` (tests/test_behaviour_inprocess.py) and against real
+`zchannels.testing.TestServer` (tests/test_behaviour_inprocess.py) and against real
 processes (tests/test_behaviour_e2e.py), so the in-memory layer cannot drift from
 the real system.
 
 Each scenario is a plain synchronous function of a `backend` with the small API
-below: the subset of `runtime.testing` a test needs, which the e2e backend
+below: the subset of `zchannels.testing` a test needs, which the e2e backend
 implements over real sockets. Timeouts are seconds on the fake clock in-process and
 real seconds end to end; the scenarios use the defaults.
 
 ``backend.websocket(path)`` -> a socket: ``accepted``, ``status`` (101 or 403),
 ``send(text=... | bytes=...)``, ``receive()`` (str or bytes; TimeoutError, or
-`runtime.testing.WebSocketClosed` once closed), ``receive_json()``,
+`zchannels.testing.WebSocketClosed` once closed), ``receive_json()``,
 ``wait_closed()`` (the close code), ``close(code)``.
 
 ``backend.http(method, path, body=b"", headers=None, wait=True)`` -> a response:
@@ -30,7 +30,7 @@ import json
 import os
 from typing import Any, Callable
 
-from runtime.testing import WebSocketClosed
+from zchannels.testing import WebSocketClosed
 
 Scenario = Callable[[Any], None]
 SCENARIOS: list[Scenario] = []

@@ -10,10 +10,10 @@ from typing import Any, Callable, Iterator
 
 import zmq
 
-from runtime import config as config_module
-from runtime.broker import Broker
-from runtime.layer import Layer
-from runtime.stats import counters
+from zchannels.core import config as config_module
+from zchannels.broker.broker import Broker
+from zchannels.worker.link import WorkerLink as Layer
+from zchannels.core.stats import counters
 
 RECEIVE_TIMEOUT_MS = 2000  # a missing message fails the test (zmq.Again), never hangs
 
@@ -86,8 +86,8 @@ def layer_with_broker(flusher: bool | None = None,
     context = zmq.Context()
     broker = context.socket(zmq.ROUTER)
     broker.rcvtimeo = RECEIVE_TIMEOUT_MS
-    broker.bind(config.router_clients)
-    layer = Layer(config, context, identity="w-test", endpoint=config.router_clients)
+    broker.bind(config.broker_clients)
+    layer = Layer(config, context, identity="w-test", endpoint=config.broker_clients)
     if flusher:
         layer.start_flusher()
     elif flusher is False:

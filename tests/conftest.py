@@ -5,6 +5,9 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+# The benchmark (scripts/benchkit) is not installed with zchannels; its tests import it here.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "scripts"))
 
 from harness import checked_system  # noqa: E402
 from browser import browser  # noqa: E402,F401 (the headless Chromium fixture, for any test)

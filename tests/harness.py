@@ -1,7 +1,7 @@
 """Start a real zchannels system for a test: real processes, real ZeroMQ sockets.
 
 `System` starts the broker, workers and interfaces with
-``python -m runtime <role>`` (the same command supervisord runs), each with its
+``python -m zchannels <role>`` (the same command supervisord runs), each with its
 own log file, in a private run directory with its own config. It stops every
 process it started, by PID, and can check that no process logged an error the
 test did not expect.
@@ -110,7 +110,7 @@ class System:
         self.env.pop("ZCHANNELS_PORT", None)
         self.interfaces = interfaces
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self.arguments: dict[str, tuple[str, ...]] = {}  # name -> `python -m runtime` args
+        self.arguments: dict[str, tuple[str, ...]] = {}  # name -> `python -m zchannels` args
         self.restarts: list[tuple[str, int, int]] = []  # (name, old pid, new pid)
         self.expected_errors: list[re.Pattern[str]] = []
         self.port = 0
@@ -119,7 +119,7 @@ class System:
 
     def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         log = open(os.path.join(self.run_dir, f"{name}.log"), "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "runtime", *args], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "zchannels", *args], cwd=ROOT,
                                 env=self.env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.processes[name] = proc

@@ -8,7 +8,7 @@ test process itself is, gets ``.254``). Nothing is routed beyond the bridge.
 `Host` is one host of a deployment: its own run directory, config file, key directory
 (only its own keys: the test copies each host's directory of ``zchannels keys``, so
 the secret keys never meet), and processes started inside its namespace with
-``ip netns exec`` -- the command supervisord would run (``python -m runtime ROLE``).
+``ip netns exec`` -- the command supervisord would run (``python -m zchannels ROLE``).
 
 Without root, or where namespaces cannot be made (or with ZCHANNELS_TEST_NO_NETNS=1),
 every host is on loopback with its own run directory and ports, and `Network.fallback`
@@ -34,7 +34,7 @@ from typing import Any, Iterator
 
 from harness import DEMO_CONSUMERS, ROOT, TEST_CONSUMERS, System
 
-from runtime import keys
+from zchannels.wire import keys
 
 IP_TIMEOUT = 10.0  # seconds for one `ip` command
 SUBNET_PREFIX = "10.231"
@@ -152,8 +152,8 @@ class Layout:
             ports = iter(free_port(address) for _ in range(2 + 2 * len(pools)))
         else:  # the namespace's ports are its own
             ports = iter(range(7001, 7003 + 2 * len(pools)))
-        self.endpoints = {"router_interfaces": f"tcp://{address}:{next(ports)}",
-                          "router_clients": f"tcp://{address}:{next(ports)}"}
+        self.endpoints = {"broker_interfaces": f"tcp://{address}:{next(ports)}",
+                          "broker_clients": f"tcp://{address}:{next(ports)}"}
         self.pools = {pool: (f"tcp://{address}:{next(ports)}",
                              f"tcp://{address}:{next(ports)}") for pool in pools}
 
@@ -190,7 +190,7 @@ class Host(System):
     def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         log = open(os.path.join(self.run_dir, f"{name}.log"), "ab")
         proc = subprocess.Popen(
-            [*self.network.prefix(self.name), sys.executable, "-m", "runtime", *args],
+            [*self.network.prefix(self.name), sys.executable, "-m", "zchannels", *args],
             cwd=ROOT,
             env=self.env, stdout=log, stderr=subprocess.STDOUT)
         log.close()

@@ -19,7 +19,7 @@ MESSAGE_BYTES = 16 * 1024
 FLOOD_MESSAGES = 512  # 8 MiB per member: more than a non-reader's kernel buffers and limit
 NON_READERS = 100
 READERS = 5
-CONTROL_HEADROOM = 64 * 1024  # runtime.websocket.CONTROL_HEADROOM
+CONTROL_HEADROOM = 64 * 1024  # zchannels.websocket.CONTROL_HEADROOM
 ZMQ_DEALER_HWM = 1000  # a worker's DEALER to the broker: the ZeroMQ default
 SLACK = 64 * 1024 * 1024  # the allocator, transient copies, Tornado's own buffers
 
@@ -64,7 +64,7 @@ class Sampler(threading.Thread):
 
 
 def test_clients_that_stop_reading_during_a_flood_cost_bounded_memory():
-    server = {"max_outbound_bytes": MAX_OUTBOUND, "router_hwm": ROUTER_HWM}
+    server = {"max_outbound_bytes": MAX_OUTBOUND, "broker_hwm": ROUTER_HWM}
     with checked_system(server=server) as system:
         async def scenario():
             readers = [(await join_member(system, "flood"))[0] for _ in range(READERS)]

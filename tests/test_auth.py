@@ -1,4 +1,4 @@
-"""Unit tests for runtime.auth: signed tokens, cookie parsing, bearer tokens and the
+"""Unit tests for zchannels.api.auth: signed tokens, cookie parsing, bearer tokens and the
 decorators, against a fake layer; and message.user with a real Django in a child
 process (Django's settings are global, and this process must stay without them)."""
 from __future__ import annotations
@@ -16,11 +16,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harness import ROOT
-from runtime import auth, routing, wire
-from runtime.auth import (BEARER, CLOSE_LOGIN_REQUIRED, TOKEN_SESSION_KEY, bearer_token,
-                          cookie_header, login_required, parse_cookie, require_login,
-                          sign_token, token_required, token_user, verify_token)
-from runtime.message import Message
+from zchannels.api import auth, routing
+from zchannels.wire import frames as wire
+from zchannels.api.auth import (BEARER, CLOSE_LOGIN_REQUIRED, TOKEN_SESSION_KEY, bearer_token,
+                                cookie_header, login_required, parse_cookie, require_login,
+                                sign_token, token_required, token_user, verify_token)
+from zchannels.api.message import Message
 
 SECRET = "a-test-secret"
 NOW = 1_700_000_000.0
@@ -283,13 +284,13 @@ def child(script, **env):
 def test_the_runtime_does_not_import_django_until_message_user_and_then_says_what_is_missing():
     status, output = child("""
         import sys
-        import runtime, runtime.auth, runtime.message
+        import zchannels, zchannels.api.auth, zchannels.api.message
         assert "django" not in sys.modules, "imported Django early"
-        m = runtime.message.Message({"channel": "websocket.connect", "headers": []}, b"", None)
+        m = zchannels.api.message.Message({"channel": "websocket.connect", "headers": []}, b"", None)
         m.user
     """)
     assert status == 1
-    assert "runtime.auth.DjangoNotConfigured: message.user needs Django settings: mount " \
+    assert "zchannels.api.auth.DjangoNotConfigured: message.user needs Django settings: mount " \
            "the project with wsgi_app" in output, output
 
 
@@ -310,8 +311,8 @@ DJANGO_SCRIPT = """
     from django.db import connection
     from django.test import Client
     from django.test.utils import CaptureQueriesContext, override_settings
-    from runtime.auth import DJANGO_SESSION_KEY
-    from runtime.message import Message
+    from zchannels.api.auth import DJANGO_SESSION_KEY
+    from zchannels.api.message import Message
 
     call_command("migrate", verbosity=0)
     ada = User.objects.create_user("ada", password="lovelace")

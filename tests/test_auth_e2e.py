@@ -17,7 +17,7 @@ from tornado.websocket import websocket_connect
 
 from harness import (ROOT, checked_system, cookie_header, cookies_of, http_request, read,
                      refused_status, run)
-from runtime.auth import BEARER, sign_token
+from zchannels.api.auth import BEARER, sign_token
 
 APPS = os.path.join(ROOT, "tests", "apps")
 TOKEN_SECRET = "test-token-secret"  # as in tests/consumers/auth.py

@@ -1,7 +1,7 @@
 """The shared behaviour scenarios (tests/behaviour.py) against real processes: the
 broker, 2 workers and 2 interfaces of tests/harness.py, with the demo and test
 consumers, driven through real sockets by a synchronous client with the API of
-runtime.testing's clients."""
+zchannels.testing's clients."""
 from __future__ import annotations
 
 import asyncio
@@ -20,7 +20,7 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from behaviour import SCENARIOS
 from harness import System, checked_system
-from runtime.testing import ServerSentEvent, WebSocketClosed
+from zchannels.testing import ServerSentEvent, WebSocketClosed
 
 pytestmark = pytest.mark.e2e
 

@@ -1,10 +1,10 @@
-"""The shared behaviour scenarios (tests/behaviour.py) in-process: runtime.testing's
+"""The shared behaviour scenarios (tests/behaviour.py) in-process: zchannels.testing's
 TestServer is the backend, with the demo and test consumers."""
 import pytest
 
 from behaviour import SCENARIOS
 from harness import DEMO_CONSUMERS, TEST_CONSUMERS
-from runtime.testing import TestServer
+from zchannels.testing import TestServer
 
 
 @pytest.fixture

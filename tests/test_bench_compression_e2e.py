@@ -84,7 +84,7 @@ def test_chat_bytes_on_and_off(deflating, tmp_path):
 
 
 def test_compression_against_a_server_without_it_says_what_to_do(system, tmp_path):
-    done = subprocess.run([sys.executable, "-m", "runtime.bench", "echo", "--compression",
+    done = subprocess.run([sys.executable, "-m", "benchkit", "echo", "--compression",
                            *system_args(system)], cwd=ROOT, capture_output=True, text=True,
                           timeout=BENCH_TIMEOUT)
     assert done.returncode == 2

@@ -10,7 +10,7 @@ import tempfile
 import pytest
 
 from harness import ROOT
-from runtime.bench import channels
+from benchkit import channels
 
 pytestmark = pytest.mark.e2e
 
@@ -18,8 +18,8 @@ BENCH_TIMEOUT = 120  # seconds for one bench command
 
 
 def bench(results_dir, *args, check=True):
-    """Run ``python -m runtime.bench`` as a user would; its JSON document and output."""
-    cmd = [sys.executable, "-m", "runtime.bench", *args, "--results-dir", str(results_dir),
+    """Run ``python -m benchkit`` as a user would; its JSON document and output."""
+    cmd = [sys.executable, "-m", "benchkit", *args, "--results-dir", str(results_dir),
            "--progress", "off", "--processes", "2", "--drain", "5"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=BENCH_TIMEOUT)
     if check:
@@ -94,7 +94,7 @@ def test_echo_with_baseline_every_echo_matched(system, tmp_path):
 
 
 def test_channels_without_its_packages_says_how_to_install(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "runtime.bench", "echo", "--channels",
+    done = subprocess.run([sys.executable, "-m", "benchkit", "echo", "--channels",
                            "--channels-venv", str(tmp_path / "none"), "--url",
                            "http://127.0.0.1:9"], cwd=ROOT, capture_output=True, text=True,
                           timeout=BENCH_TIMEOUT)
@@ -153,7 +153,7 @@ def test_idle_measures_memory_of_every_server_process(system, tmp_path):
 
 def test_idle_without_a_server_process_says_so(tmp_path):
     empty = tempfile.mkdtemp(dir=tmp_path)
-    done = subprocess.run([sys.executable, "-m", "runtime.bench", "idle", "--run-dir", empty,
+    done = subprocess.run([sys.executable, "-m", "benchkit", "idle", "--run-dir", empty,
                            "--url", "http://127.0.0.1:9"], cwd=ROOT, capture_output=True,
                           text=True, timeout=BENCH_TIMEOUT)
     assert done.returncode == 2
@@ -162,7 +162,7 @@ def test_idle_without_a_server_process_says_so(tmp_path):
 
 @pytest.fixture(scope="module")
 def gunicorn():
-    from runtime.bench.baseline import start_gunicorn
+    from benchkit.baseline import start_gunicorn
     server = start_gunicorn(tempfile.mkdtemp(prefix="zcg"), workers=2)
     yield server
     server.stop()

@@ -12,12 +12,12 @@ import zlib
 
 import pytest
 
-from runtime.bench import (accounting, channels, cli, modes, payloads, report, runner, servers,
-                           summary, wirebytes, wsclient)
-from runtime.bench.histogram import GROWTH, Histogram
-from runtime.bench.httpclient import HttpProtocol, ResponseError
-from runtime.bench.client import share
-from runtime.bench.wsclient import OP_TEXT, WebSocketProtocol, masked_frame
+from benchkit import (accounting, channels, cli, modes, payloads, report, runner, servers, summary,
+                      wirebytes, wsclient)
+from benchkit.histogram import GROWTH, Histogram
+from benchkit.httpclient import HttpProtocol, ResponseError
+from benchkit.client import share
+from benchkit.wsclient import OP_TEXT, WebSocketProtocol, masked_frame
 
 
 def exact_percentile(values, p):

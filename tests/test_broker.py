@@ -8,9 +8,9 @@ import pytest
 import zmq
 
 from broker_rig import broker_rig, run_until, settle
-from runtime import broker as broker_module
-from runtime import wire
-from runtime.stats import counters
+from zchannels.broker import broker as broker_module
+from zchannels.wire import frames as wire
+from zchannels.core.stats import counters
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def setup(monkeypatch):
         broker, config = rig.broker, rig.config
 
         def interface(name, hello=True):
-            sock = rig.peer(zmq.DEALER, config.router_interfaces, name)
+            sock = rig.peer(zmq.DEALER, config.broker_interfaces, name)
             if not hello:
                 return sock
             sock.send_multipart([wire.PING, b"{}"])
@@ -32,7 +32,7 @@ def setup(monkeypatch):
             return rig.peer(zmq.DEALER, broker.pools[0].pool.endpoint_out, name)
 
         def client(name):
-            return rig.peer(zmq.DEALER, config.router_clients, name)
+            return rig.peer(zmq.DEALER, config.broker_clients, name)
 
         yield broker, interface, worker, client, rig
 

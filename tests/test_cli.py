@@ -10,7 +10,7 @@ from harness import ROOT, checked_system
 
 
 def zchannels(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "runtime", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "zchannels", *args], cwd=ROOT,
                           env={**os.environ, **(env or {})}, capture_output=True, text=True,
                           timeout=30)
 

@@ -1,4 +1,4 @@
-"""Unit tests for runtime.config: parsing, defaults, environment overrides and
+"""Unit tests for zchannels.core.config: parsing, defaults, environment overrides and
 validation of the TOML runtime configuration. No sockets are opened; endpoint
 checks are pure string and path arithmetic."""
 from __future__ import annotations
@@ -12,10 +12,10 @@ import tomllib
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runtime import config as config_module
-from runtime.config import (CLIENT_CHANNELS, DEFAULT_CONFIG_PATH, MAX_IPC_PATH_BYTES, Config,
-                            PoolConfig, load, parse)
-from runtime.exceptions import ConfigError
+from zchannels.core import config as config_module
+from zchannels.core.config import (CLIENT_CHANNELS, DEFAULT_CONFIG_PATH, MAX_IPC_PATH_BYTES,
+                                   Config, PoolConfig, load, parse)
+from zchannels.core.exceptions import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / DEFAULT_CONFIG_PATH
@@ -49,8 +49,8 @@ def test_missing_default_file_gives_defaults(tmp_path, monkeypatch):
     assert config.pools == (PoolConfig(name="default", channels=("*",), capacity=1000,
                                        endpoint_in="ipc://run/pool-default.in",
                                        endpoint_out="ipc://run/pool-default.out"),)
-    assert config.router_clients == "ipc://run/router-clients"
-    assert config.router_interfaces == "ipc://run/router-interfaces"
+    assert config.broker_clients == "ipc://run/broker-clients"
+    assert config.broker_interfaces == "ipc://run/broker-interfaces"
     # Every scalar not touched by pools/endpoints is the dataclass default.
     for field in dataclasses.fields(Config):
         if field.name in config_module._SCALARS or field.name in config_module._LISTS:
@@ -104,9 +104,9 @@ def test_zero_disables_pings():
 
 
 def test_explicit_endpoints_are_kept_and_others_default():
-    config = parse({"endpoints": {"router_clients": "tcp://127.0.0.1:5001"}}, environ={})
-    assert config.router_clients == "tcp://127.0.0.1:5001"
-    assert config.router_interfaces == "ipc://run/router-interfaces"
+    config = parse({"endpoints": {"broker_clients": "tcp://127.0.0.1:5001"}}, environ={})
+    assert config.broker_clients == "tcp://127.0.0.1:5001"
+    assert config.broker_interfaces == "ipc://run/broker-interfaces"
 
 
 def test_pool_endpoints_default_into_run_dir_and_can_be_set():
@@ -121,10 +121,10 @@ def test_pool_endpoints_default_into_run_dir_and_can_be_set():
 
 
 def test_ipc_path_limit_is_inclusive():
-    # The longest default endpoint name is "router-interfaces" (17 bytes): "/" + run + "/" + 17.
+    # The longest default endpoint name is "broker-interfaces" (17 bytes): "/" + run + "/" + 17.
     run_dir = "/" + "r" * (MAX_IPC_PATH_BYTES - 19)
     config = parse({"server": {"run_dir": run_dir}}, environ={})
-    assert len(config.router_interfaces) - len("ipc://") == MAX_IPC_PATH_BYTES
+    assert len(config.broker_interfaces) - len("ipc://") == MAX_IPC_PATH_BYTES
     with pytest.raises(ConfigError, match=f"{MAX_IPC_PATH_BYTES + 1} bytes"):
         parse({"server": {"run_dir": run_dir + "r"}}, environ={})
 
@@ -144,7 +144,7 @@ def test_environment_overrides_the_file(tmp_path):
     assert config.host == "10.1.2.3"
     assert config.run_dir == "/tmp/zc-run"
     assert config.consumers == ("apps", "more/apps")
-    assert config.router_clients == "ipc:///tmp/zc-run/router-clients"
+    assert config.broker_clients == "ipc:///tmp/zc-run/broker-clients"
     assert config.pools[0].endpoint_in == "ipc:///tmp/zc-run/pool-default.in"
 
 
@@ -316,20 +316,20 @@ PARSE_ERRORS = [
                  id="max-body-zero"),
     pytest.param({"server": {"http_timeout": -1.0}}, ["http_timeout", "greater than 0"],
                  id="http-timeout-negative"),
-    pytest.param({"endpoints": {"router_interfaces": 5555}},
-                 ["[endpoints] router_interfaces", "str"],
+    pytest.param({"endpoints": {"broker_interfaces": 5555}},
+                 ["[endpoints] broker_interfaces", "str"],
                  id="endpoint-int"),
-    pytest.param({"endpoints": {"router_clients": "inproc://router"}},
-                 ["router_clients", "'inproc://router'", "ipc:// or tcp://"],
+    pytest.param({"endpoints": {"broker_clients": "inproc://router"}},
+                 ["broker_clients", "'inproc://router'", "ipc:// or tcp://"],
                  id="endpoint-inproc"),
     pytest.param(_pools(default={"channels": ["*"], "endpoint_out": "udp://h:1"}),
                  ["pool default out", "ipc:// or tcp://"], id="pool-endpoint-udp"),
-    pytest.param({"endpoints": {"router_interfaces": "tcp://127.0.0.1:5000",
-                                "router_clients": "tcp://127.0.0.1:5000"}},
-                 ["router_interfaces", "router_clients", "share", "tcp://127.0.0.1:5000"],
+    pytest.param({"endpoints": {"broker_interfaces": "tcp://127.0.0.1:5000",
+                                "broker_clients": "tcp://127.0.0.1:5000"}},
+                 ["broker_interfaces", "broker_clients", "share", "tcp://127.0.0.1:5000"],
                  id="duplicate-endpoints"),
-    pytest.param(_pools(default={"channels": ["*"], "endpoint_in": "ipc://run/router-clients"}),
-                 ["router_clients", "pool default in", "share"],
+    pytest.param(_pools(default={"channels": ["*"], "endpoint_in": "ipc://run/broker-clients"}),
+                 ["broker_clients", "pool default in", "share"],
                  id="pool-endpoint-clashes-with-router"),
     pytest.param(_pools(a={"channels": ["*"]},
                         b={"channels": ["x"], "endpoint_out": "ipc://run/pool-a.out"}),
@@ -444,7 +444,7 @@ _plausible = st.one_of(
     st.integers(min_value=-2, max_value=70_000),
     st.floats(min_value=-1, max_value=100),
     st.lists(st.sampled_from(["*", "websocket.*", "chat.*", "websocket.connect"]), max_size=3),
-    st.sampled_from(["ipc://run/x", "tcp://127.0.0.1:5000", "ipc://run/router-clients",
+    st.sampled_from(["ipc://run/x", "tcp://127.0.0.1:5000", "ipc://run/broker-clients",
                      "inproc://x", "run", "/" + "r" * 100]),
 )
 

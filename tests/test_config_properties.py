@@ -1,4 +1,4 @@
-"""Properties of config parsing (runtime/config.py), checked with hypothesis: any TOML
+"""Properties of config parsing (runtime/core/config.py), checked with hypothesis: any TOML
 document gives a Config or a ConfigError that names what is wrong, never another error."""
 import json
 import os
@@ -7,9 +7,9 @@ import tempfile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime import config as config_module
-from runtime.config import _ENDPOINTS, _LISTS, _POOL_KEYS, _SCALARS, Config
-from runtime.exceptions import ConfigError
+from zchannels.core import config as config_module
+from zchannels.core.config import _ENDPOINTS, _LISTS, _POOL_KEYS, _SCALARS, Config
+from zchannels.core.exceptions import ConfigError
 
 FAST = settings(max_examples=150, deadline=None)
 

@@ -6,9 +6,9 @@ import zlib
 import pytest
 from hypothesis import given, strategies as st
 
-from runtime.config import parse
-from runtime.interface.clients import Outgoing
-from runtime.interface.deflate import Deflater, negotiate, parse_offers
+from zchannels.core.config import parse
+from zchannels.interface.clients import Outgoing
+from zchannels.interface.deflate import Deflater, negotiate, parse_offers
 
 ON = parse({"server": {"compression": True}})
 OFF = parse({})

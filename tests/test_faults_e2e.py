@@ -282,8 +282,8 @@ def test_a_killed_broker_is_restarted_and_traffic_resumes(system):
                 f"{member['rc']} missed {missed} group messages that no counter shows"
     # What the workers relayed towards the interfaces and never arrived was lost
     # inside the killed broker: at least every reply whose done arrived without it.
-    lost = workers["to_router"] - interfaces["from_router"]
-    report("broker: messages lost inside the killed broker (to_router - from_router)",
+    lost = workers["to_broker"] - interfaces["from_broker"]
+    report("broker: messages lost inside the killed broker (to_broker - from_broker)",
            lost, "messages")
     assert lost >= interfaces.get("replies_lost", 0)
     report("broker: replies lost with it and closed 1011 at their done",

@@ -23,8 +23,8 @@ def test_the_fuzz_script_leaves_well_behaved_clients_undisturbed():
                 for line in result.stdout.splitlines() if line.strip().startswith("sent ")}
         # WebSocket, HTTP, and every socket the broker binds.
         assert sum(sent.values()) >= 4000 and set(sent) == {
-            "sent ws frames", "sent http requests", "sent zmq router-interfaces",
-            "sent zmq router-clients", "sent zmq pool-default.in",
+            "sent ws frames", "sent http requests", "sent zmq broker-interfaces",
+            "sent zmq broker-clients", "sent zmq pool-default.in",
             "sent zmq pool-default.out"}, sent
         assert {name: proc.pid for name, proc in system.processes.items()
                 if proc.poll() is None} == before

@@ -12,7 +12,7 @@ import pytest
 import zmq
 
 from harness import ROOT, checked_system, join_member, read, run, wait_until
-from runtime import wire
+from zchannels.wire import frames as wire
 
 pytestmark = pytest.mark.e2e
 
@@ -52,7 +52,7 @@ async def good_traffic(system, rounds):
 def test_random_messages_on_every_zeromq_socket_are_counted_and_disturb_nothing(system):
     endpoints = fuzz.zmq_endpoints(system.run_dir)
     # Every socket the broker binds; it is the only process that binds one.
-    assert set(endpoints) == {"router-interfaces", "router-clients", "pool-default.in",
+    assert set(endpoints) == {"broker-interfaces", "broker-clients", "pool-default.in",
                               "pool-default.out"}
     before = pids(system)
     attacker = fuzz.ZmqAttacker(endpoints, random.Random(5))
@@ -100,7 +100,7 @@ def broker_garbage(interface_id, conn, worker_id):
     done = json.dumps({"op": "done", "conn": conn, "seq": None, "sent": 0}).encode()
     leak = b"garbage leaked"
     return {
-        "router-clients": [
+        "broker-clients": [
             [b"X", iface, header, leak],  # an unknown verb
             [b"Tx", iface, header, leak],  # a malformed verb
             [b"T"],  # a T with too few frames
@@ -135,7 +135,7 @@ def broker_garbage(interface_id, conn, worker_id):
             [b"X"],
             [b"E", header, leak],
         ],
-        "router-interfaces": [
+        "broker-interfaces": [
             [b"just one frame"],  # an interface sends [to, header]: two frames
             [worker_id.encode(), b"{}", b"more"],
             [b"", b"{}", b"more"],  # a hello with a wrong frame count
@@ -164,8 +164,8 @@ def relayed_garbage(interface_id, conn, worker_id):
         [json.dumps({"channel": "garbage.x"}).encode(), b"", b"1", b"more"],  # 4 frames
     ]
     to_worker = [[worker_id.encode(), b"not json"]]  # an answer the worker cannot read
-    return ({"router-clients": to_interface, "pool-default.in": to_pool,
-             "router-interfaces": to_worker}, 6, len(to_pool) + len(to_worker))
+    return ({"broker-clients": to_interface, "pool-default.in": to_pool,
+             "broker-interfaces": to_worker}, 6, len(to_pool) + len(to_worker))
 
 
 BROKER_UNMOVED = ("unreachable_interface", "unreachable_worker", "dropped_interface_full",
@@ -174,7 +174,7 @@ BROKER_UNMOVED = ("unreachable_interface", "unreachable_worker", "dropped_interf
 
 
 def test_malformed_messages_of_every_hop_are_counted_as_garbage_and_disturb_nothing(system):
-    """Messages of the wrong shape for the hop they arrive on (runtime/wire.py): a
+    """Messages of the wrong shape for the hop they arrive on (runtime/wire/frames.py): a
     malformed or unknown verb, a wrong frame count, a T with too few frames, a G without
     a group, a worker's D or credit from a process that is not a worker. Each is
     counted as garbage once, by the broker or, for what the broker relays without
@@ -274,7 +274,7 @@ def test_wrong_types_in_well_formed_headers_to_a_real_interface_are_dropped(syst
         context = zmq.Context()
         peer = context.socket(zmq.DEALER)
         peer.linger = 0
-        peer.connect(f"ipc://{system.run_dir}/router-clients")
+        peer.connect(f"ipc://{system.run_dir}/broker-clients")
         wrong = [{"op": "send", "conn": [int(conn)]}, {"op": "send", "conn": int(conn),
                                                          "kind": ["text"]},
                  {"op": ["send"], "conn": int(conn)}, {"op": "done", "conn": {}, "seq": []},

@@ -1,4 +1,4 @@
-"""Unit tests for runtime/generic.py, the class-based consumers: registration, group
+"""Unit tests for runtime/api/generic.py, the class-based consumers: registration, group
 names, the JSON and demultiplexer framing, HTTP method dispatch. No sockets: the
 classes run on real `Message`s whose layer is a fake that records what would be sent."""
 from __future__ import annotations
@@ -10,11 +10,12 @@ import os
 
 import pytest
 
-import runtime
-from runtime import (HttpConsumer, JsonWebsocketConsumer, Message, WebsocketConsumer,
-                     WebsocketDemultiplexer, layer as layer_module, routing)
-from runtime.routing import Registry
-from runtime.stats import counters
+import zchannels
+from zchannels import (HttpConsumer, JsonWebsocketConsumer, Message, WebsocketConsumer,
+                       WebsocketDemultiplexer)
+from zchannels.api import connection as layer_module, routing
+from zchannels.api.routing import Registry
+from zchannels.core.stats import counters
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPLY = "itest!7"
@@ -29,7 +30,7 @@ class FakeLayer:
     def to_interface(self, reply_channel, header, payload=None):
         self.calls.append(("to_interface", str(reply_channel), header, payload))
 
-    def group_add(self, group, reply_channel, info=None, announce=False):
+    def group_add(self, group, reply_channel, since=None, *, info=None, announce=False):
         self.calls.append(("group_add", group, str(reply_channel)))
         if info is not None or announce:
             self.calls.append(("presence", info, announce))
@@ -81,8 +82,8 @@ def text(fake, registry, path, frame, **content):
 def test_public_names():
     for name in ("WebsocketConsumer", "JsonWebsocketConsumer", "WebsocketDemultiplexer",
                  "HttpConsumer"):
-        assert name in runtime.__all__
-        assert getattr(runtime, name).__module__ == "runtime.generic"
+        assert name in zchannels.__all__
+        assert getattr(zchannels, name).__module__ == "zchannels.api.generic"
 
 
 def test_register_adds_one_ordinary_route_per_channel():
@@ -268,7 +269,7 @@ def test_a_frame_that_is_not_json_closes_1007_logged_and_counted(fake, echo, cap
     assert [(c[2]["op"], c[2]["code"], c[2]["reason"].encode()) for c in fake.calls] == [
         ("close", 1007, reason)]
     assert counters["json_invalid"] == before + 1
-    [line] = [r for r in caplog.records if r.name == "runtime.generic"]
+    [line] = [r for r in caplog.records if r.name == "zchannels.generic"]
     assert line.levelno == logging.WARNING and "closing with 1007" in line.getMessage()
 
 

@@ -1,4 +1,4 @@
-"""End to end: the class-based consumers of runtime/generic.py in a real system (the
+"""End to end: the class-based consumers of runtime/api/generic.py in a real system (the
 test consumers are in tests/consumers/generic.py, under /test/generic/...)."""
 import json
 

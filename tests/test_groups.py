@@ -1,5 +1,5 @@
 """The interface's table of group memberships (pure logic)."""
-from runtime.interface.groups import GroupTable
+from zchannels.interface.groups import GroupTable
 
 
 class Conn:

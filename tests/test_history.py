@@ -1,4 +1,4 @@
-"""Group history without sockets (runtime/history.py): the config, which rule applies,
+"""Group history without sockets (runtime/broker/history.py): the config, which rule applies,
 offsets and epochs, eviction by count, age, bytes and groups, the replay range of a
 recovery and every reason it can fail, the position spliced into JSON payloads."""
 import json
@@ -6,11 +6,15 @@ import os
 
 import pytest
 
-from runtime import config as config_module
-from runtime import history
-from runtime.exceptions import ConfigError
-from runtime.history import HistoryConfig, HistoryRule, Keeper, Recovery, Rules
-from runtime.stats import counters
+from zchannels.core import config as config_module
+from zchannels.broker import history
+from zchannels.core import history_rules
+from zchannels.wire import positions
+from zchannels.core.exceptions import ConfigError
+from zchannels.core.history_rules import HistoryConfig, HistoryRule, Rules
+from zchannels.broker.history import Keeper
+from zchannels.api.results import Recovery
+from zchannels.core.stats import counters
 
 SEND = b'{"op":"send","kind":"text"}'
 SHIPPED = os.path.join(os.path.dirname(os.path.dirname(__file__)), "conf", "zchannels.toml")
@@ -85,7 +89,7 @@ def test_the_first_matching_rule_applies_and_one_that_keeps_nothing_is_an_except
 
 
 def test_the_rule_cache_is_bounded(monkeypatch):
-    monkeypatch.setattr(history, "MAX_CACHED_NAMES", 3)
+    monkeypatch.setattr(history_rules, "MAX_CACHED_NAMES", 3)
     rules = Rules([HistoryRule("*", size=1)])
     for i in range(10):
         rules.rule_for(b"g%d" % i)
@@ -124,9 +128,9 @@ def test_a_new_keeper_starts_new_epochs():
 
 
 def test_parse_position():
-    assert history.parse_position("ab12:7") == ("ab12", 7)
+    assert positions.parse_position("ab12:7") == ("ab12", 7)
     for bad in ("", "7", ":7", "ab:", "ab:-1", "ab:1.5", None, 7, "a" * 80 + ":1"):
-        assert history.parse_position(bad) is None
+        assert positions.parse_position(bad) is None
 
 
 # -- bounds ---------------------------------------------------------------------------------
@@ -180,7 +184,7 @@ def test_a_group_emptied_for_bytes_is_dropped_and_starts_a_new_epoch():
     again = send(k, b"quiet", b"q%09d" % 1)
     assert again.split(":")[0] != first.split(":")[0] and again.endswith(":1")
     result, _ = k.recover(b"quiet", first)
-    assert result["reason"] == history.REASON_EPOCH
+    assert result["reason"] == positions.REASON_EPOCH
 
 
 def test_at_max_groups_the_least_recently_written_group_is_dropped_whole():
@@ -268,13 +272,13 @@ def test_recovery_in_a_group_without_history_fails_plainly():
     (b'', b''),
 ])
 def test_the_position_is_spliced_into_json_objects_only(payload, spliced):
-    assert history.splice(payload, b"pos", b"e:3") == spliced
+    assert positions.splice(payload, b"pos", b"e:3") == spliced
     if payload.strip().startswith(b"{"):
         assert json.loads(spliced)["pos"] == "e:3"
 
 
 def test_the_notice_names_the_group_the_reason_and_where_to_go_on_from():
-    text = history.notice("chat.a", "x:4", {"ok": False, "reason": "epoch",
+    text = positions.notice("chat.a", "x:4", {"ok": False, "reason": "epoch",
                                             "position": "y:9", "key": "pos"})
     assert json.loads(text) == {"pos": "y:9", "type": "recovery_failed", "group": "chat.a",
                                 "since": "x:4", "reason": "epoch", "position": "y:9"}
@@ -295,7 +299,7 @@ def test_the_recovery_a_consumer_sees():
 
 
 def test_the_bench_loads_a_room_with_history_beside_one_without():
-    from runtime.bench import cli
+    from benchkit import cli
     plain, kept = cli.endpoints("broadcast", "http://h:1", None, history=True)
     assert plain.startswith("ws://h:1/ws/chat/bench-")
     assert kept.startswith("ws://h:1/ws/chat/history-bench-")
@@ -315,7 +319,7 @@ class FakeClient:
 
 
 def test_the_interface_delivers_the_missed_messages_with_positions_or_the_notice():
-    from runtime.interface.positions import Positions
+    from zchannels.interface.positions import Positions
     positions = Positions((HistoryRule("chat.*", size=10),))
     header = {"op": "group_add", "group": "chat.a", "since": "e:1"}
     ok = {"ok": True, "missed": 2, "position": "e:3", "key": "pos"}

@@ -7,9 +7,9 @@ import pytest
 import zmq
 
 from broker_rig import broker_rig, run_until, settle
-from runtime import broker as broker_module
-from runtime import wire
-from runtime.stats import counters
+from zchannels.broker import broker as broker_module
+from zchannels.wire import frames as wire
+from zchannels.core.stats import counters
 
 SEND = b'{"op":"send","kind":"text"}'
 HISTORY = {"groups": [{"pattern": "room.*", "size": 100}]}
@@ -22,14 +22,14 @@ def setup(monkeypatch):
         broker = rig.broker
 
         def interface(name, hello=True):
-            sock = rig.peer(zmq.DEALER, rig.config.router_interfaces, name)
+            sock = rig.peer(zmq.DEALER, rig.config.broker_interfaces, name)
             if hello:
                 sock.send_multipart([wire.PING, b"{}"])
                 rig.run_until(lambda: name in broker.known)
                 assert sock.recv_multipart() == [wire.PING, wire.PONG]
             return sock
 
-        client = rig.peer(zmq.DEALER, rig.config.router_clients, b"c1")
+        client = rig.peer(zmq.DEALER, rig.config.broker_clients, b"c1")
         yield broker, interface, client, rig
 
 

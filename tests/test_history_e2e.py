@@ -18,8 +18,8 @@ from urllib.parse import quote
 import pytest
 
 from harness import checked_system, http_request, read, run, wait_until
-from runtime import config as config_module
-from runtime import layer as layer_module
+from zchannels.core import config as config_module
+from zchannels.api import connection as layer_module
 
 pytestmark = pytest.mark.e2e
 

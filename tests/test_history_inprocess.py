@@ -1,4 +1,4 @@
-"""Group history in the in-memory test server (runtime.testing), with the demo chat
+"""Group history in the in-memory test server (zchannels.testing), with the demo chat
 consumer: what a test of an application that recovers can rely on -- positions on
 every message, a reconnect with ``?since=`` / ``Last-Event-ID`` / a long-poll's
 ``since`` gets what was missed, and a position the history cannot cover gets the
@@ -6,8 +6,9 @@ every message, a reconnect with ``?since=`` / ``Last-Event-ID`` / a long-poll's
 import json
 
 from harness import DEMO_CONSUMERS
-from runtime import config, group_send
-from runtime.testing import TestServer
+from zchannels.core import config
+from zchannels import group_send
+from zchannels.testing import TestServer
 
 SETTINGS = config.parse({"history": {"groups": [{"pattern": "chat.*", "size": 3}]}})
 

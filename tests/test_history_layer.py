@@ -7,9 +7,9 @@ import pytest
 
 from broker_rig import layer_with_broker
 
-from runtime import wire
-from runtime.history import Recovery
-from runtime.message import Message
+from zchannels.wire import frames as wire
+from zchannels.api.results import Recovery
+from zchannels.api.message import Message
 
 HISTORY = {"groups": [{"pattern": "chat.*", "size": 10}]}
 

@@ -24,9 +24,10 @@ from tornado.websocket import websocket_connect
 
 from harness import ROOT, read, run, wait_until
 from hosts import three_hosts
-from runtime import config as config_module, keys, wire
-from runtime.client import Client
-from runtime.layer import Layer
+from zchannels.core import config as config_module
+from zchannels.wire import keys, frames as wire
+from zchannels.api.client import Client
+from zchannels.worker.link import WorkerLink as Layer
 
 pytestmark = pytest.mark.e2e
 
@@ -156,7 +157,7 @@ def group_send_as(config, group, text, plain=False):
     try:
         if plain:
             sock = context.socket(zmq.DEALER)
-            sock.connect(config.router_clients)
+            sock.connect(config.broker_clients)
             header, payload = wire.group_message(text, None, None, None, None)
             sock.send_multipart([wire.VERB_GROUP, group.encode(), wire.encode(header),
                                  payload])
@@ -215,7 +216,7 @@ def test_only_allowed_keys_with_the_right_server_key_get_in(cluster, tmp_path):
     log_path = tmp_path / "rogue-worker.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [*cluster.network.prefix("a"), sys.executable, "-m", "runtime", "worker",
+            [*cluster.network.prefix("a"), sys.executable, "-m", "zchannels", "worker",
              "--pool", "spread"], cwd=ROOT, env=dict(host.env, ZCHANNELS_CURVE_DIR=rogue),
             stdout=log, stderr=subprocess.STDOUT)
     try:

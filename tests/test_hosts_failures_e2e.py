@@ -21,8 +21,8 @@ from tornado.websocket import WebSocketClosedError, websocket_connect
 
 from harness import read, run, wait_until
 from hosts import three_hosts
-from runtime import config as config_module
-from runtime.client import Client
+from zchannels.core import config as config_module
+from zchannels.api.client import Client
 
 pytestmark = pytest.mark.e2e
 

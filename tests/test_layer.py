@@ -7,8 +7,8 @@ import pytest
 
 from broker_rig import layer_with_broker
 
-from runtime import wire
-from runtime.message import ReplyChannel
+from zchannels.wire import frames as wire
+from zchannels.api.message import ReplyChannel
 
 ROUTE = (b"i1", 5)
 DONE = b'{"op":"done","conn":5}'

@@ -1,12 +1,12 @@
-"""Unit tests for runtime.message: what a consumer receives (Message, Session)
+"""Unit tests for zchannels.api.message: what a consumer receives (Message, Session)
 and how it answers (ReplyChannel), checked against a fake layer that records
 what would be sent to the interface."""
 from __future__ import annotations
 
 import pytest
 
-from runtime import wire
-from runtime.message import Message, ReplyChannel, Session
+from zchannels.wire import frames as wire
+from zchannels.api.message import Message, ReplyChannel, Session
 
 NAME = "i3f9a!17"
 

@@ -7,12 +7,12 @@ import os
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from runtime import config as config_module
-from runtime.exceptions import ConfigError
-from runtime.interface.scrape import access
-from runtime.metrics import parse_key, render, summarize
-from runtime.stats import Histogram, labelled
-from runtime.status import Sampler, read_proc, render as render_status
+from zchannels.core import config as config_module
+from zchannels.core.exceptions import ConfigError
+from zchannels.interface.scrape import access
+from zchannels.core.metrics import parse_key, render, summarize
+from zchannels.core.stats import Histogram, labelled
+from zchannels.core.status import Sampler, read_proc, render as render_status
 
 
 def test_labelled_keys_round_trip():
@@ -37,7 +37,7 @@ def snapshots():
         "role": "interface", "pid": 11, "process": "interface-0", "time": 100.0,
         "counters": {"zmq_sent": 9, labelled("events_sent", channel="websocket.receive"): 7,
                      labelled("events_sent", channel="websocket.connect"): 2,
-                     "refused_origin": 1, "replies_lost": 2, "from_router": 5},
+                     "refused_origin": 1, "replies_lost": 2, "from_broker": 5},
         "gauges": {"websockets": 2, "connections": 2, labelled("pool_in_flight", pool="p"): 3,
                    "odd": {"not": "a number"}},
         "histograms": {labelled("event_latency_seconds", pool="p"):

@@ -182,7 +182,7 @@ def test_the_grafana_dashboard_uses_only_exported_metrics(system):
 
 
 def status_command(system, *args):
-    return subprocess.run([sys.executable, "-m", "runtime", "status", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "zchannels", "status", *args], cwd=ROOT,
                           env=system.env, capture_output=True, text=True, timeout=30)
 
 
@@ -207,7 +207,7 @@ def test_status_watch_redraws_and_stops(system):
 
 
 def test_status_watch_ends_cleanly_on_ctrl_c(system):
-    proc = subprocess.Popen([sys.executable, "-m", "runtime", "status", "--watch", "0.3"],
+    proc = subprocess.Popen([sys.executable, "-m", "zchannels", "status", "--watch", "0.3"],
                             cwd=ROOT, env=system.env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -223,7 +223,7 @@ def test_status_watch_ends_cleanly_on_ctrl_c(system):
 
 
 def test_status_says_when_nothing_runs(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "runtime", "status"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "zchannels", "status"], cwd=ROOT,
                             env={**os.environ, "ZCHANNELS_RUN_DIR": str(tmp_path)},
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1

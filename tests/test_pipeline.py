@@ -2,7 +2,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.interface.pipeline import AckResult, Limits, Overdue, Overrun, Pipeline, Refusal
+from zchannels.interface.pipeline import AckResult, Limits, Overdue, Overrun, Pipeline, Refusal
 
 LIMITS = Limits(max_queued_events=3, event_timeout=10.0)
 CONNECT = ("websocket.connect", "", b"", b'{"channel":"websocket.connect"}')

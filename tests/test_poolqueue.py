@@ -8,7 +8,7 @@ import pytest
 import zmq
 
 from broker_rig import broker_rig
-from runtime.stats import counters
+from zchannels.core.stats import counters
 
 
 class DrivenPool:

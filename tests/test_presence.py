@@ -6,7 +6,8 @@ import json
 import pytest
 from hypothesis import given, strategies as st
 
-from runtime.presence import MAX_INFO_BYTES, Presence, check_info, notice
+from zchannels.wire.frames import MAX_INFO_BYTES, check_info
+from zchannels.broker.presence import Presence, notice
 
 A, B = b"iface-a", b"iface-b"
 

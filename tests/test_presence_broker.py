@@ -6,9 +6,9 @@ import pytest
 import zmq
 
 from broker_rig import broker_rig
-from runtime import broker as broker_module
-from runtime import wire
-from runtime.stats import counters
+from zchannels.broker import broker as broker_module
+from zchannels.wire import frames as wire
+from zchannels.core.stats import counters
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def rig(monkeypatch):
 
 
 def interface(rig, name):
-    sock = rig.peer(zmq.DEALER, rig.config.router_interfaces, name)
+    sock = rig.peer(zmq.DEALER, rig.config.broker_interfaces, name)
     sock.send_multipart([wire.PING, b"{}"])
     rig.run_until(lambda: name in rig.broker.known)
     assert sock.recv_multipart() == [wire.PING, wire.PONG]
@@ -78,7 +78,7 @@ def test_an_abandoned_interface_that_comes_back_must_drop_its_sockets_first(rig)
     rig.sockets.remove(a)
     rig.run_until(lambda: b"ia" not in rig.broker.known)
     # Back (a partition healed): the same id says hello with its old sockets.
-    back = rig.peer(zmq.DEALER, rig.config.router_interfaces, b"ia")
+    back = rig.peer(zmq.DEALER, rig.config.broker_interfaces, b"ia")
     back.send_multipart([wire.PING, b"{}"])
     back.send_multipart([wire.PRESENCE, wire.encode({"changes": [], "reset": True,
                                                       "opened": [["ia!1", "/ws/x"]]})])

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from harness import checked_system, read, run, wait_until
-from runtime.client import Client
-from runtime.config import load
+from zchannels.api.client import Client
+from zchannels.core.config import load
 
 BOUND = 2.0  # seconds: the documented bound for a close to leave the view, and more
 
@@ -55,7 +55,7 @@ async def members_on_both_interfaces(system, group: str, count: int):
 
 
 def outside_members(system, group: str) -> list[list]:
-    """group_members from a process that is not a worker (runtime.client)."""
+    """group_members from a process that is not a worker (zchannels.api.client)."""
     config = load(system.config_path, environ={"ZCHANNELS_RUN_DIR": system.run_dir})
     with Client(config) as client:
         return sorted([list(m) for m in client.group_members(group)])

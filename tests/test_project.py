@@ -1,4 +1,4 @@
-"""zchannels in a project of your own (runtime/project.py), without starting processes:
+"""zchannels in a project of your own (runtime/ops/project.py), without starting processes:
 the shipped templates match the repository's own configs, init writes what it says,
 run prepares the run directory and a supervisord config that supervisor accepts."""
 import configparser
@@ -9,8 +9,9 @@ import stat
 import pytest
 
 from harness import ROOT
-from runtime import config as config_module, project
-from runtime.exceptions import ConfigError
+from zchannels.core import config as config_module
+from zchannels.ops import project
+from zchannels.core.exceptions import ConfigError
 
 # What must be the same in the shipped template and conf/: everything supervisord
 # does with the programs, only the paths (command's interpreter, directory) differ.
@@ -26,7 +27,7 @@ def sections(text):
 
 def programs(text):
     """{section: {key: value}} of the [program:*] and [group:*] sections, the
-    command reduced to what follows the interpreter (``-m runtime worker ...``)."""
+    command reduced to what follows the interpreter (``-m zchannels worker ...``)."""
     found = {}
     for name, values in sections(text).items():
         if not name.startswith(("program:", "group:")):
@@ -62,7 +63,7 @@ def test_shipped_default_config_is_conf_zchannels_toml():
 def test_rendered_config_runs_the_interpreter_in_the_project():
     text = project.render(project.SUPERVISORD_TEMPLATE, "/my venv/bin/python", "/p%q")
     broker = sections(text)["program:broker"]
-    assert shlex.split(broker["command"]) == ["/my venv/bin/python", "-m", "runtime", "broker"]
+    assert shlex.split(broker["command"]) == ["/my venv/bin/python", "-m", "zchannels", "broker"]
     assert broker["directory"] == "/p%%q"  # supervisord expands %(...)s in values
 
 
@@ -73,7 +74,7 @@ def test_every_pool_gets_a_worker_program():
     found = sections(text)
     workers = [name for name in found if name.startswith("program:worker-")]
     assert workers == ["program:worker-fast", "program:worker-default"]
-    assert found["program:worker-fast"]["command"] == "/py -m runtime worker --pool fast"
+    assert found["program:worker-fast"]["command"] == "/py -m zchannels worker --pool fast"
     assert found["program:worker-fast"]["numprocs"] == "2"
 
 
@@ -178,7 +179,7 @@ def test_run_prepares_the_run_directory_and_a_config_supervisor_accepts(tmp_path
     assert sorted(found) == ["broker", "interface-0", "interface-1", "reloader",
                              "worker-default-0", "worker-default-1"]
     assert found["broker"].directory == str(tmp_path)
-    assert found["broker"].command.split()[1:] == ["-m", "runtime", "broker"]
+    assert found["broker"].command.split()[1:] == ["-m", "zchannels", "broker"]
     from supervisor.options import ClientOptions
     client = ClientOptions()
     client.realize(args=["-c", os.path.join(run_dir, "supervisord.conf")])

@@ -10,6 +10,7 @@ cache makes reruns faster). If the registry cannot be reached the test fails, sa
 import os
 import shlex
 import shutil
+import zipfile
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ START_TIMEOUT = 60  # seconds for every process to announce it is ready
 READY = {"broker": 1, "worker-default": 2, "interface": 2}  # ready/ files per role
 
 HELLO_CONSUMER = '''\
-from runtime import consumer
+from zchannels import consumer
 
 
 @consumer("websocket.receive", path="/ws/hello")
@@ -61,7 +62,22 @@ def build_wheel(into):
     step("building the wheel", [sys.executable, "-m", "pip", "wheel", "--no-deps",
                                 "--disable-pip-version-check", "-w", wheels, source], 120)
     [wheel] = os.listdir(wheels)
+    check_wheel(os.path.join(wheels, wheel))
     return os.path.join(wheels, wheel)
+
+
+def check_wheel(path):
+    """One package, `zchannels`, and no benchmark code in it (scripts/benchkit stays in
+    the repository)."""
+    with zipfile.ZipFile(path) as wheel:
+        names = wheel.namelist()
+    tops = {name.split("/")[0] for name in names}
+    assert {top for top in tops if not top.endswith(".dist-info")} == {"zchannels"}, tops
+    assert not [name for name in names if "bench" in name.lower()]
+    for room in ("api", "broker", "core", "interface", "ops", "testing", "wire", "worker"):
+        assert f"zchannels/{room}/__init__.py" in names
+    assert "zchannels/interface/dashboard.html" in names
+    assert "zchannels/ops/templates/supervisord.conf" in names
 
 
 def install(venv, wheel):
@@ -105,7 +121,7 @@ def test_installed_wheel_runs_a_django_project_with_its_own_consumers():
                ("PYTHONPATH", "VIRTUAL_ENV")}
         env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
         located = step("importing the installed package", [
-            os.path.join(bin_dir, "python"), "-c", "import runtime; print(runtime.__file__)"],
+            os.path.join(bin_dir, "python"), "-c", "import zchannels; print(zchannels.__file__)"],
             30, cwd=work, env=env)
         assert located.stdout.startswith(venv), "the test must run the installed wheel"
 

@@ -22,8 +22,8 @@ def ledger_even(system, at_least):
     """Every message the workers sent through the broker has reached an interface, and
     there were at least `at_least` of them (so neither side's stats file is stale)."""
     workers, interfaces = system.counters("worker"), system.counters("interface")
-    return (workers and interfaces and workers.get("to_router", 0) >= at_least
-            and workers.get("to_router", 0) == interfaces.get("from_router", 0))
+    return (workers and interfaces and workers.get("to_broker", 0) >= at_least
+            and workers.get("to_broker", 0) == interfaces.get("from_broker", 0))
 
 
 def steady(read, what, timeout=10.0):
@@ -41,8 +41,8 @@ def steady(read, what, timeout=10.0):
 def relayed(system):
     """How many messages the workers sent through the broker, if all have arrived."""
     workers = system.settled_counters("worker")
-    arrived = system.settled_counters("interface").get("from_router", 0)
-    return workers.get("to_router", 0) if workers.get("to_router", 0) == arrived else None
+    arrived = system.settled_counters("interface").get("from_broker", 0)
+    return workers.get("to_broker", 0) if workers.get("to_broker", 0) == arrived else None
 
 
 def group_sent(system):
@@ -90,11 +90,11 @@ def test_replies_made_while_the_broker_was_down_arrive_after_it_restarts(system)
         echo.write_message("during")  # waits at its interface while no broker runs
         # The held consumer returns while no broker runs: its reply, and its done with
         # the worker's credit, are sent (queued in the worker) during the outage...
-        await asyncio.to_thread(wait_until, lambda: worker_count(system, "to_router") > base,
+        await asyncio.to_thread(wait_until, lambda: worker_count(system, "to_broker") > base,
                                 HOLD + 10, "the worker to send the reply during the outage")
         await asyncio.sleep(OUTAGE)
         # ... and none of them has reached an interface.
-        assert system.counters("interface")["from_router"] == base
+        assert system.counters("interface")["from_broker"] == base
         await asyncio.to_thread(system.restart, "broker")
         assert await read(held, timeout=10) == "held False"  # not redelivered: it finished
         assert await read(echo, timeout=10) == "during"

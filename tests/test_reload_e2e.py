@@ -22,10 +22,10 @@ from tornado.websocket import websocket_connect
 from harness import ROOT, read, reserve_port, run, wait_until
 from test_supervisord_e2e import statuses
 
-from runtime import reloader
+from zchannels.worker import reloader
 
 ANSWER_MODULE = '''"""Answers every message and request with ANSWER."""
-from runtime import consumer
+from zchannels import consumer
 
 ANSWER = {answer}
 
@@ -45,7 +45,7 @@ PROGRAMS = {"layer:broker", "worker-default:worker-default-0",
             "interface:interface-1", "reloader"}
 RELOAD_TIMEOUT = 10.0  # seconds a test waits for new code to answer (the aim is 2)
 # Seconds between requests while waiting. A stopping worker goes on taking work until
-# none has come for 0.2 s (runtime/worker.py STOP_IDLE), for 2 s at most: steadier
+# none has come for 0.2 s (runtime/worker/worker.py STOP_IDLE), for 2 s at most: steadier
 # traffic would keep the old code answering for those 2 s.
 POLL_INTERVAL = 0.25
 
@@ -287,7 +287,7 @@ def check(consumers, wsgi_app=None):
         path = consumers / "z.toml"
         path.write_text(f'[server]\nwsgi_app = "{wsgi_app}"\n')
         config = ["--config", str(path)]
-    result = subprocess.run([sys.executable, "-m", "runtime", *config, "--log-level",
+    result = subprocess.run([sys.executable, "-m", "zchannels", *config, "--log-level",
                              "WARNING", "reloader", "--check"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=30)
     return result.returncode, reloader.parse_report(result.stdout, result.returncode)

@@ -1,4 +1,4 @@
-"""Unit tests for runtime.routing: path templates, the route registry and
+"""Unit tests for zchannels.api.routing: path templates, the route registry and
 loading consumer modules from directories."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import textwrap
 
 import pytest
 
-from runtime import routing
-from runtime.routing import Registry, compile_path, load_consumers
+from zchannels.api import routing
+from zchannels.api.routing import Registry, compile_path, load_consumers
 
 
 def handler(message, **kwargs):
@@ -202,7 +202,7 @@ def _module(directory, name, body):
 
 def _registering(channel):
     return f"""
-        from runtime.routing import registry
+        from zchannels.api.routing import registry
 
         def handle(message):
             pass
@@ -215,7 +215,7 @@ def test_load_consumers_in_name_order_skipping_private_files(tmp_path, global_re
     b = _module(tmp_path, "b_mod.py", _registering("b"))
     a = _module(tmp_path, "a_mod.py", _registering("a"))
     c = _module(tmp_path, "c.py", """
-        from runtime import consumer
+        from zchannels import consumer
 
         @consumer("c", path="/c/<x>")
         def handle(message, x):

@@ -16,15 +16,15 @@ import time
 import pytest
 import zmq
 
-from runtime import client as client_module
-from runtime import layer as layer_module
-from runtime import wire
-from runtime.cli import UsageError, build_parser, channel_content, group_message
-from runtime.client import Client
-from runtime.config import parse
-from runtime.exceptions import ConfigError, UnknownChannel
-from runtime.interface.publish import PublishError, Publisher, authorize, body_limit
-from runtime.interface.publish import parse as parse_publication
+from zchannels.api import client as client_module
+from zchannels.api import connection as layer_module
+from zchannels.wire import frames as wire
+from zchannels.ops.cli import UsageError, build_parser, channel_content, group_message
+from zchannels.api.client import Client
+from zchannels.core.config import parse
+from zchannels.core.exceptions import ConfigError, UnknownChannel
+from zchannels.interface.publish import PublishError, Publisher, authorize, body_limit
+from zchannels.interface.publish import parse as parse_publication
 
 RECEIVE_TIMEOUT_MS = 5000
 
@@ -38,13 +38,13 @@ def run_dir():
 
 @pytest.fixture
 def broker(run_dir):
-    """Stand-ins for the broker's router_clients ROUTER and the default pool's input."""
+    """Stand-ins for the broker's broker_clients ROUTER and the default pool's input."""
     config = parse({"server": {"run_dir": run_dir, "send_timeout": 1.0},
                     "pools": {"default": {"channels": ["websocket.*", "http.*", "tasks.*"]}}},
                    environ={})
     context = zmq.Context()
     router = context.socket(zmq.ROUTER)
-    router.bind(config.router_clients)
+    router.bind(config.broker_clients)
     pool_in = context.socket(zmq.PULL)
     pool_in.bind(config.pools[0].endpoint_in)
     yield config, router, pool_in
@@ -177,7 +177,7 @@ def test_in_a_worker_the_workers_layer_is_used():
 
 
 def test_a_layer_inherited_across_fork_is_not_used(broker):
-    """A child of a process that called runtime.layer.connect opens its own."""
+    """A child of a process that called zchannels.api.connection.connect opens its own."""
     config, router, _ = broker
     inherited = layer_module.connect(config)
     try:
@@ -316,7 +316,7 @@ def test_the_publisher_refuses_at_once_while_the_broker_is_away(run_dir):
             message = publication({"group": "room", "text": "hi"})
             assert publisher.publish(message) is False
             router = context.socket(zmq.ROUTER)
-            router.bind(config.router_clients)
+            router.bind(config.broker_clients)
             deadline = time.monotonic() + 5
             while not publisher.publish(message):
                 assert time.monotonic() < deadline, "never connected"

@@ -46,7 +46,7 @@ def python(system, script, timeout=SUBPROCESS_TIMEOUT):
 
 
 def zchannels(system, *args, stdin=None, env=None):
-    return subprocess.run([sys.executable, "-m", "runtime", *args], cwd=ROOT, input=stdin,
+    return subprocess.run([sys.executable, "-m", "zchannels", *args], cwd=ROOT, input=stdin,
                           env=dict(system.env, **(env or {})), capture_output=True,
                           timeout=SUBPROCESS_TIMEOUT)
 
@@ -82,7 +82,7 @@ def test_a_script_sends_from_many_threads_and_exits_without_closing(site):
         ws, rc = await join_member(site, "anywhere-cron")
         result = python(site, f"""
             import threading
-            from runtime.client import group_send, reply_channel, send
+            from zchannels.api.client import group_send, reply_channel, send
 
             def burst(n):
                 for i in range(5):
@@ -108,7 +108,7 @@ def test_a_forked_child_sends_with_its_own_sockets(site):
         ws, _ = await join_member(site, "anywhere-fork")
         result = python(site, """
             import os
-            from runtime import client
+            from zchannels.api import client
 
             client.group_send("anywhere-fork", text="parent before")
             parent = client.default_client()._layer.identity

@@ -136,7 +136,7 @@ def test_supervisorctl_finds_the_default_copy_without_options():
     options = ClientOptions()
     options.realize(args=["-c", os.path.join(ROOT, "conf", "supervisord.conf")])
     assert options.serverurl == f"unix://{ROOT}/run/supervisor.sock"
-    from runtime.config import load
+    from zchannels.core.config import load
     assert load(os.path.join(ROOT, "conf", "zchannels.toml"), environ={}).run_dir == "run"
 
 

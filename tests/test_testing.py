@@ -1,4 +1,4 @@
-"""runtime.testing: the rules of the in-memory layer and its clients that the shared
+"""zchannels.testing: the rules of the in-memory layer and its clients that the shared
 scenarios (tests/behaviour.py) do not reach: ordering, the fake clock, bounds,
 sessions, handshakes, streams, errors."""
 import json
@@ -6,11 +6,12 @@ import json
 import pytest
 
 from harness import DEMO_CONSUMERS
-from runtime import (ChannelFull, UnknownChannel, config, group_send, reply_channel, routing,
-                     send)
-from runtime.exceptions import NotInConsumer
-from runtime.layer import current
-from runtime.testing import TestServer, WebSocketClosed
+from zchannels import ChannelFull, UnknownChannel, group_send, reply_channel, send
+from zchannels.core import config
+from zchannels.api import routing
+from zchannels.core.exceptions import NotInConsumer
+from zchannels.api.sender import current
+from zchannels.testing import TestServer, WebSocketClosed
 
 DEMO = [DEMO_CONSUMERS]
 

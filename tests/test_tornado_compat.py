@@ -1,4 +1,4 @@
-"""runtime.interface.compat against real Tornado objects: one test per borrowed
+"""zchannels.interface.compat against real Tornado objects: one test per borrowed
 internal, so that a Tornado upgrade which changes one fails here, by name, before
 anything else notices. No Tornado object is mocked."""
 from __future__ import annotations
@@ -25,10 +25,11 @@ from tornado.iostream import IOStream, StreamClosedError
 
 from harness import run
 from rawws import WAIT, deflated, masked_frame, raw_websocket, read_close_frame, read_frame
-from runtime.stats import counters
-from runtime.interface.compat import (LingeringClose, close_frame_problem, error_reason,
-                                      headers_written, inflate_messages, is_finished, LazyInflater,
-                                      lingering_close, response_status, unsent_bytes)
+from zchannels.core.stats import counters
+from zchannels.interface.compat import (LingeringClose, close_frame_problem, error_reason,
+                                        headers_written, inflate_messages, is_finished,
+                                        LazyInflater, lingering_close, response_status,
+                                        unsent_bytes)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -81,7 +82,7 @@ def drain(sock: socket.socket) -> int:
 
 
 class Echo(tornado.websocket.WebSocketHandler):
-    """Wired as runtime.websocket.ConsumerSocket is: Tornado's protocol, lingering."""
+    """Wired as zchannels.websocket.ConsumerSocket is: Tornado's protocol, lingering."""
 
     def initialize(self, seen: dict[str, Any]) -> None:
         self.seen = seen
@@ -315,25 +316,25 @@ def test_text_message_that_is_not_utf8_is_closed_with_1007(caplog):
             finally:
                 writer.close()
 
-    with caplog.at_level(logging.WARNING, logger="runtime.interface"):
+    with caplog.at_level(logging.WARNING, logger="zchannels.interface"):
         close, rest = run(scenario())
     assert close == (1007, b"text message is not valid UTF-8")
     assert rest == b""
     assert seen["protocol"] is LingeringClose
     assert counters.get("invalid_utf8", 0) == before + 1
-    assert [r.getMessage() for r in caplog.records if r.name == "runtime.interface"] == \
+    assert [r.getMessage() for r in caplog.records if r.name == "zchannels.interface"] == \
         ["a text message that is not UTF-8: closing with 1007"]
 
 
 # --- permessage-deflate: Tornado inflates, as agreed outside it ---------------------------
 
 class Inflating(Echo):
-    """Echo with compression agreed as ConsumerSocket agrees it (runtime.interface.deflate),
+    """Echo with compression agreed as ConsumerSocket agrees it (zchannels.interface.deflate),
     Tornado's own negotiation off."""
 
     def open(self) -> None:
         super().open()
-        inflate_messages(self.ws_connection, keep_context=True)
+        inflate_messages(self, keep_context=True)
 
 
 

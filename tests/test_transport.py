@@ -1,4 +1,4 @@
-"""runtime/transport.py, runtime/keys.py and the config's checks of tcp:// endpoints,
+"""runtime/wire/transport.py, runtime/wire/keys.py and the config's checks of tcp:// endpoints,
 on real ZeroMQ sockets over loopback TCP in this process: CURVE lets in the allowed
 keys only (refusals logged and counted), a plaintext peer or a wrong server key gets
 nowhere, heartbeats and keepalive are set. The same across network namespaces, with the
@@ -13,10 +13,11 @@ from dataclasses import replace
 import pytest
 import zmq
 
-from runtime import config as config_module, keys, transport
-from runtime.cli import main as cli_main
-from runtime.exceptions import ConfigError
-from runtime.stats import counters
+from zchannels.core import config as config_module
+from zchannels.wire import keys, transport
+from zchannels.ops.cli import main as cli_main
+from zchannels.core.exceptions import ConfigError
+from zchannels.core.stats import counters
 
 TIMEOUT_MS = 2000
 
@@ -36,7 +37,7 @@ def key_dir(tmp_path):
 def host_config(curve_dir, role, endpoint, **server):
     return config_module.parse(
         {"server": {"curve_dir": str(curve_dir), "role": role, **server},
-         "endpoints": {"router_clients": endpoint}}, environ={})
+         "endpoints": {"broker_clients": endpoint}}, environ={})
 
 
 @pytest.fixture
@@ -63,7 +64,7 @@ def pair(context, key_dir, client_config=None, plain_client=False):
         dealer.connect(endpoint)
     else:
         app = client_config or host_config(key_dir / "app-1", "app", endpoint)
-        transport.connect(dealer, endpoint, replace(app, router_clients=endpoint))
+        transport.connect(dealer, endpoint, replace(app, broker_clients=endpoint))
     return router, dealer
 
 
@@ -110,7 +111,7 @@ def test_keys_cli_adds_a_client_and_refuses_to_overwrite(key_dir, capsys):
 
 def test_tcp_off_loopback_without_keys_says_how_to_make_them():
     with pytest.raises(ConfigError, match="zchannels keys"):
-        config_module.parse({"endpoints": {"router_clients": "tcp://10.0.0.1:7001"}},
+        config_module.parse({"endpoints": {"broker_clients": "tcp://10.0.0.1:7001"}},
                             environ={})
     with pytest.raises(ConfigError, match="zchannels keys"):
         config_module.parse({"pools": {"default": {"channels": ["*"],
@@ -119,9 +120,9 @@ def test_tcp_off_loopback_without_keys_says_how_to_make_them():
 
 
 def test_tcp_on_loopback_without_keys_is_allowed_and_insecure_tcp_allows_the_rest():
-    config_module.parse({"endpoints": {"router_clients": "tcp://127.0.0.1:7001"}}, environ={})
+    config_module.parse({"endpoints": {"broker_clients": "tcp://127.0.0.1:7001"}}, environ={})
     config = config_module.parse({"server": {"insecure_tcp": True},
-                                  "endpoints": {"router_clients": "tcp://10.0.0.1:7001"}},
+                                  "endpoints": {"broker_clients": "tcp://10.0.0.1:7001"}},
                                  environ={})
     assert config.insecure_tcp
 
@@ -185,7 +186,7 @@ def test_a_key_not_in_the_allow_list_is_refused_counted_and_logged(context, key_
     os.unlink(key_dir / "layer" / "allowed" / "app-2.key")
     counters.clear()
     app2 = host_config(key_dir / "app-2", "app", "tcp://127.0.0.1:1")
-    with caplog.at_level(logging.WARNING, logger="runtime.transport"):
+    with caplog.at_level(logging.WARNING, logger="zchannels.transport"):
         router, dealer = pair(context, key_dir, client_config=app2)
         assert not talks(router, dealer)
     assert counters.get("curve_refused", 0) >= 1
@@ -228,12 +229,12 @@ def test_a_wrong_server_key_is_refused(context, key_dir, tmp_path):
 
 def test_each_process_says_at_start_how_its_tcp_endpoints_are_protected(key_dir, caplog):
     plain = config_module.parse({"server": {"insecure_tcp": True},
-                                 "endpoints": {"router_clients": "tcp://10.0.0.1:7001"}},
+                                 "endpoints": {"broker_clients": "tcp://10.0.0.1:7001"}},
                                 environ={})
-    loopback = config_module.parse({"endpoints": {"router_clients": "tcp://127.0.0.1:7001"}},
+    loopback = config_module.parse({"endpoints": {"broker_clients": "tcp://127.0.0.1:7001"}},
                                    environ={})
     curve = host_config(key_dir / "app-1", "app", "tcp://10.0.0.1:7001")
-    with caplog.at_level(logging.INFO, logger="runtime.transport"):
+    with caplog.at_level(logging.INFO, logger="zchannels.transport"):
         transport.describe(plain)
         transport.describe(loopback)
         transport.describe(curve)
@@ -254,7 +255,7 @@ def test_a_process_checks_its_keys_at_start_and_says_what_is_wrong(context, key_
     other = tmp_path / "other"
     keys.create(str(other), [])
     (key_dir / "app-1" / "server.key").write_bytes((other / "layer" / "server.key").read_bytes())
-    with caplog.at_level(logging.INFO, logger="runtime.transport"):
+    with caplog.at_level(logging.INFO, logger="zchannels.transport"):
         assert transport.check_keys_now(host_config(key_dir / "layer", "all", endpoint)) == "ok"
         assert transport.check_keys_now(host_config(key_dir / "app-2", "app", endpoint)) \
             == "refused"

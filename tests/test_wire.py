@@ -1,4 +1,4 @@
-"""Unit tests for runtime.wire: header encoding, reply channel names, name
+"""Unit tests for zchannels.wire.frames: header encoding, reply channel names, name
 validation and payload framing."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runtime import wire
-from runtime.exceptions import BadMessage
+from zchannels.wire import frames as wire
+from zchannels.core.exceptions import BadMessage
 
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 # Plain text, plus text drawn mostly from characters JSON encoders like to escape.

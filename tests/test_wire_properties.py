@@ -1,10 +1,10 @@
-"""Properties of the wire format (runtime/wire.py), checked with hypothesis."""
+"""Properties of the wire format (runtime/wire/frames.py), checked with hypothesis."""
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime import wire
-from runtime.exceptions import BadMessage
+from zchannels.wire import frames as wire
+from zchannels.core.exceptions import BadMessage
 
 # Headers are small ujson objects: keys are strings; values are JSON scalars, lists, objects.
 # Surrogates cannot be UTF-8 encoded, and ujson keeps 64-bit integers only.

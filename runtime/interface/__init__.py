@@ -12,6 +12,6 @@ Read it top-down, each module one job, each importing only the ones below it:
   membership table), `static` (files), `publish` (the HTTP publish API), `zmqio`
   (ZeroMQ in the event loop), `compat` (everything borrowed from Tornado's internals).
 """
-from .server import Interface, main
+from zchannels.interface.server import Interface, main
 
 __all__ = ["Interface", "main"]

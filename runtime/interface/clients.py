@@ -17,15 +17,16 @@ from typing import Any, Callable, Protocol
 
 import zmq
 
-from .. import wire
-from ..config import CLIENT_CHANNELS, Config
-from ..stats import Histogram, counters, labelled
-from .deflate import RSV1, Deflater
-from .frames import OPCODE_BINARY, OPCODES, frame, frame_message
-from .groups import GroupTable
-from .pipeline import AckResult, Event, Limits, Overdue, Pipeline, Refusal
+from zchannels.wire import frames as wire
+from zchannels.core.config import CLIENT_CHANNELS, Config
+from zchannels.core.stats import Histogram, counters, labelled
+from zchannels.interface.deflate import RSV1, Deflater
+from zchannels.interface.frames import OPCODE_BINARY, OPCODES, frame, frame_message
+from zchannels.interface.groups import GroupTable
+from zchannels.interface.compat import peer_address
+from zchannels.interface.pipeline import AckResult, Event, Limits, Overdue, Pipeline, Refusal
 
-log = logging.getLogger("runtime.interface")
+log = logging.getLogger("zchannels.interface")
 
 DISCONNECT_RETRY = 0.1  # seconds before re-offering a disconnect event to a full pool
 # Events handed to a pool, by channel (the metrics' events_sent{channel=...}).
@@ -314,9 +315,5 @@ class Clients:
 
 def peer_port(request: Any) -> int | None:
     """The client's port, for the ``client`` field of a connect or request event."""
-    sock = getattr(getattr(request.connection, "stream", None), "socket", None)
-    try:  # the socket is None once the client has gone
-        address = sock.getpeername() if sock is not None else None
-    except OSError:
-        return None
+    address = peer_address(request.connection)
     return address[1] if isinstance(address, tuple) and len(address) > 1 else None

@@ -20,16 +20,17 @@ import logging
 
 import tornado.web
 import tornado.websocket
+from tornado.http1connection import HTTP1Connection
 from tornado.iostream import IOStream, StreamClosedError
 
-from .. import wire
-from ..stats import counters
+from zchannels.wire import frames as wire
+from zchannels.core.stats import counters
 
 __all__ = ["unsent_bytes", "headers_written", "is_finished", "response_status",
            "error_reason", "lingering_close", "LingeringClose", "close_frame_problem",
            "inflate_messages"]
 
-log = logging.getLogger("runtime.interface")
+log = logging.getLogger("zchannels.interface")
 
 OPCODE_TEXT = 0x1
 OPCODE_CLOSE = 0x8
@@ -64,6 +65,42 @@ def unsent_bytes(stream: IOStream | None) -> int:
     is the backstop."""
     buffer = getattr(stream, "_write_buffer", None)  # None once the stream has closed
     return len(buffer) if buffer is not None else 0
+
+
+def websocket_stream(handler: tornado.websocket.WebSocketHandler) -> IOStream | None:
+    """The IOStream under an open WebSocket (Tornado's protocol keeps it as ``stream``);
+    frames written to it directly skip a Future per message."""
+    protocol = handler.ws_connection
+    return protocol.stream if protocol is not None else None
+
+
+def server_closing(handler: tornado.websocket.WebSocketHandler | None) -> bool:
+    """Whether the WebSocket is gone or the server has sent its close frame (Tornado's
+    ``server_terminated``): nothing more may be written."""
+    protocol = handler.ws_connection if handler is not None else None
+    return protocol is None or bool(protocol.server_terminated)
+
+
+def limit_write_buffer(stream: IOStream, max_bytes: int) -> None:
+    """Past `max_bytes` unsent, Tornado's stream raises StreamBufferFullError whatever
+    writes (its ``max_write_buffer_size``, settable only after the stream is made)."""
+    stream.max_write_buffer_size = max_bytes
+
+
+def request_stream(connection: object) -> IOStream | None:
+    """The IOStream of an HTTP/1 request's connection (Tornado's HTTP1Connection keeps it
+    as ``stream``), or None for any other kind."""
+    return connection.stream if isinstance(connection, HTTP1Connection) else None
+
+
+def peer_address(connection: object) -> object:
+    """The peer's address of a request's connection; None once the client has gone."""
+    stream = request_stream(connection)
+    sock = stream.socket if stream is not None else None
+    try:
+        return sock.getpeername() if sock is not None else None
+    except OSError:
+        return None
 
 
 def headers_written(handler: tornado.web.RequestHandler) -> bool:
@@ -103,8 +140,7 @@ def lingering_close(protocol: tornado.websocket.WebSocketProtocol | None
     return protocol
 
 
-def inflate_messages(protocol: tornado.websocket.WebSocketProtocol | None,
-                     keep_context: bool) -> None:
+def inflate_messages(handler: tornado.websocket.WebSocketHandler, keep_context: bool) -> None:
     """Have Tornado inflate this client's compressed messages (RSV1), as permessage-deflate
     agreed outside it (``deflate``). Call it from ``open()``, before the first frame is
     read. Tornado's decompressor applies ``max_message_size`` to the *inflated* message
@@ -112,6 +148,7 @@ def inflate_messages(protocol: tornado.websocket.WebSocketProtocol | None,
     client's smaller window is inflated just the same. `keep_context`: the client did
     not agree to client_no_context_takeover, so one inflater lives as long as the
     connection — made at its first compressed message, so an idle socket costs nothing."""
+    protocol = handler.ws_connection
     if isinstance(protocol, tornado.websocket.WebSocketProtocol13):
         protocol._decompressor = LazyInflater(keep_context, protocol.params.max_message_size)
 

@@ -5,8 +5,8 @@ Off unless ``dashboard_token`` is set; then the page and its stream need that to
 as ``?token=...`` (the page then keeps it in a cookie scoped to the dashboard path,
 and takes it out of the address bar) or as that cookie. A missing or wrong token is
 answered 403, counted (``dashboard_refused``) and logged. The figures are those of
-the metrics (`runtime.metrics.summarize` over the same stats files) plus each
-process's CPU and memory from /proc (`runtime.status`); the page draws them itself,
+the metrics (`zchannels.core.metrics.summarize` over the same stats files) plus each
+process's CPU and memory from /proc (`zchannels.core.status`); the page draws them itself,
 with no script from elsewhere.
 """
 from __future__ import annotations
@@ -22,12 +22,12 @@ from typing import Any
 import tornado.web
 from tornado.iostream import StreamClosedError
 
-from ..config import Config
-from ..metrics import summarize
-from ..stats import collect, counters
-from ..status import Sampler
+from zchannels.core.config import Config
+from zchannels.core.metrics import summarize
+from zchannels.core.stats import collect, counters
+from zchannels.core.status import Sampler
 
-log = logging.getLogger("runtime.interface.dashboard")
+log = logging.getLogger("zchannels.interface.dashboard")
 
 PUSH_INTERVAL = 1.0  # seconds between two snapshots on a dashboard's stream
 COOKIE = "zchannels_dashboard"

@@ -22,8 +22,8 @@ import re
 import zlib
 from dataclasses import dataclass
 
-from ..config import Config
-from ..stats import counters
+from zchannels.core.config import Config
+from zchannels.core.stats import counters
 
 NAME = "permessage-deflate"
 RSV1 = 0x40

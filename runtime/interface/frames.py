@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from .. import wire
+from zchannels.wire import frames as wire
 
 OPCODE_TEXT = 0x1
 OPCODE_BINARY = 0x2

@@ -21,16 +21,17 @@ from tornado.http1connection import HTTP1Connection
 from tornado.iostream import IOStream
 from tornado.httputil import HTTPInputError, responses
 
-from .. import wire
-from ..config import Config
-from ..history import POSITION_HEADER
-from ..stats import counters
-from .clients import Clients, Outgoing, peer_port
-from .compat import error_reason, headers_written, is_finished, response_status, unsent_bytes
-from .pipeline import AckResult, Pipeline, Refusal
-from .sse import SSE_HEADERS, SSE_HEARTBEAT, sse_event
+from zchannels.wire import frames as wire
+from zchannels.core.config import Config
+from zchannels.wire.positions import POSITION_HEADER
+from zchannels.core.stats import counters
+from zchannels.interface.clients import Clients, Outgoing, peer_port
+from zchannels.interface.compat import (error_reason, headers_written, is_finished,
+                                        request_stream, response_status, unsent_bytes)
+from zchannels.interface.pipeline import AckResult, Pipeline, Refusal
+from zchannels.interface.sse import SSE_HEADERS, SSE_HEARTBEAT, sse_event
 
-log = logging.getLogger("runtime.interface")
+log = logging.getLogger("zchannels.interface")
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 NO_BODY_STATUSES = frozenset({204, 304})
@@ -388,8 +389,7 @@ class ConsumerRequest(tornado.web.RequestHandler):
         super().write(chunk)
 
     def stream(self) -> IOStream | None:
-        connection = self.request.connection
-        return connection.stream if isinstance(connection, HTTP1Connection) else None
+        return request_stream(self.request.connection)
 
     def compute_etag(self) -> None:
         return None  # the application decides about ETags, not the server

@@ -17,15 +17,15 @@ from typing import Any, Callable, Mapping, cast
 
 import zmq
 
-from .. import transport, wire
-from ..config import Config
-from ..stats import counters
-from .clients import Client, Clients, Outgoing
-from .positions import Positions
-from .presence import PresenceReporter
-from .zmqio import SocketReader
+from zchannels.wire import transport, frames as wire
+from zchannels.core.config import Config
+from zchannels.core.stats import counters
+from zchannels.interface.clients import Client, Clients, Outgoing
+from zchannels.interface.positions import Positions
+from zchannels.interface.presence import PresenceReporter
+from zchannels.interface.zmqio import SocketReader
 
-log = logging.getLogger("runtime.interface")
+log = logging.getLogger("zchannels.interface")
 
 CLOSE_SERVICE_RESTART = 1012  # what a client sees of sockets the broker abandoned
 HELLO_INTERVAL = 0.05  # seconds between hellos while waiting for the broker at start
@@ -37,7 +37,7 @@ Operation = Callable[[Any, Mapping[str, Any], bytes], None]
 def operations(deliver: Operation) -> dict[str, Operation]:
     """What a worker's operation does to the client it names (op "done" and membership
     requests are the link's own business, below), given how a message is delivered:
-    the in-memory test server (runtime.testing) uses the same table with its own."""
+    the in-memory test server (zchannels.testing) uses the same table with its own."""
     return {
         wire.OP_SEND: deliver,
         wire.OP_CLOSE: lambda client, header, payload:
@@ -72,10 +72,10 @@ class Link:
         self.broker = context.socket(zmq.DEALER)
         self.broker.routing_id = interface_id.encode()
         self.broker.linger = 0
-        self.broker.rcvhwm = config.router_hwm
+        self.broker.rcvhwm = config.broker_hwm
         self.monitor = self.broker.get_monitor_socket(zmq.EVENT_CONNECTED)
         self.monitor.linger = 0
-        transport.connect(self.broker, config.router_interfaces, config)
+        transport.connect(self.broker, config.broker_interfaces, config)
         loop = asyncio.get_running_loop()
         self.reader = SocketReader(self.broker, self.on_message, loop)
         self.monitor_reader = SocketReader(self.monitor, self.reconnected, loop)
@@ -152,7 +152,7 @@ class Link:
             else:
                 self.answered = True
             return
-        counters.incr("from_router")  # against the workers' to_router: the broker's losses
+        counters.incr("from_broker")  # against the workers' to_broker: the broker's losses
         if len(frames) == 4:
             # An operation and the done of the event that sent it, in one message.
             self.on_operation(frames[:3])

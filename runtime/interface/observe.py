@@ -10,12 +10,12 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from .. import wire
-from ..config import CLIENT_CHANNELS, Config
-from ..stats import counters, labelled
-from .clients import Clients
-from .http import Exchange
-from .websocket import Connection
+from zchannels.wire import frames as wire
+from zchannels.core.config import CLIENT_CHANNELS, Config
+from zchannels.core.stats import counters, labelled
+from zchannels.interface.clients import Clients
+from zchannels.interface.http import Exchange
+from zchannels.interface.websocket import Connection
 
 CENSUS_TTL = 0.05  # seconds a census serves every gauge of one stats write
 

@@ -1,4 +1,4 @@
-"""The interface's side of group history (`runtime/history.py` is the broker's).
+"""The interface's side of group history (`runtime/broker/history.py` is the broker's).
 
 A group message of a group that keeps history comes with its position. Its payload,
 if it is a JSON object, gets the position spliced in under the rule's key -- once
@@ -14,12 +14,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .. import wire
-from ..history import RECOVERY_FAILED, HistoryRule, Rules, notice, splice
-from ..stats import counters
-from .clients import Client, Outgoing
+from zchannels.wire import frames as wire
+from zchannels.wire.positions import RECOVERY_FAILED, notice, splice
+from zchannels.core.history_rules import HistoryRule, Rules
+from zchannels.core.stats import counters
+from zchannels.interface.clients import Client, Outgoing
 
-log = logging.getLogger("runtime.interface")
+log = logging.getLogger("zchannels.interface")
 
 
 class Positions:

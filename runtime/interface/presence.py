@@ -1,5 +1,5 @@
 """What this interface tells the broker about its group memberships and its open
-WebSockets (`runtime.presence`).
+WebSockets (`zchannels.broker.presence`).
 
 Each change of the table goes out as it is made, on the link's one pipe to the
 broker and ahead of the answer the worker waits for; after a reconnect, the whole
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-from .clients import Client
-from .groups import GroupTable
+from zchannels.interface.clients import Client
+from zchannels.interface.groups import GroupTable
 
 SNAPSHOT_CHUNK = 1000  # memberships per message of a snapshot
 

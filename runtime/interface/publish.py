@@ -17,7 +17,7 @@ method, 413 when the message is over ``max_message_bytes``, 503 with
 JSON body ``{"error": "..."}``.
 
 The interface sends like any process that is not a worker: a DEALER of its own
-to the broker's ``router_clients`` for groups and reply channels (so the broker
+to the broker's ``broker_clients`` for groups and reply channels (so the broker
 needs nothing new), and a PUSH to a pool's input for a named channel. Sends never
 block the event loop: they are non-blocking, and the sockets queue nothing while
 the broker is away (``ZMQ_IMMEDIATE``), so a publish then gets 503 rather than
@@ -41,14 +41,14 @@ import tornado.web
 import zmq
 from tornado.http1connection import HTTP1Connection
 
-from .. import transport, wire
-from ..config import Config
-from ..stats import counters
-from .compat import error_reason, is_finished
-from .http import METHODS
-from .zmqio import SocketReader
+from zchannels.wire import transport, frames as wire
+from zchannels.core.config import Config
+from zchannels.core.stats import counters
+from zchannels.interface.compat import error_reason, is_finished
+from zchannels.interface.http import METHODS
+from zchannels.interface.zmqio import SocketReader
 
-log = logging.getLogger("runtime.interface.publish")
+log = logging.getLogger("zchannels.interface.publish")
 
 BROKER_HWM = 1000  # messages queued towards the broker before a 503
 POOL_HWM = 100  # towards a pool's input, beyond its capacity, as for the interface's events
@@ -199,14 +199,14 @@ def _check_size(size: int, config: Config) -> None:
 
 
 class Publisher:
-    """The interface's sockets for publishing: a DEALER to the broker's router_clients,
+    """The interface's sockets for publishing: a DEALER to the broker's broker_clients,
     and a PUSH to each pool's input. All are opened at start: with ZMQ_IMMEDIATE, a
     socket opened for the first request would refuse it while it connects."""
 
     def __init__(self, config: Config, interface_id: str, context: zmq.Context) -> None:
         self.config = config
         self.context = context
-        self.broker = self._socket(zmq.DEALER, config.router_clients, BROKER_HWM,
+        self.broker = self._socket(zmq.DEALER, config.broker_clients, BROKER_HWM,
                                    routing_id=f"p{interface_id}".encode())
         self.pools = {pool.name: self._socket(zmq.PUSH, pool.endpoint_in, POOL_HWM)
                       for pool in config.pools}

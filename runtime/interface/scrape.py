@@ -1,7 +1,7 @@
 """``GET <metrics_path>``: the Prometheus metrics of every process of this host.
 
 Any interface answers for all of them: it reads the stats files of the run
-directory (`runtime.metrics`), so a scrape sees the broker and the workers too and
+directory (`zchannels.core.metrics`), so a scrape sees the broker and the workers too and
 costs the message path nothing. The figures are as fresh as ``stats_interval``.
 
 Who may read them: a client whose address is in ``metrics_allow`` (loopback by
@@ -20,13 +20,13 @@ from typing import Any, Mapping, Sequence
 
 import tornado.web
 
-from .. import metrics
-from ..config import Config
-from ..stats import collect, counters
-from ..status import read_proc
-from .publish import authorize
+from zchannels.core import metrics
+from zchannels.core.config import Config
+from zchannels.core.stats import collect, counters
+from zchannels.core.status import read_proc
+from zchannels.interface.publish import authorize
 
-log = logging.getLogger("runtime.interface.metrics")
+log = logging.getLogger("zchannels.interface.metrics")
 
 FORWARDED_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
 

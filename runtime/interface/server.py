@@ -25,21 +25,21 @@ import tornado.web
 import zmq
 from tornado.httputil import HTTPServerRequest
 
-from .. import transport
-from ..config import CLIENT_CHANNELS, Config
-from ..process import announce_ready, withdraw_ready
-from ..stats import counters
-from . import observe, sweeps
-from .clients import Clients
-from .dashboard import DashboardEvents, DashboardPage, Streams, events_path
-from .http import ConsumerRequest
-from .link import Link
-from .publish import Publisher, PublishRequest
-from .scrape import MetricsRequest, networks
-from .static import StaticFiles, log_request
-from .websocket import ConsumerSocket
+from zchannels.wire import transport
+from zchannels.core.config import CLIENT_CHANNELS, Config
+from zchannels.wire.process import announce_ready, withdraw_ready
+from zchannels.core.stats import counters
+from zchannels.interface import observe, sweeps
+from zchannels.interface.clients import Clients
+from zchannels.interface.dashboard import DashboardEvents, DashboardPage, Streams, events_path
+from zchannels.interface.http import ConsumerRequest
+from zchannels.interface.link import Link
+from zchannels.interface.publish import Publisher, PublishRequest
+from zchannels.interface.scrape import MetricsRequest, networks
+from zchannels.interface.static import StaticFiles, log_request
+from zchannels.interface.websocket import ConsumerSocket
 
-log = logging.getLogger("runtime.interface")
+log = logging.getLogger("zchannels.interface")
 
 POOL_SEND_HWM = 100  # events buffered towards a pool before new work is refused
 SHUTDOWN_GRACE = 2.0  # seconds to hand disconnect events to the pool at shutdown

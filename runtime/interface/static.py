@@ -6,7 +6,7 @@ from typing import Any
 
 import tornado.web
 
-access_log = logging.getLogger("runtime.access")
+access_log = logging.getLogger("zchannels.access")
 
 
 class StaticFiles(tornado.web.StaticFileHandler):

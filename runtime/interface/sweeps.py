@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from ..config import Config
-from ..stats import counters
-from .clients import Clients
+from zchannels.core.config import Config
+from zchannels.core.stats import counters
+from zchannels.interface.clients import Clients
 
 SWEEP_INTERVAL = 1.0  # seconds between checks for consumers that overran event_timeout
 MIN_TICK = 0.02  # seconds: the shortest period, whatever ping_timeout says

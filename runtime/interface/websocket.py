@@ -20,15 +20,17 @@ import tornado.web
 import tornado.websocket
 from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 
-from .. import wire
-from ..config import Config
-from ..stats import counters
-from .clients import Clients, Outgoing, peer_port
-from .compat import error_reason, inflate_messages, lingering_close, unsent_bytes
-from .deflate import Agreement, negotiate
-from .pipeline import AckResult, Pipeline, Refusal
+from zchannels.wire import frames as wire
+from zchannels.core.config import Config
+from zchannels.core.stats import counters
+from zchannels.interface.clients import Clients, Outgoing, peer_port
+from zchannels.interface.compat import (error_reason, inflate_messages, limit_write_buffer,
+                                        lingering_close, server_closing, unsent_bytes,
+                                        websocket_stream)
+from zchannels.interface.deflate import Agreement, negotiate
+from zchannels.interface.pipeline import AckResult, Pipeline, Refusal
 
-log = logging.getLogger("runtime.interface")
+log = logging.getLogger("zchannels.interface")
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
@@ -170,8 +172,7 @@ class Connection:
     def write(self, data: bytes) -> None:
         """Write one complete frame, or keep it until the handshake is done."""
         if self.state is State.OPEN:
-            ws = self.handler.ws_connection if self.handler else None
-            if self.stream is None or ws is None or ws.server_terminated or self.stream.closed():
+            if self.stream is None or server_closing(self.handler) or self.stream.closed():
                 counters.incr("dropped_to_closing")
                 return
             if unsent_bytes(self.stream) + len(data) > self.config.max_outbound_bytes:
@@ -242,16 +243,15 @@ class Connection:
     # -- the socket's life ---------------------------------------------------------
 
     def opened(self) -> None:
-        assert self.handler is not None and self.handler.ws_connection is not None
+        assert self.handler is not None
         self.state = State.OPEN
         self.decision = None
         self.ping_at = time.monotonic()  # the first ping is due ping_interval from now
-        self.stream = stream = self.handler.ws_connection.stream
+        self.stream = stream = websocket_stream(self.handler)
         assert stream is not None  # set by Tornado before it calls open()
         if self.compression is not None:
-            inflate_messages(self.handler.ws_connection, self.compression.client_context)
-        # Tornado raises StreamBufferFullError past this, whatever writes.
-        stream.max_write_buffer_size = self.config.max_outbound_bytes + CONTROL_HEADROOM
+            inflate_messages(self.handler, self.compression.client_context)
+        limit_write_buffer(stream, self.config.max_outbound_bytes + CONTROL_HEADROOM)
         self.handler.clients.opened(self, self.path)  # the broker knows it is open
         pending, self.pending, self.pending_bytes = self.pending, [], 0
         for data in pending:

@@ -17,7 +17,7 @@ from typing import Callable, cast
 
 import zmq
 
-log = logging.getLogger("runtime.zmqio")
+log = logging.getLogger("zchannels.zmqio")
 
 BATCH = 256  # messages handled per turn of the loop before WebSocket I/O gets its turn
 

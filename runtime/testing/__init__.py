@@ -2,7 +2,7 @@
 
 ::
 
-    from runtime.testing import TestServer
+    from zchannels.testing import TestServer
 
     def test_echo():
         with TestServer(consumers=["consumers"]) as server:
@@ -12,7 +12,7 @@
 
 `TestServer` loads consumers through the normal registry and runs them with the
 worker's own dispatch (routes, 4404, the WSGI fallback, 404). `InMemoryLayer` is the
-channel layer they reach through ``runtime.send``, ``group_*`` and their reply
+channel layer they reach through ``zchannels.send``, ``group_*`` and their reply
 channels. The rules a client's events follow are the interface's own `Pipeline`, so
 ordering, sessions and the disconnect-last rule are the production code, not a copy.
 
@@ -30,9 +30,10 @@ happen when the test advances it, with `TestServer.advance` or by waiting in a
 # - `layer`: the channel layer in memory (`InMemoryLayer`), and `ConsumerError`;
 # - `connections`: the interface's end of a connection (`_Socket`, `_Exchange`) and
 #   what each reply-channel operation does to it.
-from .handles import HttpResponse, ServerSentEvent, WebSocketClient, WebSocketClosed
-from .layer import ConsumerError, InMemoryLayer
-from .server import TestServer
+from zchannels.testing.handles import (HttpResponse, ServerSentEvent, WebSocketClient,
+                                       WebSocketClosed)
+from zchannels.testing.layer import ConsumerError, InMemoryLayer
+from zchannels.testing.server import TestServer
 
 __all__ = ["TestServer", "InMemoryLayer", "WebSocketClient", "HttpResponse",
            "ServerSentEvent", "ConsumerError", "WebSocketClosed"]

@@ -7,14 +7,14 @@ import collections
 import logging
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, cast
 
-from .. import wire
-from ..config import Config
-from ..history import POSITION_HEADER
-from ..interface.link import operations
-from ..interface.pipeline import AckResult, Pipeline
-from ..interface.sse import SSE_HEADERS, sse_event
+from zchannels.wire import frames as wire
+from zchannels.core.config import Config
+from zchannels.wire.positions import POSITION_HEADER
+from zchannels.interface.link import operations
+from zchannels.interface.pipeline import AckResult, Pipeline
+from zchannels.interface.sse import SSE_HEADERS, sse_event
 
-log = logging.getLogger("runtime.testing")
+log = logging.getLogger("zchannels.testing")
 
 INTERFACE_ID = "test"  # reply channels are "test!1", "test!2", ...
 CLOSE_CONSUMER_ERROR = 1011
@@ -41,7 +41,7 @@ class _ClientLayer(Protocol):
 
 class _Client:
     """What the in-memory interface keeps of a WebSocket or an HTTP exchange: what
-    `runtime.interface.clients.Client` is to the real one."""
+    `zchannels.interface.clients.Client` is to the real one."""
 
     def __init__(self, layer: _ClientLayer, conn_id: int, path: str) -> None:
         self.layer = layer

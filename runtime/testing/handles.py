@@ -6,10 +6,10 @@ import json
 from typing import Any, Callable, NamedTuple, Protocol
 from wsgiref.headers import Headers
 
-from .. import wire
-from ..config import Config
-from .connections import _Exchange, _Socket
-from .layer import InMemoryLayer
+from zchannels.wire import frames as wire
+from zchannels.core.config import Config
+from zchannels.testing.connections import _Exchange, _Socket
+from zchannels.testing.layer import InMemoryLayer
 
 CLOSE_MESSAGE_TOO_BIG = 1009
 

@@ -9,17 +9,22 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, cast
 
-from .. import wire
-from ..config import Config
-from ..exceptions import ChannelFull, UnknownChannel
-from ..history import RECOVERY_FAILED, Keeper, Recovery, Rules, notice
-from ..interface.pipeline import Event, Limits
-from ..interface.positions import positioned
-from ..message import ReplyChannel
-from ..presence import Member, Presence, check_info
-from .connections import INTERFACE_ID, OPERATIONS, _Client
+from zchannels.wire import frames as wire
+from zchannels.core.config import Config
+from zchannels.core.exceptions import ChannelFull, UnknownChannel
+from zchannels.wire.positions import RECOVERY_FAILED, notice
+from zchannels.broker.history import Keeper
+from zchannels.api.results import Recovery
+from zchannels.core.history_rules import Rules
+from zchannels.interface.pipeline import Event, Limits
+from zchannels.interface.positions import positioned
+from zchannels.api.message import ReplyChannel
+from zchannels.api.results import Member
+from zchannels.broker.presence import Presence
+from zchannels.wire.frames import check_info
+from zchannels.testing.connections import INTERFACE_ID, OPERATIONS, _Client
 
-log = logging.getLogger("runtime.testing")
+log = logging.getLogger("zchannels.testing")
 
 
 @dataclass
@@ -61,7 +66,7 @@ class InMemoryLayer:
         self.timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_ids = itertools.count()  # orders timers due at the same time
         self._client_ids = itertools.count(1)
-        self.current_sends = 0  # what runtime.layer.Layer counts for its "done"; unused
+        self.current_sends = 0  # what zchannels.api.connection.Layer counts for its "done"; unused
         # Group history, kept as the broker keeps it (on the fake clock).
         self.history = Keeper(config.history, clock=lambda: self.now) \
             if config.history.enabled else None
@@ -131,7 +136,7 @@ class InMemoryLayer:
         if since is None and isinstance(reply_channel, ReplyChannel) \
                 and reply_channel.since is not None \
                 and self.history_rules.rule_for(group.encode()) is not None:
-            since = reply_channel.since  # Last-Event-ID, as runtime.layer does
+            since = reply_channel.since  # Last-Event-ID, as zchannels.api.connection does
         client = self._client(reply_channel)
         added = client is not None and not client.pipeline.closed
         member = client is not None and added and group in client.groups

@@ -9,19 +9,21 @@ import traceback
 from typing import Any, Callable, Iterable, Mapping, Sequence, cast
 from urllib.parse import urlsplit
 
-from .. import config as config_module
-from .. import routing, wire, wsgi
-from ..config import Config
-from ..exceptions import NotInConsumer
-from ..interface.websocket import origin_allowed
-from ..layer import current, set_current
-from ..message import Message
-from ..worker import Worker
-from .connections import _Client, _Exchange, _Socket
-from .handles import HttpResponse, WebSocketClient
-from .layer import ConsumerError, InMemoryLayer
+from zchannels.core import config as config_module
+from zchannels.api import routing
+from zchannels.wire import frames as wire
+from zchannels.worker import wsgi
+from zchannels.core.config import Config
+from zchannels.core.exceptions import NotInConsumer
+from zchannels.interface.websocket import origin_allowed
+from zchannels.api.sender import current, set_current
+from zchannels.api.message import Message
+from zchannels.worker.worker import Worker
+from zchannels.testing.connections import _Client, _Exchange, _Socket
+from zchannels.testing.handles import HttpResponse, WebSocketClient
+from zchannels.testing.layer import ConsumerError, InMemoryLayer
 
-worker_log = logging.getLogger("runtime.worker")  # consumer errors, as a worker logs them
+worker_log = logging.getLogger("zchannels.worker")  # consumer errors, as a worker logs them
 
 CLIENT_IP = "127.0.0.1"
 HOST = "testserver"
@@ -42,7 +44,7 @@ class _Router(Worker):
 
 def load_registry(directories: Iterable[str]) -> routing.Registry:
     """Import the consumer modules of `directories` (as a worker does) into a registry
-    of their own: the global `runtime.routing.registry` is left as it was."""
+    of their own: the global `zchannels.api.routing.registry` is left as it was."""
     shared = routing.registry
     saved = list(shared.routes)
     shared.routes.clear()
@@ -69,7 +71,7 @@ class TestServer:
     `websocket` and `http`.
 
     `consumers`: directories to load (as ``consumers`` in the config), or a
-    `runtime.routing.Registry`; None: the global registry, as the ``@consumer``
+    `zchannels.api.routing.Registry`; None: the global registry, as the ``@consumer``
     decorators of already imported modules filled it. `config`: limits and pools
     (default: the documented defaults, one pool). `capacity`: waiting messages per pool
     before `send` raises ChannelFull (default: each pool's ``capacity``). `wsgi_app`:
@@ -77,7 +79,7 @@ class TestServer:
     (default: the config's ``wsgi_app``; none: 404).
 
     Used as a context manager it installs its layer as the process's current one
-    (``runtime.send`` and friends work in the test itself), and at the end fails if a
+    (``zchannels.send`` and friends work in the test itself), and at the end fails if a
     consumer raised and the test did not declare it with `expect_error`.
     """
 

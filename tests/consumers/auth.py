@@ -1,12 +1,12 @@
 """/test/auth/...: login on connect, for tests/test_auth_e2e.py.
 
-Imported by every test system, most without Django: runtime.auth imports Django
+Imported by every test system, most without Django: zchannels.api.auth imports Django
 only when a consumer here asks for ``message.user``.
 """
 import json
 
-from runtime import (WebsocketConsumer, consumer, login_required, token_required, token_user,
-                     verify_token)
+from zchannels import (WebsocketConsumer, consumer, login_required, token_required, token_user,
+                       verify_token)
 
 TOKEN_SECRET = "test-token-secret"  # tests/test_auth_e2e.py signs with the same
 

@@ -2,7 +2,7 @@
 import os
 import signal
 
-from runtime import consumer, send
+from zchannels import consumer, send
 
 from _record import record
 

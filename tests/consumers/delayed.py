@@ -1,7 +1,7 @@
 """/test/delayed/<group>: "join" makes the socket a member of <group>; "<seconds> <text>"
 sends <text> to <group> after <seconds>; "task <seconds> <text>" sends it to the
 channel tasks.delayed after <seconds>, whose consumer answers this socket."""
-from runtime import consumer, group_add, group_send, reply_channel, send
+from zchannels import consumer, group_add, group_send, reply_channel, send
 
 
 @consumer("websocket.receive", path="/test/delayed/<group>")

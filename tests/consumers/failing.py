@@ -1,5 +1,5 @@
 """/test/fail: consumers that go wrong on purpose."""
-from runtime import consumer
+from zchannels import consumer
 
 
 class ConsumerBoom(RuntimeError):
@@ -66,6 +66,6 @@ def firehose(message):
 def lose_a_reply(message):
     """Answers, then counts one more message than it sent, as if a second answer had
     been lost inside a broker that was killed (its "done" still arrives)."""
-    from runtime.layer import current
+    from zchannels.api.sender import current
     message.reply_channel.send(text="first")
     current().current_sends += 1

@@ -4,7 +4,7 @@ hold their event for a while, so a test can kill a process while a consumer runs
 import os
 import time
 
-from runtime import consumer, group_send
+from zchannels import consumer, group_send
 
 from _record import record
 

@@ -1,5 +1,5 @@
-"""/test/generic/...: class-based consumers (runtime/generic.py) for tests/test_generic_e2e.py."""
-from runtime import HttpConsumer, JsonWebsocketConsumer, WebsocketConsumer, WebsocketDemultiplexer
+"""/test/generic/...: class-based consumers (runtime/api/generic.py) for tests/test_generic_e2e.py."""
+from zchannels import HttpConsumer, JsonWebsocketConsumer, WebsocketConsumer, WebsocketDemultiplexer
 from _record import record
 
 

@@ -11,7 +11,7 @@ it, and whether it was redelivered, then takes ``seconds``.
 import os
 import time
 
-from runtime import consumer, group_add, group_send, send
+from zchannels import consumer, group_add, group_send, send
 from _record import record
 
 HOST = os.environ.get("ZCHANNELS_TEST_HOST", "?")

@@ -5,7 +5,7 @@ group_add followed immediately by group_send from the same consumer call. With
 immediate membership the new member always receives that message.
 /test/send/<group>: every text frame is sent to the group.
 """
-from runtime import consumer, group_add, group_discard, group_send
+from zchannels import consumer, group_add, group_discard, group_send
 from _record import record
 
 

@@ -8,7 +8,7 @@ import os
 import random
 import time
 
-from runtime import consumer
+from zchannels import consumer
 from _record import record
 
 PATH = "/test/order"

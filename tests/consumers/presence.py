@@ -4,7 +4,7 @@ returns them) or "size"."""
 import json
 from urllib.parse import parse_qs
 
-from runtime import consumer, group_add, group_members, group_size
+from zchannels import consumer, group_add, group_members, group_size
 from _record import record
 
 

@@ -1,7 +1,7 @@
 """/test/slow: consumers that take longer than the test's timeouts."""
 import time
 
-from runtime import consumer
+from zchannels import consumer
 from _record import record
 
 

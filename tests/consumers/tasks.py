@@ -2,7 +2,7 @@
 the task's consumer answers the WebSocket directly through its reply channel."""
 import os
 
-from runtime import consumer, reply_channel, send
+from zchannels import consumer, reply_channel, send
 
 
 @consumer("websocket.receive", path="/test/task")

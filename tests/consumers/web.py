@@ -3,7 +3,7 @@ import json
 import os
 import time
 
-from runtime import consumer, group_add, reply_channel, send
+from zchannels import consumer, group_add, reply_channel, send
 from _record import RECORD, record
 
 GATE_WAIT = 15.0  # seconds a gated consumer waits for the test to open the gate

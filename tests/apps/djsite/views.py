@@ -7,7 +7,7 @@ from django.utils.html import escape
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from runtime.client import group_send
+from zchannels.api.client import group_send
 
 RECORD = os.environ.get("ZCHANNELS_TEST_RECORD")
 

@@ -1,7 +1,0 @@
-"""``python -m runtime.bench MODE ...``: see cli.py."""
-import sys
-
-from .cli import main
-
-if __name__ == "__main__":
-    sys.exit(main())

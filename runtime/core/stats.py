@@ -1,0 +1,156 @@
+"""Counters every process keeps, written to ``<run_dir>/stats/<role>.<pid>.json``.
+
+Nothing is lost silently: each refusal, drop and garbage message bumps a named
+counter here. Each process rewrites its file (atomically) every
+``stats_interval`` seconds when something changed, and once more at exit;
+``zchannels stats`` prints the files of the processes that are still running, a
+line each. A process removes the files of dead processes when it starts, so a
+restarted process starts from zero (the supervisord log says it restarted).
+
+Besides plain counts and gauges a process may keep histograms (fixed buckets, as
+the interfaces' event latency), and give any of them labels in its key
+(`labelled`): ``zchannels.core.metrics`` renders all of it for Prometheus, and
+``zchannels status`` and the dashboard read the same files.
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import os
+import time
+from typing import Any, Callable, Sequence
+
+log = logging.getLogger("zchannels.stats")
+
+
+# Event latency (seconds), queued -> done: from half a millisecond to event_timeout's default.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                   1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def labelled(name: str, **labels: str) -> str:
+    """The key of a counter, gauge or histogram with labels: ``name{key=value,...}``.
+    `zchannels.core.metrics` turns it into a Prometheus label set; values must not contain
+    ``,``, ``=`` or ``}`` (pool and channel names cannot)."""
+    if not labels:
+        return name
+    return name + "{" + ",".join(f"{k}={v}" for k, v in sorted(labels.items())) + "}"
+
+
+class Histogram:
+    """Observations counted in fixed buckets, as a Prometheus histogram: one bisect and
+    two additions per observation, nothing allocated."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float] = LATENCY_BUCKETS) -> None:
+        self.bounds = tuple(bounds)  # upper bounds, increasing; +Inf is implied
+        self.counts = [0] * (len(self.bounds) + 1)  # per bucket, not cumulative
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1  # le: value <= bound
+        self.sum += value
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"buckets": list(self.bounds), "counts": list(self.counts), "sum": self.sum}
+
+
+class Counters(dict[str, int]):
+    """A dict of named counts; `gauges` are callables read at write time; `histograms`
+    are written with them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gauges: dict[str, Callable[[], Any]] = {}
+        self.histograms: dict[str, Histogram] = {}
+        self.role = "process"
+        self.path: str | None = None
+        self._written: dict[str, int] = {}
+        self._written_at = 0.0
+
+    def incr(self, name: str, n: int = 1) -> None:
+        self[name] = self.get(name, 0) + n
+
+    def setup(self, run_dir: str, role: str) -> None:
+        self.role = role
+        # Every process counts the ZeroMQ messages it sends (the bench's messages per
+        # operation): 0 means "none", absent would mean "not counted".
+        self.setdefault("zmq_sent", 0)
+        directory = os.path.join(run_dir, "stats")
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self.path = os.path.join(directory, f"{role}.{os.getpid()}.json")
+        for name in os.listdir(directory):
+            pid = name.split(".")[-2] if name.endswith(".json") else ""
+            if pid.isdigit() and not alive(int(pid)):
+                try:
+                    os.unlink(os.path.join(directory, name))
+                except FileNotFoundError:  # another process pruned it first
+                    pass
+
+    def snapshot(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"role": self.role, "pid": os.getpid(), "time": time.time()}
+        # The supervisord program (e.g. interface-0), for the metrics' process label.
+        data["process"] = os.environ.get("SUPERVISOR_PROCESS_NAME", "")
+        data["counters"] = dict(self)
+        data["gauges"] = {name: read() for name, read in self.gauges.items()}
+        if self.histograms:
+            data["histograms"] = {name: h.snapshot() for name, h in self.histograms.items()}
+        return data
+
+    def write(self, force: bool = False) -> None:
+        """Write the file if a counter changed, or always if forced or if there are
+        gauges (they may have changed without a counter moving)."""
+        if self.path is None or (not force and dict(self) == self._written and not self.gauges):
+            return
+        tmp = f"{self.path}.tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(self.snapshot(), f)
+            os.replace(tmp, self.path)
+        except OSError as e:  # a full disk must not take the process down
+            log.warning("cannot write stats to %s: %s", self.path, e)
+            return
+        self._written = dict(self)
+        self._written_at = time.monotonic()
+
+    def due(self, interval: float) -> bool:
+        return time.monotonic() - self._written_at >= interval
+
+
+counters = Counters()
+
+
+def collect(run_dir: str) -> list[dict[str, Any]]:
+    """Read the stats files of processes that are still alive."""
+    directory = os.path.join(run_dir, "stats")
+    result: list[dict[str, Any]] = []
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return result
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(directory, name)) as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if alive(data.get("pid")):
+            result.append(data)
+    return result
+
+
+def alive(pid: Any) -> bool:
+    """Is there a process with this pid (ours or not)?"""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
