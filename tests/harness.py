@@ -29,6 +29,14 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def bench_env() -> dict[str, str]:
+    """The environment to run ``python -m benchkit`` in, as scripts/bench does: the
+    benchmark lives in scripts/benchkit and is not installed with zchannels."""
+    scripts = os.path.join(ROOT, "scripts")
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": scripts + (os.pathsep + path if path else "")}
 TEST_CONSUMERS = os.path.join(ROOT, "tests", "consumers")
 DEMO_CONSUMERS = os.path.join(ROOT, "consumers")
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from harness import ROOT, checked_system
+from harness import ROOT, checked_system, bench_env
 from test_bench_e2e import BENCH_TIMEOUT, bench, system_args
 
 pytestmark = pytest.mark.e2e
@@ -85,7 +85,7 @@ def test_chat_bytes_on_and_off(deflating, tmp_path):
 
 def test_compression_against_a_server_without_it_says_what_to_do(system, tmp_path):
     done = subprocess.run([sys.executable, "-m", "benchkit", "echo", "--compression",
-                           *system_args(system)], cwd=ROOT, capture_output=True, text=True,
+                           *system_args(system)], cwd=ROOT, env=bench_env(), capture_output=True, text=True,
                           timeout=BENCH_TIMEOUT)
     assert done.returncode == 2
     assert "compression = true" in done.stderr and "ZCHANNELS_CONFIG" in done.stderr

@@ -14,7 +14,9 @@ import pytest
 
 from benchkit import (accounting, channels, cli, modes, payloads, report, runner, servers, summary,
                       wirebytes, wsclient)
-from benchkit.histogram import GROWTH, Histogram
+from benchkit.histogram import GROWTH, cdf_points, latency_histogram
+from benchkit.histogram import summary as latency_summary
+from zchannels.core.stats import Histogram
 from benchkit.httpclient import HttpProtocol, ResponseError
 from benchkit.client import share
 from benchkit.wsclient import OP_TEXT, WebSocketProtocol, masked_frame
@@ -28,9 +30,9 @@ def exact_percentile(values, p):
 def test_percentiles_within_one_percent_of_the_exact_value():
     rng = random.Random(4)
     values = [rng.lognormvariate(-7, 1.5) for _ in range(20000)]
-    h = Histogram()
+    h = latency_histogram()
     for v in values:
-        h.record(v)
+        h.observe(v)
     for p in (1, 50, 90, 99, 99.9):
         assert h.percentile(p) == pytest.approx(exact_percentile(values, p), rel=GROWTH - 1)
     assert h.percentile(100) == max(values)
@@ -40,12 +42,12 @@ def test_percentiles_within_one_percent_of_the_exact_value():
 
 
 def test_percentile_edges():
-    h = Histogram()
+    h = latency_histogram()
     assert h.percentile(50) is None and h.mean() is None
-    assert h.summary()["max"] is None
-    h.record(0.005)
+    assert latency_summary(h)["max"] is None
+    h.observe(0.005)
     assert h.percentile(1) == h.percentile(100) == 0.005  # clamped to the only sample
-    h.record(0.0)  # at or below a microsecond: bucket 0
+    h.observe(0.0)  # at or below a microsecond: bucket 0
     assert h.percentile(50) == 0.0
     with pytest.raises(ValueError):
         h.percentile(0)
@@ -56,19 +58,32 @@ def test_percentile_edges():
 def test_merged_histograms_equal_one_histogram_of_everything():
     rng = random.Random(7)
     parts = [[rng.uniform(0.0001, 0.2) for _ in range(1000)] for _ in range(3)]
-    whole, merged = Histogram(), Histogram()
+    whole, merged = latency_histogram(), latency_histogram()
     for part in parts:
-        h = Histogram()
+        h = latency_histogram()
         for v in part:
-            h.record(v)
-            whole.record(v)
+            h.observe(v)
+            whole.observe(v)
         # Client processes send their histograms as JSON-able dicts.
         merged.merge(Histogram.from_dict(json.loads(json.dumps(h.to_dict()))))
-    assert merged.buckets == whole.buckets
+    assert merged.counts == whole.counts
     assert merged.count == whole.count == 3000
-    assert merged.summary() == pytest.approx(whole.summary())
-    xs, ys = merged.cdf_points()
+    assert latency_summary(merged) == pytest.approx(latency_summary(whole))
+    xs, ys = cdf_points(merged)
     assert xs == sorted(xs) and ys[-1] == 1.0
+
+
+def test_one_histogram_for_the_bench_and_the_interfaces():
+    """The bench's 1 % histogram is the runtime's, with other bounds: histograms of
+    different bounds do not merge, and the Prometheus one still writes its snapshot."""
+    prometheus = Histogram()
+    for v in (0.0004, 0.003, 0.003, 70.0):
+        prometheus.observe(v)
+    assert prometheus.snapshot()["counts"][0] == 1 and prometheus.snapshot()["counts"][-1] == 1
+    assert prometheus.count == 4 and prometheus.min == 0.0004 and prometheus.max == 70.0
+    assert 0.0025 <= prometheus.percentile(50) <= 0.005  # within its bucket
+    with pytest.raises(ValueError):
+        prometheus.merge(latency_histogram())
 
 
 def test_share_splits_every_item_once():
@@ -78,9 +93,9 @@ def test_share_splits_every_item_once():
 
 
 def result(counts, latencies=(), cpu=0.5, wall=2.0, **extra):
-    h = Histogram()
+    h = latency_histogram()
     for v in latencies:
-        h.record(v)
+        h.observe(v)
     return {"counts": counts, "errors": [], "latency": h.to_dict(), "cpu_seconds": cpu,
             "wall_seconds": wall, **extra}
 
@@ -616,7 +631,7 @@ def test_bytes_rows_only_when_counted():
 
 def test_bytes_per_operation_add_up_across_processes():
     plain = {"counts": {"sent": 10, "received": 10}, "errors": [], "cpu_seconds": 0.1,
-             "latency": Histogram().to_dict(), "wall_seconds": 1.0}
+             "latency": latency_histogram().to_dict(), "wall_seconds": 1.0}
     counted = {**plain, "bytes_in": 1000, "bytes_out": 1200}
     figures = runner.aggregate("echo", {}, [counted, counted], [])
     assert figures["bytes_in_per_op"] == 100.0 and figures["bytes_out_per_message"] == 120.0

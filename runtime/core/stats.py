@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import json
 import logging
+import math
 import os
 import time
 from typing import Any, Callable, Sequence
@@ -40,21 +41,101 @@ def labelled(name: str, **labels: str) -> str:
 
 class Histogram:
     """Observations counted in fixed buckets, as a Prometheus histogram: one bisect and
-    two additions per observation, nothing allocated."""
+    a few additions per observation, nothing allocated. It also keeps the exact count,
+    smallest and largest value, so percentiles are known to within a bucket (clamped to
+    what was seen); with geometric bounds (`geometric_bounds`), to within their growth.
+    The interfaces keep their event latency in one; the bench (scripts/benchkit) its
+    round trips, with 1 % buckets."""
 
-    __slots__ = ("bounds", "counts", "sum")
+    __slots__ = ("bounds", "counts", "sum", "count", "min", "max")
 
     def __init__(self, bounds: Sequence[float] = LATENCY_BUCKETS) -> None:
         self.bounds = tuple(bounds)  # upper bounds, increasing; +Inf is implied
         self.counts = [0] * (len(self.bounds) + 1)  # per bucket, not cumulative
         self.sum = 0.0
+        self.count = 0
+        self.min = math.inf
+        self.max = -math.inf
 
     def observe(self, value: float) -> None:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1  # le: value <= bound
         self.sum += value
+        self.count += 1
+        if value < self.min:
+            self.min = value
+        if value > self.max:
+            self.max = value
+
+    def merge(self, other: Histogram) -> None:
+        if other.bounds != self.bounds:
+            raise ValueError("only histograms with the same buckets can be merged")
+        for i, n in enumerate(other.counts):
+            if n:
+                self.counts[i] += n
+        self.sum += other.sum
+        self.count += other.count
+        self.min = min(self.min, other.min)
+        self.max = max(self.max, other.max)
+
+    def mean(self) -> float | None:
+        return self.sum / self.count if self.count else None
+
+    def representative(self, bucket: int) -> float:
+        """A value for the observations of bucket `bucket`: the geometric middle of its
+        bounds (the arithmetic one for the first), within what was seen."""
+        upper = self.bounds[bucket] if bucket < len(self.bounds) else self.max
+        lower = self.bounds[bucket - 1] if bucket > 0 else min(self.min, upper)
+        middle = math.sqrt(lower * upper) if lower > 0 and upper > 0 else (lower + upper) / 2
+        return min(max(middle, self.min), self.max)
+
+    def percentile(self, p: float) -> float | None:
+        """The p-th percentile (0 < p <= 100), by the nearest-rank method; None if empty."""
+        if not self.count:
+            return None
+        if not 0 < p <= 100:
+            raise ValueError(f"percentile must be in (0, 100], not {p}")
+        rank = max(1, math.ceil(p / 100 * self.count))
+        if rank == 1:
+            return self.min
+        if rank == self.count:
+            return self.max
+        seen = 0
+        for bucket, n in enumerate(self.counts):
+            seen += n
+            if seen >= rank:
+                return self.representative(bucket)
+        return self.max  # pragma: no cover (the counts always reach the rank)
 
     def snapshot(self) -> dict[str, Any]:
+        """What a stats file keeps (zchannels.core.metrics renders it)."""
         return {"buckets": list(self.bounds), "counts": list(self.counts), "sum": self.sum}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything, with only the buckets that have observations (JSON-ready)."""
+        return {"bounds": list(self.bounds),
+                "counts": {str(i): n for i, n in enumerate(self.counts) if n},
+                "sum": self.sum, "count": self.count,
+                "min": self.min if self.count else None,
+                "max": self.max if self.count else None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Histogram:
+        histogram = cls(data["bounds"])
+        for i, n in data["counts"].items():
+            histogram.counts[int(i)] = n
+        histogram.sum, histogram.count = data["sum"], data["count"]
+        if data["count"]:
+            histogram.min, histogram.max = data["min"], data["max"]
+        return histogram
+
+
+def geometric_bounds(smallest: float, growth: float, largest: float) -> tuple[float, ...]:
+    """Bucket bounds from `smallest` up, each `growth` times the last, past `largest`:
+    any percentile is then known to within `growth` of its value."""
+    bounds = [smallest]
+    while bounds[-1] < largest:
+        bounds.append(bounds[-1] * growth)
+    return tuple(bounds)
 
 
 class Counters(dict[str, int]):

@@ -16,7 +16,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from benchkit import wsclient
-from benchkit.histogram import Histogram
+from benchkit.histogram import latency_histogram
 
 # Handshakes in flight from all client processes together: below the interface's
 # 100 events buffered towards a pool, beyond which zchannels refuses (503) new work.
@@ -65,7 +65,7 @@ class Client:
         self.index = index
         self.pipe = pipe
         self.progress = progress
-        self.latency = Histogram()
+        self.latency = latency_histogram()
         self.counts: dict[str, int] = {}
         self.errors: list[str] = []
         self.running = False

@@ -90,7 +90,7 @@ class EchoConn:
             client.count("mismatched")
         else:
             client.count("received")
-            client.latency.record(now - self.sent_at)
+            client.latency.observe(now - self.sent_at)
             client.done += 1
         client.answered(self)
 
@@ -263,7 +263,7 @@ class Member:
         self.last_seq[publisher] = max(seq, self.last_seq.get(publisher, 0))
         self.received += 1
         client.done += 1
-        client.latency.record(now - float(sent))
+        client.latency.observe(now - float(sent))
         if publisher == self.name:
             self.outstanding -= 1
             if client.running and client.flood:
@@ -378,7 +378,7 @@ class HttpLoop:
         self.waiting = False
         if status == 200 and body:
             client.count("ok")
-            client.latency.record(now - self.sent_at)
+            client.latency.observe(now - self.sent_at)
             client.done += 1
         else:
             client.count("bad_status")

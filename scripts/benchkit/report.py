@@ -9,7 +9,8 @@ import subprocess
 import sys
 from typing import Any
 
-from benchkit.histogram import Histogram
+from benchkit.histogram import cdf_points
+from zchannels.core.stats import Histogram
 
 # Per mode: (figure key, label, format, higher is better) for the table and the ratios.
 METRICS: dict[str, list[tuple[str, str, str, bool]]] = {
@@ -254,7 +255,7 @@ def plot(path: str, mode: str, columns: list[dict[str, Any]]) -> str | None:
                                    ("single_histogram", "--", ", 1 connection")):
             hist = Histogram.from_dict(column[key])
             if hist.count:
-                xs, ys = hist.cdf_points()
+                xs, ys = cdf_points(hist)
                 left.step([x * 1000 for x in xs], ys, style, where="post", color=colour,
                           label=column["name"] + suffix)
     left.set_xscale("log")

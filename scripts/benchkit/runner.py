@@ -12,7 +12,8 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Callable
 
 from benchkit import accounting, servers
-from benchkit.histogram import Histogram
+from benchkit.histogram import latency_histogram, summary as latency_summary
+from zchannels.core.stats import Histogram
 from benchkit.modes import client_process
 
 PHASE_TIMEOUT = 180.0  # seconds for all clients to connect (or settle) at most
@@ -237,7 +238,7 @@ def aggregate(mode: str, spec: dict[str, Any], results: list[dict[str, Any]],
               warnings: list[str]) -> dict[str, Any]:
     """Add up what the client processes counted (pure: tested without processes)."""
     counts: dict[str, int] = {}
-    latency = Histogram()
+    latency = latency_histogram()
     for r in results:
         for key, value in r["counts"].items():
             counts[key] = counts.get(key, 0) + value
@@ -246,7 +247,7 @@ def aggregate(mode: str, spec: dict[str, Any], results: list[dict[str, Any]],
     wall = max(r["wall_seconds"] for r in results)
     cpu = [r["cpu_seconds"] / max(1e-9, r["wall_seconds"]) for r in results]
     figures: dict[str, Any] = {
-        "counts": counts, "latency": latency.summary(), "histogram": latency.to_dict(),
+        "counts": counts, "latency": latency_summary(latency), "histogram": latency.to_dict(),
         "client_cpu": sum(r["cpu_seconds"] for r in results) / max(1e-9, wall),
         "client_cpu_max_process": max(cpu), "client_processes": len(results),
         "duration": wall, "errors": errors[:10]}

@@ -15,7 +15,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from benchkit.histogram import Histogram
+from benchkit.histogram import latency_histogram
+from zchannels.core.stats import Histogram
 from benchkit.report import RATIOS, WIRE, lookup, rows
 
 # Systems every other system is compared with (run["system"] of their runs).
@@ -45,7 +46,7 @@ def columns(mode: str, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     keys = [key for key, _, _, _ in rows(mode) if key not in WIRE
             or any(lookup(run["figures"], key) is not None for run in runs)]
     for name, own in by_name.items():
-        latency, single = Histogram(), Histogram()
+        latency, single = latency_histogram(), latency_histogram()
         for run in own:
             for merged, figures in ((latency, run["figures"]),
                                     (single, run["figures"].get("single") or {})):
