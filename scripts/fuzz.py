@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
+from benchkit.wsclient import masked_frame
 from zchannels.core.stats import alive
 
 CLOSE_CODES = [1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1011, 1015, 2999,
@@ -203,20 +204,9 @@ def ws_frame(rng: random.Random, max_message: int) -> tuple[bytes, bool]:
             rng.randint(0, 4))
     elif kind < 0.20:
         opcode, payload_bytes, valid = 9, rng.randbytes(rng.randint(0, 125)), False  # ping
-    length = len(payload_bytes) if announced is None else announced
-    head = bytes([fin | rsv | opcode])
-    mask_bit = 0x80 if masked else 0
-    if length < 126:
-        head += bytes([mask_bit | length])
-    elif length < 65536:
-        head += bytes([mask_bit | 126]) + length.to_bytes(2, "big")
-    else:
-        head += bytes([mask_bit | 127]) + length.to_bytes(8, "big")
-    if masked:
-        key = rng.randbytes(4)
-        head += key
-        payload_bytes = bytes(b ^ key[i % 4] for i, b in enumerate(payload_bytes))
-    return head + payload_bytes, valid
+    frame = masked_frame(opcode, payload_bytes, rng.randbytes(4) if masked else None, rsv,
+                         fin=bool(fin), length=announced)
+    return frame, valid
 
 
 def handshake(host: str, port: int, path: str, rng: random.Random) -> bytes:

@@ -6,24 +6,9 @@ import asyncio
 import struct
 import zlib
 
+from benchkit.wsclient import masked_frame  # noqa: F401 (the tests' frame builder)
+
 WAIT = 10.0  # seconds: the bound on any single wait
-
-
-def masked_frame(opcode: int, payload: bytes, key: bytes = b"\x37\xfa\x21\x3d",
-                 fin: bool = True, rsv: int = 0) -> bytes:
-    """A client-to-server frame, masked as RFC 6455 section 5.3 requires; `rsv` 0x40 is
-    RSV1 (permessage-deflate's "compressed")."""
-    n = len(payload)
-    first = (0x80 if fin else 0) | rsv | opcode
-    if n < 126:
-        header = bytes((first, 0x80 | n))
-    elif n < 65536:
-        header = struct.pack("!BBH", first, 0x80 | 126, n)
-    else:
-        header = struct.pack("!BBQ", first, 0x80 | 127, n)
-    keystream = (key * (n // 4 + 1))[:n]
-    body = (int.from_bytes(payload, "big") ^ int.from_bytes(keystream, "big")).to_bytes(n, "big")
-    return header + key + body
 
 
 async def handshake(port: int, path: str, extra: str = ""

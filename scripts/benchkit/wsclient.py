@@ -44,17 +44,24 @@ class HandshakeError(Exception):
     pass
 
 
-def masked_frame(opcode: int, payload: bytes, mask: bytes = _CLIENT_MASK,
-                 rsv: int = 0) -> bytes:
-    """A complete client frame (FIN set, masked), ready to write as is."""
-    n = len(payload)
-    first = 0x80 | rsv | opcode
+def masked_frame(opcode: int, payload: bytes, mask: bytes | None = _CLIENT_MASK,
+                 rsv: int = 0, fin: bool = True, length: int | None = None) -> bytes:
+    """A complete client frame, ready to write as is: masked as RFC 6455 section 5.3
+    requires (`mask` None: unmasked, which a server must refuse), `rsv` 0x40 is RSV1
+    (permessage-deflate's "compressed"), `fin` False a fragment; `length` announces
+    another payload length than the payload's (the fuzzer's lies). The one client-side
+    frame builder of the bench, the tests (tests/rawws.py) and scripts/fuzz.py."""
+    n = len(payload) if length is None else length
+    first = (0x80 if fin else 0) | rsv | opcode
+    bit = 0x80 if mask is not None else 0
     if n < 126:
-        header = struct.pack("!BB", first, 0x80 | n)
+        header = struct.pack("!BB", first, bit | n)
     elif n < 65536:
-        header = struct.pack("!BBH", first, 0x80 | 126, n)
+        header = struct.pack("!BBH", first, bit | 126, n)
     else:
-        header = struct.pack("!BBQ", first, 0x80 | 127, n)
+        header = struct.pack("!BBQ", first, bit | 127, n)
+    if mask is None:
+        return header + payload
     return header + mask + _mask(mask, payload)
 
 
