@@ -52,6 +52,7 @@ FLUSH_TICK = 0.001  # seconds between the flusher's looks while events keep comi
 FLUSH_PARK = 0.05  # seconds without a held operation before the flusher sleeps until woken
 
 TO, GROUP, HISTORY, QUERY = wire.VERB_TO, wire.VERB_GROUP, wire.VERB_HISTORY, wire.VERB_QUERY
+REPLY_SEPARATOR = wire.REPLY_SEPARATOR.encode()
 
 
 class Layer:
@@ -186,6 +187,11 @@ class Layer:
         wire.check_name(group, "group")
         header, payload = wire.group_message(text, bytes, close, event, id)
         frames = [GROUP, group.encode(), wire.encode(header), payload]
+        route = self.current_route
+        if route is not None and self.history_rules.rule_for(frames[1]) is not None:
+            # Which connection's event sent it: the broker limits what one connection
+            # adds to history per second (docs/operations.md#history-budgets).
+            frames.append(b"%s%s%d" % (route[0], REPLY_SEPARATOR, route[1]))
         if delay is not None:
             frames.insert(0, b"%s%d" % (wire.VERB_LATER, wire.check_delay(delay)))
         with self.lock:
