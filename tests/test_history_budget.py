@@ -42,7 +42,8 @@ def keeper(*rules, clock=None, **limits):
 
 def send(k, group, payload=b"m%09d" % 0, origin=None):
     """What the broker does with a group message: the position it went out with."""
-    stamped = k.stamp([group, SEND, payload], k.cache.get(group), origin)
+    frames = [group, SEND, payload]
+    stamped = k.stamp(frames, k.cache.get(group), *([] if origin is None else [origin]))
     assert len(stamped) == 4 and stamped[:3] == [group, SEND, payload]
     return stamped[3].decode()
 
@@ -85,8 +86,8 @@ def test_the_budget_keys_parse_with_their_defaults():
     ({"group_max_messages": 2.5}, "group_max_messages must be a whole number"),
     ({"message_max_bytes": True}, "message_max_bytes must be a whole number"),
     ({"connection_bytes_per_second": -1}, "connection_bytes_per_second must be a number"),
-    ({"connection_messages_per_second": "9"}, "connection_messages_per_second"),
-    ({"connection_messages_per_second": float("inf")}, "connection_messages_per_second"),
+    ({"connection_messages_per_second": "9"}, "connection_messages_per_second must be a"),
+    ({"connection_messages_per_second": float("inf")}, "connection_messages_per_second must"),
     ({"message_max_bytes": 2000, "group_max_bytes": 1000}, "could never be kept"),
     ({"group_max_messages": 10, "groups": [{"pattern": "a", "size": 11}]},
      "#1 size \\(11\\) is larger than \\[history\\] group_max_messages \\(10\\)"),
