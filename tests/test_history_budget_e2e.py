@@ -12,11 +12,13 @@ member was told ``recovery_failed`` (reason ``epoch``).
 import asyncio
 import json
 import re
+import subprocess
+import sys
 from urllib.parse import quote
 
 import pytest
 
-from harness import System, read, run
+from harness import ROOT, System, read, run, wait_until
 from runtime import config as config_module
 from runtime import layer as layer_module
 
@@ -95,6 +97,9 @@ def test_a_flood_into_other_rooms_leaves_this_rooms_recovery_exact(system, publi
         joined = await events_until(ws, lambda ev: ev and ev[-1]["type"] == "join")
         last = joined[-1]["pos"]
         ws.close()
+        await asyncio.to_thread(
+            wait_until, lambda: system.settled_counters("interface").get("group_members") == 0,
+            READ_TIMEOUT, "the member to have left")  # its leave comes before what it missed
         for i in range(MISSED):
             publisher.group_send(f"chat.{room}", text=json.dumps(
                 {"type": "message", "user": "publisher", "text": f"m{i}"}))
@@ -122,3 +127,19 @@ def test_a_flood_into_other_rooms_leaves_this_rooms_recovery_exact(system, publi
     log = system.logs()["broker"]
     warnings = re.findall(r"WARNING .*kept \d+ group message\(s\) out of history", log)
     assert 1 <= len(warnings) <= 3, warnings  # counted, not one line per message
+
+
+def test_the_fuzz_scripts_history_probes_get_answers_and_recovery_stays_exact(system):
+    """scripts/fuzz --history against this system (a small max_bytes): random and
+    awkward positions on every transport, some probes with a large message, and a client
+    whose every recovery must be exact meanwhile."""
+    result = subprocess.run(
+        [sys.executable, "scripts/fuzz.py", "--port", str(system.port), "--frames", "0",
+         "--echo", "0", "--chat", "0", "--history", "60", "--duration", "60", "--seed", "21"],
+        cwd=ROOT, capture_output=True, text=True, timeout=150)
+    assert result.returncode == 0, result.stdout + result.stderr
+    counts = {line.split(":")[0].strip(): int(line.rsplit(":", 1)[1])
+              for line in result.stdout.splitlines() if line.startswith("  history ")}
+    assert sum(n for what, n in counts.items() if what.startswith("history probes ")) == 60
+    assert {"history probes ws", "history probes sse", "history probes poll"} <= set(counts)
+    assert counts.get("history recoveries exact", 0) >= 1, result.stdout
