@@ -14,8 +14,15 @@ frames (or ``--duration`` seconds have passed):
   ROUTER), including JSON headers of the right shape with the wrong types, and the
   verbs of every hop (runtime/wire/frames.py) with frames of any number and content.
 
-Meanwhile ``--echo`` clients do numbered round trips on /ws/echo and ``--chat``
-clients talk in one chat room. The report says how many frames of each kind went
+Beside them, ``--history`` probes give the demo chat random and awkward history
+positions (``?since=`` on a WebSocket or a long-poll, ``Last-Event-ID`` on an event
+stream), some with a large message into their room; each must be answered (a
+``recovery_failed`` notice, the join, a 4xx), never with a 5xx or a close 1011.
+
+Meanwhile ``--echo`` clients do numbered round trips on /ws/echo, ``--chat``
+clients talk in one chat room, and (with ``--history``) one client leaves its room and
+comes back with the last position it saw, again and again, and must get exactly what it
+missed. The report says how many frames of each kind went
 out, how many round trips and chat messages the good clients completed, and whether
 every one of them got every expected answer (echo: in order; chat: every message of
 every member exactly once) with no unexpected close, and whether every server
@@ -42,6 +49,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import zmq
 
@@ -395,6 +403,197 @@ async def chat_clients(url: str, count: int, tally: Tally, stop: asyncio.Event,
         listener.cancel()
 
 
+# -- history parameters (docs/consumers.md#history-and-recovery, operations.md#history-budgets)
+#
+# Positions a client can give back -- ``?since=`` on a WebSocket or a long-poll,
+# ``Last-Event-ID`` on an event stream -- as random and awkward values, to rooms of the
+# demo chat (whose ``chat.*`` groups keep history in the shipped config); some probes
+# also drop a large message into their room, as the flood of issue 21 did. Every answer
+# must be an answer: a ``recovery_failed`` notice, the join, or a 4xx -- never a 5xx or
+# a close 1011. Meanwhile a recovering client comes back to its own room, again and
+# again, with the last position it saw, and must get exactly what it missed.
+
+SINCE_SAMPLES = ["", ":", "x", "x:", ":1", "x:-1", "x:1.5", "x:+1", "x:1e3", "x: 1",
+                 "x:" + "9" * 40, "a" * 63 + ":1", "a" * 65 + ":1", "a" * 4000 + ":1",
+                 "0:0", "e:18446744073709551616", "é:1", "💥:1", "x:１", "\x00:1", "x:1\x00",
+                 "x\t:1", "%:1", "x:1;y:2", "x:1,2", "null", "{}", "[1]", "x:0" * 50]
+
+
+def random_since(rng: random.Random, seen: str | None) -> tuple[str, bool]:
+    """(a position to give back, whether it is of the room's real epoch). `seen`: a real
+    position of the room, if a probe saw one: its epoch with offsets before, at and past
+    the room's last."""
+    if seen is not None and rng.random() < 0.3:
+        epoch, _, offset = seen.rpartition(":")
+        return f"{epoch}:{max(0, int(offset) + rng.choice([-50, -1, 0, 1, 2, 1 << 40]))}", True
+    if rng.random() < 0.6:
+        return rng.choice(SINCE_SAMPLES), False
+    epoch = rng.randbytes(rng.randint(0, 12)).hex()
+    return f"{epoch}:{rng.choice([0, 1, 2, rng.randrange(1 << 64)])}", False
+
+
+def since_header_value(since: str) -> bytes:
+    """For Last-Event-ID: any bytes but CR and LF (a header line cannot hold them)."""
+    return since.encode(errors="surrogateescape").replace(b"\r", b"").replace(b"\n", b"")
+
+
+async def raw_get(host: str, port: int, target: bytes, headers: list[bytes],
+                  wait: float) -> tuple[int | None, bytes]:
+    """GET on a new connection: (the status, or None if none came within `wait`; what
+    came, up to the end of the first block after the headers -- an SSE event -- or of
+    the connection, or until `wait` is up)."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
+    try:
+        writer.write(b"GET " + target + b" HTTP/1.1\r\nHost: " + f"{host}:{port}".encode()
+                     + b"\r\nConnection: close" + b"".join(b"\r\n" + h for h in headers)
+                     + b"\r\n\r\n")
+        data = b""
+        deadline = time.monotonic() + wait
+        while b"\n\n" not in data.partition(b"\r\n\r\n")[2]:
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536),
+                                               max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        status = int(data[9:12]) if data[:5] == b"HTTP/" and data[9:12].isdigit() else None
+        return status, data
+    finally:
+        writer.close()
+
+
+async def history_probe(host: str, port: int, rng: random.Random, tally: Tally,
+                        index: int, seen: dict[str, str]) -> None:
+    """One probe; `seen`: a real position of each room, as probes see them."""
+    from tornado.httpclient import HTTPClientError
+    from tornado.websocket import websocket_connect
+    from urllib.parse import quote
+    room = f"fuzzh{index % 7}"
+    since, real = random_since(rng, seen.get(room))
+    kind = rng.choice(["ws", "ws", "sse", "poll"])
+    tally.note(f"history probes {kind}")
+    if kind == "ws":
+        url = f"ws://{host}:{port}/ws/chat/{room}?since={quote(since, safe='')}"
+        try:
+            ws = await asyncio.wait_for(websocket_connect(url), 10)
+        except HTTPClientError as e:
+            if e.code >= 500:
+                tally.failures.append(f"history ws since={since[:40]!r}: HTTP {e.code}")
+            tally.note(f"history ws refused {e.code}")
+            return
+        try:
+            text = await asyncio.wait_for(ws.read_message(), 10)
+            if text is None:
+                if ws.close_code == 1011:
+                    tally.failures.append(f"history ws since={since[:40]!r}: closed 1011")
+                tally.note(f"history ws closed {ws.close_code}")
+                return
+            first = json.loads(text)
+            kind = first.get("type")
+            if isinstance(first.get("pos"), str):
+                seen[room] = first["pos"]
+            tally.note(f"history ws answered {kind}" + (" (real epoch)" if real else ""))
+            if since and not real and kind != "recovery_failed":
+                tally.failures.append(f"history ws since={since[:40]!r}: first event "
+                                      f"{text[:80]!r}, not recovery_failed")
+            if rng.random() < 0.3:  # the flood: a large message into its own room
+                ws.write_message("z" * rng.choice([1000, 70_000, 300_000]))
+                tally.note("history large messages")
+                await asyncio.wait_for(ws.read_message(), 10)
+        finally:
+            ws.close()
+        return
+    if kind == "sse":
+        target = f"/sse/chat/{room}".encode()
+        headers = [b"Last-Event-ID: " + since_header_value(since)]
+    else:
+        target = f"/poll/chat/{room}?since={quote(since, safe='')}".encode()
+        headers = []
+    status, data = await raw_get(host, port, target, headers, 3.0)
+    tally.note(f"history {kind} {status or 'held'}")
+    if b"recovery_failed" in data:
+        tally.note(f"history {kind} answered recovery_failed")
+    if status is not None and status >= 500:
+        tally.failures.append(f"history {kind} since={since[:40]!r}: HTTP {status}")
+
+
+async def history_prober(host: str, port: int, rng: random.Random, tally: Tally,
+                         probes: int) -> None:
+    seen: dict[str, str] = {}
+    for index in range(probes):
+        try:
+            await history_probe(host, port, rng, tally, index, seen)
+        except (OSError, asyncio.TimeoutError) as e:
+            tally.failures.append(f"history probe {index}: {type(e).__name__}: {e}")
+
+
+async def recovering_client(url: str, tally: Tally, stop: asyncio.Event,
+                            rng: random.Random) -> None:
+    """Leaves its room, misses what a speaker says there, and comes back with the last
+    position it saw: it must get exactly the missed messages, in order, then its join."""
+    from tornado.websocket import websocket_connect
+    from urllib.parse import quote
+    room = f"fuzzr{rng.randrange(1 << 30)}"
+
+    async def until(ws: Any, done: Callable[[list[dict[str, Any]]], bool]
+                    ) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        while not done(events):
+            text = await asyncio.wait_for(ws.read_message(), 10)
+            if text is None:
+                raise ConnectionError(f"closed with {ws.close_code}")
+            events.append(json.loads(text))
+        return events
+
+    def joined(events: list[dict[str, Any]]) -> bool:
+        return bool(events) and events[-1]["type"] in ("join", "recovery_failed")
+
+    speaker = await asyncio.wait_for(websocket_connect(f"{url}/ws/chat/{room}?name=s"), 10)
+    member = await asyncio.wait_for(websocket_connect(f"{url}/ws/chat/{room}?name=r"), 10)
+    last = (await until(member, joined))[-1].get("pos")
+    rounds = 0
+    try:
+        if last is None:  # no [[history.groups]] rule keeps chat.* here
+            tally.note("history: the chat rooms keep none, no recoveries checked")
+            await stop.wait()
+        while last is not None and not stop.is_set():
+            member.close()
+            said = [f"r{rounds}.{i}" for i in range(3)]
+            for text in said:  # each after the last came back: in order at the broker
+                speaker.write_message(text)
+
+                def echoed(events: list[dict[str, Any]], text: str = text) -> bool:
+                    return bool(events) and events[-1].get("text") == text
+                await until(speaker, echoed)
+            member = await asyncio.wait_for(websocket_connect(
+                f"{url}/ws/chat/{room}?name=r&since={quote(last)}"), 10)
+            events = await until(member, joined)
+            epoch, _, offset = last.rpartition(":")
+            positions = [e.get("pos") for e in events]
+            expected = [f"{epoch}:{int(offset) + i}" for i in range(1, len(events) + 1)]
+            kinds = [e["type"] for e in events]
+            # Its own leave may come after a message the speaker sent as it closed (the
+            # server had not seen the close yet): that one is missed all the same.
+            if kinds[-1:] != ["join"] or kinds.count("leave") != 1 or positions != expected \
+                    or [e.get("text") for e in events if e["type"] == "message"] != said:
+                seen = [(e["type"], e.get("text"), e.get("pos")) for e in events]
+                tally.failures.append(f"recovering client, round {rounds}: from {last} got "
+                                      f"{seen}")
+                return
+            tally.note("history recoveries exact")
+            last = events[-1]["pos"]
+            rounds += 1
+            await asyncio.sleep(0.2)
+    except (ConnectionError, asyncio.TimeoutError) as e:
+        if not stop.is_set():
+            tally.failures.append(f"recovering client: {type(e).__name__}: {e}")
+    finally:
+        member.close()
+        speaker.close()
+
+
 # -- the run ---------------------------------------------------------------------
 
 def server_pids(run_dir: str) -> dict[int, str]:
@@ -415,6 +614,9 @@ async def fuzz(args: argparse.Namespace) -> Tally:
     good = [asyncio.ensure_future(echo_client(url, i, tally, stop)) for i in range(args.echo)]
     if args.chat:
         good.append(asyncio.ensure_future(chat_clients(url, args.chat, tally, stop, rng)))
+    if args.history:
+        history_rng = random.Random(args.seed + 1)  # the others' draws stay as they were
+        good.append(asyncio.ensure_future(recovering_client(url, tally, stop, history_rng)))
     await asyncio.sleep(1.0)
     deadline = time.monotonic() + args.duration
     # Shares of the frame budget: WebSocket frames most, then ZeroMQ, then HTTP.
@@ -428,6 +630,9 @@ async def fuzz(args: argparse.Namespace) -> Tally:
     attackers += [asyncio.ensure_future(http_attacker(args.host, args.port,
                                                       random.Random(rng.random()), tally,
                                                       http_budget)) for _ in range(2)]
+    if args.history:
+        attackers.append(asyncio.ensure_future(history_prober(
+            args.host, args.port, random.Random(args.seed + 2), tally, args.history)))
     endpoints = zmq_endpoints(args.run_dir) if args.run_dir else {}
     zmq_attacker = ZmqAttacker(endpoints, random.Random(rng.random())) if endpoints else None
     try:
@@ -462,6 +667,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--echo", type=int, default=8, help="well-behaved echo clients")
     parser.add_argument("--chat", type=int, default=4, help="well-behaved chat clients")
     parser.add_argument("--max-message-bytes", type=int, default=1 << 20)
+    parser.add_argument("--history", type=int, default=40, help="probes of history "
+                        "parameters (since, Last-Event-ID) on the demo chat, and a client "
+                        "that checks its recoveries meanwhile (0: none)")
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args(argv)
     if args.seed is None:

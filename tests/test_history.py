@@ -174,17 +174,18 @@ def test_over_max_bytes_the_least_recently_written_group_loses_its_oldest_first(
     assert k.bytes <= 5 * per
 
 
-def test_a_group_emptied_for_bytes_is_dropped_and_starts_a_new_epoch():
+def test_a_group_emptied_for_bytes_keeps_its_epoch_and_offsets():
     per = history.ENTRY_OVERHEAD + len(SEND) + 10
-    k = keeper(HistoryRule("*", size=100), max_bytes=2 * per)
-    first = send(k, b"quiet", b"q%09d" % 0)
-    send(k, b"busy", b"b%09d" % 0)
-    send(k, b"busy", b"b%09d" % 1)  # quiet loses its only message, and its ring
-    assert b"quiet" not in k.rings and b"quiet" not in k.cache
-    again = send(k, b"quiet", b"q%09d" % 1)
-    assert again.split(":")[0] != first.split(":")[0] and again.endswith(":1")
-    result, _ = k.recover(b"quiet", first)
-    assert result["reason"] == positions.REASON_EPOCH
+    k = keeper(HistoryRule("*", size=100), max_bytes=3 * per)
+    first = send(k, b"big", b"x" * (10 + 2 * per))  # over its share (max_bytes / 2) alone
+    second = send(k, b"small", b"s%09d" % 0)  # over max_bytes: big loses its only message
+    assert not k.ring_for(b"big").entries and k.ring_for(b"small").entries
+    assert counters.get("history_groups_dropped", 0) == 0
+    epoch = first.split(":")[0]
+    assert k.recover(b"big", first)[0]["ok"]  # it saw the last message: nothing missed
+    assert k.recover(b"big", f"{epoch}:0")[0]["reason"] == positions.REASON_EVICTED
+    assert send(k, b"big", b"b%09d" % 1) == f"{epoch}:2"
+    assert second.endswith(":1")
 
 
 def test_at_max_groups_the_least_recently_written_group_is_dropped_whole():

@@ -131,3 +131,52 @@ def test_a_malformed_join_is_garbage(setup):
     settle(broker)
     client.send_multipart([wire.VERB_HISTORY, b"i1", b'{"op":"group_add","group":"g"}'])
     run_until(broker, lambda: counters.get("garbage", 0) == 1)
+
+
+# -- budgets (docs/operations.md#history-budgets) -------------------------------------------
+
+LIMITED = {"groups": [{"pattern": "room.*", "size": 100}],
+           "connection_messages_per_second": 2, "connection_bytes_per_second": 0,
+           "message_max_bytes": 1000}
+
+
+@pytest.fixture
+def limited(monkeypatch):
+    monkeypatch.setattr(broker_module, "SETTLE", 0.0)
+    with broker_rig("zb", history=LIMITED) as rig:
+        i1 = rig.peer(zmq.DEALER, rig.config.broker_interfaces, b"i1")
+        i1.send_multipart([wire.PING, b"{}"])
+        rig.run_until(lambda: b"i1" in rig.broker.known)
+        assert i1.recv_multipart() == [wire.PING, wire.PONG]
+        settle(rig.broker)
+        yield rig.broker, i1, rig.peer(zmq.DEALER, rig.config.broker_clients, b"w1")
+
+
+def test_what_one_connection_adds_to_history_is_limited_by_the_origin_frame(limited):
+    broker, i1, worker = limited
+    for text in (b"a1", b"a2", b"a3"):  # the third is over 2 messages per second
+        worker.send_multipart([wire.VERB_GROUP, b"room.a", SEND, text, b"i1!5"])
+    worker.send_multipart([wire.VERB_GROUP, b"room.a", SEND, b"b1", b"i1!6"])
+    worker.send_multipart([wire.VERB_GROUP, b"room.a", SEND, b"p1"])  # no connection's
+    run_until(broker, lambda: counters.get("group_messages", 0) == 5)
+    got = [i1.recv_multipart() for _ in range(5)]
+    epoch = got[0][4].split(b":")[0]
+    # Every one went out, with its position and without the origin frame.
+    assert got == [[wire.FROM_GROUP, b"room.a", SEND, text, b"%s:%d" % (epoch, n)]
+                   for n, text in enumerate((b"a1", b"a2", b"a3", b"b1", b"p1"), 1)]
+    assert counters["history_over_rate"] == 1 and counters["history_kept"] == 4
+    result, frames = broker.history.recover(b"room.a", f"{epoch.decode()}:3")
+    assert result["ok"] and frames[1::3] == [b"b1", b"p1"]
+    assert broker.history.recover(b"room.a", f"{epoch.decode()}:2")[0]["reason"] == "evicted"
+
+
+def test_a_delayed_group_message_keeps_its_origin_and_a_large_one_is_kept_out(limited):
+    broker, i1, worker = limited
+    worker.send_multipart([wire.VERB_LATER + b"1", wire.VERB_GROUP, b"room.a", SEND, b"d1",
+                           b"i1!5"])
+    worker.send_multipart([wire.VERB_GROUP, b"room.a", SEND, b"x" * 2000, b"i1!5"])
+    run_until(broker, lambda: counters.get("group_messages", 0) == 2)
+    assert [len(i1.recv_multipart()) for _ in range(2)] == [5, 5]
+    assert counters["history_too_large"] == 1 and counters["history_kept"] == 1
+    assert broker.history.allowances.left[b"i1!5"][1] == 1  # the delayed one took its share
+    assert counters.get("garbage", 0) == 0

@@ -8,6 +8,7 @@ import json
 from harness import DEMO_CONSUMERS
 from zchannels.core import config
 from zchannels import group_send
+from zchannels.core.stats import counters
 from zchannels.testing import TestServer
 
 SETTINGS = config.parse({"history": {"groups": [{"pattern": "chat.*", "size": 3}]}})
@@ -74,3 +75,28 @@ def test_a_member_added_again_from_a_position_gets_nothing_twice():
         assert [e["text"] for e in events(ws)] == ["one"]
         recovery = server.layer.group_add("chat.room", ws.reply_channel, since=first)
         assert recovery.added and recovery.missed == 0 and ws.receive_nothing()
+
+
+def test_a_client_that_floods_its_room_is_limited_here_as_in_the_broker():
+    """The history budgets of the broker hold in the test server too: what one
+    connection adds per second is limited (on the fake clock), and another room's
+    member recovers exactly."""
+    settings = config.parse({"history": {
+        "groups": [{"pattern": "chat.*", "size": 1000}], "max_bytes": 20_000,
+        "connection_messages_per_second": 5, "connection_bytes_per_second": 0}})
+    with TestServer([DEMO_CONSUMERS], config=settings) as server:
+        victim = server.websocket("/ws/chat/victim?name=v")
+        last = events(victim)[-1]["pos"]
+        victim.close()
+        group_send("chat.victim", text=json.dumps({"type": "message", "text": "missed"}))
+        attacker = server.websocket("/ws/chat/attacker1?name=a")
+        events(attacker)
+        over_rate = counters.get("history_over_rate", 0)
+        for i in range(30):
+            attacker.send(f"{i:04d}" + "x" * 2000)
+        got = events(attacker)  # every message went out live, with its position
+        assert [e["text"][:4] for e in got] == [f"{i:04d}" for i in range(30)]
+        assert [int(e["pos"].rpartition(":")[2]) for e in got] == list(range(2, 32))
+        assert counters["history_over_rate"] - over_rate == 25
+        back = server.websocket(f"/ws/chat/victim?name=v&since={last}")
+        assert [e["type"] for e in events(back)] == ["leave", "message", "join"]

@@ -84,3 +84,18 @@ def test_a_bounced_join_is_not_added_and_says_why(pair):
     broker.send_multipart([frames[0], wire.TO_WORKER_BOUNCE, b"i1", frames[3]])
     thread.join(5)
     assert not result[0] and result[0].reason == "unreachable"
+
+
+def test_a_consumers_group_send_to_a_group_with_history_names_its_connection(pair):
+    layer, broker = pair
+    layer.group_send("chat.a", text="outside any event")
+    layer.begin_event((b"i1", 7))
+    layer.group_send("chat.a", text="for i1!7")
+    layer.group_send("news", text="no history: nothing to limit")
+    layer.group_send("chat.a", text="later", delay=5)
+    layer.begin_event(None)
+    got = [broker.recv_multipart()[1:] for _ in range(4)]
+    assert got[0][:2] == [wire.VERB_GROUP, b"chat.a"] and len(got[0]) == 4
+    assert got[1][:2] == [wire.VERB_GROUP, b"chat.a"] and got[1][3:] == [b"for i1!7", b"i1!7"]
+    assert got[2][:2] == [wire.VERB_GROUP, b"news"] and len(got[2]) == 4
+    assert got[3][1:3] == [wire.VERB_GROUP, b"chat.a"] and got[3][-1] == b"i1!7"

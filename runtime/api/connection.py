@@ -41,6 +41,7 @@ log = logging.getLogger("zchannels.connection")
 LINGER = 1000  # ms a closing socket may keep flushing what consumers already sent
 
 TO, GROUP, HISTORY, QUERY = wire.VERB_TO, wire.VERB_GROUP, wire.VERB_HISTORY, wire.VERB_QUERY
+REPLY_SEPARATOR = wire.REPLY_SEPARATOR.encode()
 
 
 def route_of(reply_channel: Channel) -> tuple[bytes, int]:
@@ -161,6 +162,11 @@ class BrokerConnection:
         wire.check_name(group, "group")
         header, payload = wire.group_message(text, bytes, close, event, id)
         frames = [GROUP, group.encode(), wire.encode(header), payload]
+        route = self.current_route
+        if route is not None and self.history_rules.rule_for(frames[1]) is not None:
+            # Which connection's event sent it: the broker limits what one connection
+            # adds to history per second (docs/operations.md#history-budgets).
+            frames.append(b"%s%s%d" % (route[0], REPLY_SEPARATOR, route[1]))
         if delay is not None:
             frames.insert(0, b"%s%d" % (wire.VERB_LATER, wire.check_delay(delay)))
         with self.lock:

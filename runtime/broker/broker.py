@@ -68,7 +68,8 @@ ANSWER, BOUNCE, FROM_GROUP = wire.TO_WORKER_ANSWER, wire.TO_WORKER_BOUNCE, wire.
 HISTORY, QUERY, PRESENCE = wire.VERB_HISTORY, wire.VERB_QUERY, wire.PRESENCE
 NOTICE_HEADER = wire.encode({"op": wire.OP_SEND, "kind": wire.KIND_TEXT})
 PROBE_INTERVAL = 0.1  # seconds between looks for a gone interface while one is missing
-HELD = tuple[zmq.Socket | None, list[Any]]  # (socket of the sender, frames); None: group
+# (socket of the sender, frames); None: a group message, [group, header, payload, origin?]
+HELD = tuple[zmq.Socket | None, list[Any]]
 
 
 class Broker(Service):
@@ -221,16 +222,19 @@ class Broker(Service):
                 self.remember(sender, sock)
                 self.to_interface(sock, [parts[2].bytes, sender, *parts[3:]])
                 pool.credit(sender, READY + verb[1:], parts[1].get(zmq.SRCFD))
-            elif kind == GROUP and len(parts) == 5 and verb == GROUP:
-                self.group([part.bytes for part in parts[2:]])
+            elif kind == GROUP and len(parts) in (5, 6) and verb == GROUP:
+                # A sixth frame: the connection whose event sent it (its history allowance).
+                self.group([part.bytes for part in parts[2:5]],
+                           parts[5].bytes if len(parts) == 6 else None)
             elif kind == QUERY and len(parts) == 3 and verb == QUERY:
                 self.remember(sender, sock)
                 self.presence_query(sock, sender, parts[2].bytes)
             elif kind == HISTORY and len(parts) == 4 and verb == HISTORY:
                 self.remember(sender, sock)
                 self.history_join(sock, [parts[2].bytes, sender, parts[3].bytes])
-            elif kind == LATER and len(parts) == 6 and verb[1:].isdigit() \
-                    and parts[2].bytes in (GROUP, TO_POOL):
+            elif kind == LATER and verb[1:].isdigit() and (
+                    len(parts) == 6 and parts[2].bytes in (GROUP, TO_POOL)
+                    or len(parts) == 7 and parts[2].bytes == GROUP):
                 self.later(int(verb[1:]), [part.bytes for part in parts[2:]])
             elif kind in (READY, BYE) and pool is not None and len(parts) == 2:
                 if not pool.credit(sender, verb, parts[1].get(zmq.SRCFD)):
@@ -282,21 +286,24 @@ class Broker(Service):
         except zmq.ZMQError:
             counters.incr("dropped_bounces")
 
-    def group(self, frames: list[bytes]) -> None:
-        """One group message to every interface: each fans it out to its own members."""
+    def group(self, frames: list[bytes], origin: bytes | None = None) -> None:
+        """One group message ([group, header, payload]) to every interface: each fans it
+        out to its own members. `origin`: the reply channel of the connection whose
+        event sent it, if one did (what it may add to history is limited)."""
         if not frames[0]:
             counters.incr("garbage")
             log.warning("dropped a group message without a group name")
             return
         if self.startup is not None:
-            self.hold(None, frames)
+            self.hold(None, frames if origin is None else [*frames, origin])
             return
         counters.incr("group_messages")
         history = self.history
         if history is not None:  # one dict lookup for a group that keeps none
             ring = history.cache.get(frames[0])
             if ring is not False:
-                frames = history.stamp(frames, ring)  # kept, and its position appended
+                # Kept (or kept out), and its position appended.
+                frames = history.stamp(frames, ring, origin)
         send = self.interfaces.send_multipart
         for interface in list(self.known):
             try:
@@ -341,7 +348,8 @@ class Broker(Service):
     # -- delayed messages ------------------------------------------------------
 
     def later(self, delay_ms: int, frames: list[bytes]) -> None:
-        """Keep [G, group, header, payload] or [S, pool, header, payload] until it is due."""
+        """Keep [G, group, header, payload, origin?] or [S, pool, header, payload] until
+        it is due."""
         if delay_ms > wire.MAX_DELAY * 1000 or (
                 frames[0] == TO_POOL and frames[1] not in self.pool_inputs) or not frames[1]:
             counters.incr("garbage")
@@ -361,7 +369,7 @@ class Broker(Service):
             _, _, frames = heapq.heappop(self.delayed)
             counters.incr("delayed_released")
             if frames[0] == GROUP:
-                self.group(frames[1:])
+                self.group(frames[1:4], frames[4] if len(frames) == 5 else None)
                 continue
             try:  # into the pool's input, where it queues like any other message
                 self.pool_inputs[frames[1]].send_multipart(frames[2:], zmq.NOBLOCK)
@@ -588,7 +596,7 @@ class Broker(Service):
         log.info("sending to interfaces (%s): %d message(s) held since start", why, len(held))
         for sock, frames in held:
             if sock is None:
-                self.group(frames)
+                self.group(frames[:3], frames[3] if len(frames) == 4 else None)
             elif frames[0] == HISTORY:  # (never an interface id)
                 self.history_join(sock, frames[1:])
             else:

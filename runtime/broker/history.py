@@ -16,18 +16,26 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import secrets
 import time
-from typing import Any
+from typing import Any, Callable
 
 from zchannels.core.history_rules import MAX_CACHED_NAMES, HistoryConfig, HistoryRule, Rules
 from zchannels.core.stats import counters
 from zchannels.wire.positions import (CLOSE_HEADER, REASON_EPOCH, REASON_EVICTED,
                                       REASON_INVALID, REASON_NO_HISTORY, parse_position,
-                                      position, splice)
+                                      position)
+
+log = logging.getLogger("zchannels.history")
 
 ENTRY_OVERHEAD = 120  # bytes a kept message costs beyond its header and payload
 SWEEP_INTERVAL = 1.0  # seconds between looks for messages older than their rule allows
+MAX_SENDERS = 100_000  # connections whose allowance is remembered at once (then the oldest go)
+REPORT_INTERVAL = 10.0  # seconds between warnings about messages kept out of history
+# Why a message was kept out of history (also the counters).
+TOO_LARGE = "history_too_large"  # larger than message_max_bytes
+OVER_RATE = "history_over_rate"  # its connection added more than it may per second
 
 
 # -- the keeper ----------------------------------------------------------------------------
@@ -39,13 +47,14 @@ Entry = tuple[int, float, bytes, bytes]
 class Ring:
     """One group's kept messages, oldest first, with consecutive offsets."""
 
-    __slots__ = ("group", "rule", "epoch", "last", "entries", "bytes", "key")
+    __slots__ = ("group", "rule", "epoch", "last", "entries", "bytes", "key", "max_messages")
 
-    def __init__(self, group: bytes, rule: HistoryRule, epoch: str) -> None:
+    def __init__(self, group: bytes, rule: HistoryRule, epoch: str, max_messages: int) -> None:
         self.group = group
         self.rule = rule
         self.epoch = epoch
         self.key = rule.key.encode()
+        self.max_messages = max_messages  # the rule's size, or group_max_messages
         self.last = 0  # the offset of the newest message ever kept (0: none yet)
         self.entries: collections.deque[Entry] = collections.deque()
         self.bytes = 0
@@ -63,11 +72,77 @@ def entry_bytes(entry: Entry) -> int:
     return len(entry[2]) + len(entry[3]) + ENTRY_OVERHEAD
 
 
+class Allowances:
+    """What each connection (by its reply channel) may still add to history: a bucket
+    of bytes and one of messages, each holding one second's worth when full and filling
+    at its rate (0: no limit of that kind). A message is kept while neither is empty;
+    its bytes may overdraw the first, so a connection keeps at most about one second's
+    worth plus one message at once, and its rate after that."""
+
+    def __init__(self, bytes_per_second: float, messages_per_second: float) -> None:
+        self.bytes_rate = bytes_per_second
+        self.messages_rate = messages_per_second
+        self.messages_full = max(messages_per_second, 1.0)  # room for one, at least
+        # connection -> [bytes left, messages left, monotonic time of the last look]
+        self.left: dict[bytes, list[float]] = {}
+
+    @property
+    def limited(self) -> bool:
+        return bool(self.bytes_rate or self.messages_rate)
+
+    def take(self, origin: bytes, size: int, now: float) -> bool:
+        """Whether `origin` may add a message of `size` bytes now; if so, it is taken
+        from its allowance."""
+        left = self.left.get(origin)
+        if left is None:
+            if len(self.left) >= MAX_SENDERS:
+                del self.left[next(iter(self.left))]
+            left = self.left[origin] = [self.bytes_rate, self.messages_full, now]
+        else:
+            self._refill(left, now)
+        if self.bytes_rate:
+            if left[0] <= 0:
+                return False
+        if self.messages_rate:
+            if left[1] < 1:
+                return False
+            left[1] -= 1
+        if self.bytes_rate:
+            left[0] -= size
+        return True
+
+    def _refill(self, left: list[float], now: float) -> bool:
+        """Add what the time since the last look has earned; True if both are full."""
+        elapsed = max(0.0, now - left[2])
+        left[2] = now
+        left[0] = min(self.bytes_rate, left[0] + elapsed * self.bytes_rate)
+        left[1] = min(self.messages_full, left[1] + elapsed * self.messages_rate)
+        return left[0] >= self.bytes_rate and left[1] >= self.messages_full
+
+    def forget_full(self, now: float) -> None:
+        """Forget the connections whose allowance is full again, as if never seen: the
+        table holds only those that wrote lately."""
+        for origin in [o for o, left in self.left.items() if self._refill(left, now)]:
+            del self.left[origin]
+
+
 class Keeper:
-    """Every group's history in the broker, bounded: per group by its rule (count and
-    age), in all by `max_bytes` (the least recently written groups lose their oldest
-    messages first) and `max_groups` (the least recently written group is dropped
-    whole; its next message starts a new epoch)."""
+    """Every group's history in the broker, bounded so that no sender can take another
+    group's history (docs/operations.md#history-budgets):
+
+    - per group: its rule's `size` (else `group_max_messages`) and `seconds`, and
+      `group_max_bytes`: beyond them the group loses its own oldest messages;
+    - in all, `max_bytes`: while over it, the groups over their *share* (max_bytes
+      divided equally among the groups with history now) lose their oldest messages,
+      the least recently written of them first. A group within its share loses nothing
+      to another group's volume;
+    - `max_groups`: the least recently written group is dropped whole (its next
+      message starts a new epoch);
+    - a message larger than `message_max_bytes`, or beyond what its connection may add
+      per second, is kept out: it gets its position and goes out live, but as a
+      history has no gaps the group's older messages go with it (a recovery from
+      before it fails, "evicted"). Counted, and logged at most every REPORT_INTERVAL.
+    """
 
     def __init__(self, config: HistoryConfig,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -79,6 +154,17 @@ class Keeper:
         self.rings: collections.OrderedDict[bytes, Ring] = collections.OrderedDict()
         self.cache: dict[bytes, Ring | bool] = {}
         self.bytes = 0
+        # Each group's share of max_bytes, and the rings over it, least recently written
+        # first. Stale when the number of rings changed: worked out again only when
+        # max_bytes is exceeded (`trim`), so a new group costs nothing until then.
+        self.share = config.max_bytes
+        self.over: collections.OrderedDict[bytes, Ring] = collections.OrderedDict()
+        self.stale = False
+        self.allowances = Allowances(config.connection_bytes_per_second,
+                                     config.connection_messages_per_second)
+        self.kept_out: collections.Counter[str] = collections.Counter()  # not yet reported
+        self.last_kept_out = ""  # the newest of them, for the warning
+        self.reported = -REPORT_INTERVAL  # when the last warning went out
         self.token = secrets.token_hex(4)  # this keeper's life: a restart changes epochs
         self._serial = itertools.count(1)
         self.swept = clock()
@@ -98,7 +184,9 @@ class Keeper:
             return None
         if len(self.rings) >= self.config.max_groups:
             self.drop(next(iter(self.rings)))
-        ring = self.rings[group] = Ring(group, rule, f"{self.token}{next(self._serial):x}")
+        ring = self.rings[group] = Ring(group, rule, f"{self.token}{next(self._serial):x}",
+                                        rule.size or self.config.group_max_messages)
+        self.stale = True
         self._cache(group, ring)
         return ring
 
@@ -107,23 +195,35 @@ class Keeper:
             self.cache.clear()
         self.cache[group] = value
 
-    def stamp(self, frames: list[bytes], ring: Ring | bool | None) -> list[bytes]:
+    def stamp(self, frames: list[bytes], ring: Ring | bool | None,
+              origin: bytes | None = None) -> list[bytes]:
         """A group message ``[group, header, payload]`` the broker is about to send out:
         keep it if its group keeps history, and return the frames with its position
         appended; else the frames unchanged. `ring` is ``cache.get(group)``, looked up
-        by the caller (None: not looked up before)."""
+        by the caller (None: not looked up before). `origin`: the reply channel of the
+        connection whose event sent it (None: not sent for a connection)."""
         if ring is None:
             ring = self.ring_for(frames[0])
             if ring is None:
                 return frames
         assert isinstance(ring, Ring)
-        if frames[1].startswith(CLOSE_HEADER):
+        header, payload = frames[1], frames[2]
+        if header.startswith(CLOSE_HEADER):
             return frames  # a close is not history: it ends memberships, and is not replayed
-        offset = self.keep(ring, frames[1], frames[2])
+        size = len(header) + len(payload)
+        now = self.clock()
+        if size > self.config.message_max_bytes:
+            offset = self.keep_out(ring, TOO_LARGE, size, origin, now)
+        elif origin is not None and self.allowances.limited \
+                and not self.allowances.take(origin, size, now):
+            offset = self.keep_out(ring, OVER_RATE, size, origin, now)
+        else:
+            offset = self.keep(ring, header, payload, now)
         return [*frames, b"%s:%d" % (ring.epoch.encode(), offset)]
 
-    def keep(self, ring: Ring, header: bytes, payload: bytes) -> int:
-        now = self.clock()
+    def keep(self, ring: Ring, header: bytes, payload: bytes, now: float | None = None) -> int:
+        if now is None:
+            now = self.clock()
         ring.last += 1
         entry = (ring.last, now, header, payload)
         ring.entries.append(entry)
@@ -132,25 +232,62 @@ class Keeper:
         self.bytes += size
         counters.incr("history_kept")
         self.rings.move_to_end(ring.group)
-        rule = ring.rule
-        if rule.size and len(ring.entries) > rule.size:
-            self.evict(ring, len(ring.entries) - rule.size)
-        if rule.seconds:
+        if len(ring.entries) > ring.max_messages:
+            self.evict(ring, len(ring.entries) - ring.max_messages)
+        while ring.bytes > self.config.group_max_bytes and len(ring.entries) > 1:
+            self.evict(ring, 1)
+        if ring.rule.seconds:
             self.expire(ring, now)
+        if not self.stale and ring.bytes > self.share:
+            self.over[ring.group] = ring
+            self.over.move_to_end(ring.group)
         if self.bytes > self.config.max_bytes:
             self.trim()
         return ring.last
+
+    def keep_out(self, ring: Ring, why: str, size: int, origin: bytes | None,
+                 now: float) -> int:
+        """A message that is not kept (`why`): it still takes the next offset, and the
+        group's older messages go, since a recovery can never skip a message."""
+        ring.last += 1
+        if ring.entries:
+            self.evict(ring, len(ring.entries))
+        self.rings.move_to_end(ring.group)
+        counters.incr(why)
+        self.kept_out[why] += 1
+        sender = f"connection {origin.decode(errors='replace')}" if origin is not None \
+            else "a process (not for a connection)"
+        self.last_kept_out = (f"{size} bytes from {sender} to group "
+                              f"{ring.group.decode(errors='replace')!r} ({why})")
+        self.report(now)
+        return ring.last
+
+    def report(self, now: float) -> None:
+        """One warning for the messages kept out since the last, at most every
+        REPORT_INTERVAL: a flood is counted, not logged line by line."""
+        if not self.kept_out or now - self.reported < REPORT_INTERVAL:
+            return
+        log.warning("kept %d group message(s) out of history (%s), each with the older "
+                    "messages of its group; the last: %s. (At most one such warning every "
+                    "%g s; docs/operations.md#history-budgets)", sum(self.kept_out.values()),
+                    ", ".join(f"{k} {n}" for k, n in sorted(self.kept_out.items())),
+                    self.last_kept_out, REPORT_INTERVAL)
+        self.kept_out.clear()
+        self.reported = now
 
     # -- bounds --------------------------------------------------------------------------
 
     def evict(self, ring: Ring, count: int) -> None:
         entries = ring.entries
+        count = min(count, len(entries))
         freed = 0
-        for _ in range(min(count, len(entries))):
+        for _ in range(count):
             freed += entry_bytes(entries.popleft())
         ring.bytes -= freed
         self.bytes -= freed
         counters.incr("history_evicted", count)
+        if ring.bytes <= self.share:
+            self.over.pop(ring.group, None)
 
     def expire(self, ring: Ring, now: float) -> None:
         """Drop the ring's messages older than its rule's `seconds`."""
@@ -164,19 +301,38 @@ class Keeper:
             count += 1
         if count:
             counters.incr("history_evicted", count)
+            if ring.bytes <= self.share:
+                self.over.pop(ring.group, None)
+
+    def reshare(self) -> None:
+        """Each group's share of max_bytes now, and which rings are over it."""
+        self.share = self.config.max_bytes // max(1, len(self.rings))
+        share = self.share
+        self.over = collections.OrderedDict(
+            (group, ring) for group, ring in self.rings.items() if ring.bytes > share)
+        self.stale = False
 
     def trim(self) -> None:
-        """Over max_bytes: the least recently written groups lose their oldest messages;
-        one left with none is dropped whole (its offsets restart in a new epoch)."""
-        while self.bytes > self.config.max_bytes and self.rings:
-            group, ring = next(iter(self.rings.items()))
-            while ring.entries and self.bytes > self.config.max_bytes:
+        """Over max_bytes: the groups over their share lose their oldest messages, the
+        least recently written first, until all together are within max_bytes. One is
+        always over its share then (were none, all would be within max_bytes). A group
+        emptied so keeps its offsets and epoch: a client that saw its last message
+        still recovers."""
+        if self.stale:
+            self.reshare()
+        over, share, limit = self.over, self.share, self.config.max_bytes
+        while self.bytes > limit and over:
+            group, ring = over.popitem(last=False)
+            while ring.bytes > share and self.bytes > limit:
                 self.evict(ring, 1)
-            if not ring.entries:
-                self.drop(group)
+            if ring.bytes > share:  # within max_bytes before within its share: still over
+                over[group] = ring
+                over.move_to_end(group, last=False)
 
     def drop(self, group: bytes) -> None:
         ring = self.rings.pop(group)
+        self.over.pop(group, None)
+        self.stale = True
         self.bytes -= ring.bytes
         if ring.entries:
             counters.incr("history_evicted", len(ring.entries))
@@ -185,7 +341,8 @@ class Keeper:
 
     def sweep(self) -> None:
         """At most every SWEEP_INTERVAL: messages past their rule's age go, in groups that
-        send nothing new too."""
+        send nothing new too; connections whose allowance is full again are forgotten;
+        messages kept out since the last warning are reported."""
         now = self.clock()
         if now - self.swept < SWEEP_INTERVAL:
             return
@@ -193,6 +350,9 @@ class Keeper:
         for ring in self.rings.values():
             if ring.rule.seconds and ring.entries:
                 self.expire(ring, now)
+        if self.allowances.left:
+            self.allowances.forget_full(now)
+        self.report(now)
 
     # -- recovery ------------------------------------------------------------------------
 

@@ -71,6 +71,9 @@ class InMemoryLayer:
         self.history = Keeper(config.history, clock=lambda: self.now) \
             if config.history.enabled else None
         self.history_rules = Rules(config.history.groups)
+        # The reply channel of the client whose event a consumer is handling now (set by
+        # the server): what it adds to history is limited per connection, as the broker does.
+        self.origin: bytes | None = None
         self.presence = Presence()  # who is in which group, as the broker keeps it
 
     def count(self, name: str, n: int = 1) -> None:
@@ -196,17 +199,20 @@ class InMemoryLayer:
         wire.check_name(group, "group")
         header, payload = wire.group_message(text, bytes, close, event, id)
         header = wire.decode(wire.encode(header))  # what an interface would read
+        origin = self.origin
         if delay is None:
-            self._to_group(group, header, payload)
+            self._to_group(group, header, payload, origin)
         else:
             self.call_later(wire.check_delay(delay) / 1000,
-                            lambda: self._to_group(group, header, payload))
+                            lambda: self._to_group(group, header, payload, origin))
             self.count("delayed_sends")
         self.count("group_sends")
 
-    def _to_group(self, group: str, header: dict[str, Any], payload: bytes) -> None:
+    def _to_group(self, group: str, header: dict[str, Any], payload: bytes,
+                  origin: bytes | None = None) -> None:
         if self.history is not None and header["op"] == wire.OP_SEND:
-            stamped = self.history.stamp([group.encode(), wire.encode(header), payload], None)
+            stamped = self.history.stamp([group.encode(), wire.encode(header), payload], None,
+                                         origin)
             if len(stamped) == 4:
                 rule = self.history_rules.rule_for(group.encode())
                 message = positioned(rule.key if rule else "", dict(header), payload,

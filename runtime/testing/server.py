@@ -244,6 +244,7 @@ class TestServer:
             worker_log.warning("dropped a malformed event: %s", e)
             return
         error = False
+        self.layer.origin = None if client is None else client.reply_channel.encode()
         try:
             self.router.dispatch(message)
         except Exception as e:
@@ -254,6 +255,8 @@ class TestServer:
                                  "no reply channel")
             self.layer.error(str(message.reply_channel or "") or None, message.channel,
                              message.path, traceback.format_exc(), e)
+        finally:
+            self.layer.origin = None
         if client is None:
             return
         session = None

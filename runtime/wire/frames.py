@@ -12,11 +12,13 @@ worker -> broker: to a connection    ``[T, interface id, header, payload?]``
 worker -> broker: ... ending event   ``[D<n>, interface id, header, payload, done]``
                                      or ``[D<n>, interface id, done]`` (credit too);
                                      a stopping worker: the same with ``T`` (no credit)
-worker -> broker: group send         ``[G, group, header, payload]``
+worker -> broker: group send         ``[G, group, header, payload]``; a consumer's send
+                                     to a group with history adds ``origin``, the
+                                     reply channel of the event's connection
 worker -> broker: join with history  ``[H, interface id, header]`` (a group_add with
                                      ``since``: the broker adds ``history`` to the
                                      header and the missed messages behind it)
-worker -> broker: delayed            ``[W<ms>, G, group, header, payload]`` or
+worker -> broker: delayed            ``[W<ms>, G, group, header, payload, origin?]`` or
                                      ``[W<ms>, S, pool, header, payload]``
 broker -> interface                  ``[worker id, header, payload?, done?]``
 broker -> interface: group message   ``[*, group, header, payload]``, and
