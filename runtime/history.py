@@ -10,7 +10,8 @@ group's whole history to stay within its bounds. A client that comes back with t
 last position it saw gets what it missed, or is told that recovery is not possible.
 
 No I/O here: the broker, the interfaces and the in-memory test layer feed it bytes,
-and `tests/test_history.py` checks every rule without a socket.
+and `tests/test_history.py` and `tests/test_history_budget.py` check every rule
+without a socket.
 """
 from __future__ import annotations
 
