@@ -180,4 +180,3 @@ def test_a_delayed_group_message_keeps_its_origin_and_a_large_one_is_kept_out(li
     assert counters["history_too_large"] == 1 and counters["history_kept"] == 1
     assert broker.history.allowances.left[b"i1!5"][1] == 1  # the delayed one took its share
     assert counters.get("garbage", 0) == 0
-
