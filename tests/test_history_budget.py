@@ -204,6 +204,15 @@ def test_many_groups_random_traffic_keeps_every_bound_and_the_share_promise():
                 assert kept(k, g) == offsets, (step, g)
 
 
+def test_groups_dropped_at_max_groups_keep_the_share_bookkeeping_right():
+    rng = random.Random(7)
+    k = keeper(HistoryRule("*", size=50), max_bytes=40 * PER, max_groups=6)
+    for _ in range(3000):
+        send(k, b"g%d" % rng.randrange(20), b"z" * rng.choice((1, 10, 100, 400)))
+        check_invariants(k)
+    assert counters["history_groups_dropped"] > 100 and len(k.rings) == 6
+
+
 # -- what one connection may add per second ----------------------------------------------
 
 def test_a_connection_over_its_messages_per_second_is_kept_out_then_allowed_again():

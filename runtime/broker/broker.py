@@ -33,6 +33,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import re
 import time
 from typing import Any
 
@@ -66,6 +67,8 @@ READY, BYE, TO, DONE, GROUP = (wire.VERB_READY, wire.VERB_BYE, wire.VERB_TO, wir
                                wire.VERB_GROUP)
 ANSWER, BOUNCE, FROM_GROUP = wire.TO_WORKER_ANSWER, wire.TO_WORKER_BOUNCE, wire.FROM_GROUP
 HISTORY, QUERY, PRESENCE = wire.VERB_HISTORY, wire.VERB_QUERY, wire.PRESENCE
+# A group message's origin frame: the reply channel of the connection whose event sent it.
+ORIGIN = re.compile(rb"[^!]{1,200}![0-9]{1,20}")
 NOTICE_HEADER = wire.encode({"op": wire.OP_SEND, "kind": wire.KIND_TEXT})
 PROBE_INTERVAL = 0.1  # seconds between looks for a gone interface while one is missing
 # (socket of the sender, frames); None: a group message, [group, header, payload, origin?]
@@ -222,7 +225,8 @@ class Broker(Service):
                 self.remember(sender, sock)
                 self.to_interface(sock, [parts[2].bytes, sender, *parts[3:]])
                 pool.credit(sender, READY + verb[1:], parts[1].get(zmq.SRCFD))
-            elif kind == GROUP and len(parts) in (5, 6) and verb == GROUP:
+            elif kind == GROUP and verb == GROUP and (len(parts) == 5 or len(parts) == 6
+                                                      and ORIGIN.fullmatch(parts[5].bytes)):
                 # A sixth frame: the connection whose event sent it (its history allowance).
                 self.group([part.bytes for part in parts[2:5]],
                            parts[5].bytes if len(parts) == 6 else None)
@@ -234,7 +238,8 @@ class Broker(Service):
                 self.history_join(sock, [parts[2].bytes, sender, parts[3].bytes])
             elif kind == LATER and verb[1:].isdigit() and (
                     len(parts) == 6 and parts[2].bytes in (GROUP, TO_POOL)
-                    or len(parts) == 7 and parts[2].bytes == GROUP):
+                    or len(parts) == 7 and parts[2].bytes == GROUP
+                    and ORIGIN.fullmatch(parts[6].bytes)):
                 self.later(int(verb[1:]), [part.bytes for part in parts[2:]])
             elif kind in (READY, BYE) and pool is not None and len(parts) == 2:
                 if not pool.credit(sender, verb, parts[1].get(zmq.SRCFD)):

@@ -10,7 +10,8 @@ group's whole history to stay within its bounds. A client that comes back with t
 last position it saw gets what it missed, or is told that recovery is not possible.
 
 No I/O here: the broker, the interfaces and the in-memory test layer feed it bytes,
-and `tests/test_history.py` checks every rule without a socket.
+and `tests/test_history.py` and `tests/test_history_budget.py` check every rule
+without a socket.
 """
 from __future__ import annotations
 
@@ -83,12 +84,9 @@ class Allowances:
         self.bytes_rate = bytes_per_second
         self.messages_rate = messages_per_second
         self.messages_full = max(messages_per_second, 1.0)  # room for one, at least
+        self.limited = bool(bytes_per_second or messages_per_second)
         # connection -> [bytes left, messages left, monotonic time of the last look]
         self.left: dict[bytes, list[float]] = {}
-
-    @property
-    def limited(self) -> bool:
-        return bool(self.bytes_rate or self.messages_rate)
 
     def take(self, origin: bytes, size: int, now: float) -> bool:
         """Whether `origin` may add a message of `size` bytes now; if so, it is taken
@@ -100,15 +98,12 @@ class Allowances:
             left = self.left[origin] = [self.bytes_rate, self.messages_full, now]
         else:
             self._refill(left, now)
-        if self.bytes_rate:
-            if left[0] <= 0:
-                return False
-        if self.messages_rate:
-            if left[1] < 1:
-                return False
-            left[1] -= 1
+        if (self.bytes_rate and left[0] <= 0) or (self.messages_rate and left[1] < 1):
+            return False
         if self.bytes_rate:
             left[0] -= size
+        if self.messages_rate:
+            left[1] -= 1
         return True
 
     def _refill(self, left: list[float], now: float) -> bool:
@@ -154,16 +149,18 @@ class Keeper:
         self.rings: collections.OrderedDict[bytes, Ring] = collections.OrderedDict()
         self.cache: dict[bytes, Ring | bool] = {}
         self.bytes = 0
-        # Each group's share of max_bytes, and the rings over it, least recently written
-        # first. Stale when the number of rings changed: worked out again only when
-        # max_bytes is exceeded (`trim`), so a new group costs nothing until then.
+        # Each group's share of max_bytes, for `shared_by` rings, and the rings over it,
+        # least recently written first. Stale when the number of rings has changed since:
+        # worked out again only when max_bytes is exceeded (`trim`), so a new group costs
+        # nothing until then.
         self.share = config.max_bytes
+        self.shared_by = 0
         self.over: collections.OrderedDict[bytes, Ring] = collections.OrderedDict()
-        self.stale = False
         self.allowances = Allowances(config.connection_bytes_per_second,
                                      config.connection_messages_per_second)
         self.kept_out: collections.Counter[str] = collections.Counter()  # not yet reported
-        self.last_kept_out = ""  # the newest of them, for the warning
+        # The newest of them, for the warning: (why, bytes, origin, group).
+        self.last_kept_out: tuple[str, int, bytes | None, bytes] | None = None
         self.reported = -REPORT_INTERVAL  # when the last warning went out
         self.token = secrets.token_hex(4)  # this keeper's life: a restart changes epochs
         self._serial = itertools.count(1)
@@ -186,7 +183,6 @@ class Keeper:
             self.drop(next(iter(self.rings)))
         ring = self.rings[group] = Ring(group, rule, f"{self.token}{next(self._serial):x}",
                                         rule.size or self.config.group_max_messages)
-        self.stale = True
         self._cache(group, ring)
         return ring
 
@@ -238,7 +234,7 @@ class Keeper:
             self.evict(ring, 1)
         if ring.rule.seconds:
             self.expire(ring, now)
-        if not self.stale and ring.bytes > self.share:
+        if ring.bytes > self.share and not self.stale:
             self.over[ring.group] = ring
             self.over.move_to_end(ring.group)
         if self.bytes > self.config.max_bytes:
@@ -255,10 +251,7 @@ class Keeper:
         self.rings.move_to_end(ring.group)
         counters.incr(why)
         self.kept_out[why] += 1
-        sender = f"connection {origin.decode(errors='replace')}" if origin is not None \
-            else "a process (not for a connection)"
-        self.last_kept_out = (f"{size} bytes from {sender} to group "
-                              f"{ring.group.decode(errors='replace')!r} ({why})")
+        self.last_kept_out = (why, size, origin, ring.group)
         self.report(now)
         return ring.last
 
@@ -267,11 +260,16 @@ class Keeper:
         REPORT_INTERVAL: a flood is counted, not logged line by line."""
         if not self.kept_out or now - self.reported < REPORT_INTERVAL:
             return
+        assert self.last_kept_out is not None
+        why, size, origin, group = self.last_kept_out
+        sender = "a process (not for a connection)" if origin is None \
+            else f"connection {origin.decode(errors='replace')}"
         log.warning("kept %d group message(s) out of history (%s), each with the older "
-                    "messages of its group; the last: %s. (At most one such warning every "
-                    "%g s; docs/operations.md#history-budgets)", sum(self.kept_out.values()),
+                    "messages of its group; the last: %d bytes from %s to group %r (%s). "
+                    "(At most one such warning every %g s; "
+                    "docs/operations.md#history-budgets)", sum(self.kept_out.values()),
                     ", ".join(f"{k} {n}" for k, n in sorted(self.kept_out.items())),
-                    self.last_kept_out, REPORT_INTERVAL)
+                    size, sender, group.decode(errors="replace"), why, REPORT_INTERVAL)
         self.kept_out.clear()
         self.reported = now
 
@@ -304,13 +302,18 @@ class Keeper:
             if ring.bytes <= self.share:
                 self.over.pop(ring.group, None)
 
+    @property
+    def stale(self) -> bool:
+        """Whether the number of rings has changed since the share was worked out (a
+        ring dropped for a new one leaves `over` right: the new one holds nothing)."""
+        return len(self.rings) != self.shared_by
+
     def reshare(self) -> None:
         """Each group's share of max_bytes now, and which rings are over it."""
-        self.share = self.config.max_bytes // max(1, len(self.rings))
-        share = self.share
+        self.shared_by = len(self.rings)
+        self.share = share = self.config.max_bytes // max(1, self.shared_by)
         self.over = collections.OrderedDict(
             (group, ring) for group, ring in self.rings.items() if ring.bytes > share)
-        self.stale = False
 
     def trim(self) -> None:
         """Over max_bytes: the groups over their share lose their oldest messages, the
@@ -330,9 +333,10 @@ class Keeper:
                 over.move_to_end(group, last=False)
 
     def drop(self, group: bytes) -> None:
+        """Only ever for a new ring to take its place (`ring_for`): the number of rings,
+        and so the share, stays the same."""
         ring = self.rings.pop(group)
         self.over.pop(group, None)
-        self.stale = True
         self.bytes -= ring.bytes
         if ring.entries:
             counters.incr("history_evicted", len(ring.entries))
