@@ -14,7 +14,7 @@ from tornado.httpclient import AsyncHTTPClient
 from harness import checked_system, read, run, wait_until
 from rawws import WAIT, deflated, handshake, masked_frame, raw_websocket, read_frame
 
-TOKEN = "compression-test-token"
+TOKEN = "compression-test-token-8e41c07d93a2f5b6"
 MEMBERS = 1000
 
 

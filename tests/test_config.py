@@ -484,3 +484,14 @@ def test_junk_either_parses_or_raises_config_error(data):
     assert len(set(endpoints)) == len(endpoints)
     assert all(e.startswith(("ipc://", "tcp://")) for e in endpoints)
 
+
+
+def test_the_router_keys_are_read_as_the_broker_keys_with_a_warning():
+    """router_* were renamed broker_* when the router became the broker: the old names
+    still work for one release, and say so."""
+    with pytest.warns(FutureWarning, match="router_hwm is deprecated: call it broker_hwm"):
+        config = parse({"server": {"router_hwm": 5},
+                        "endpoints": {"router_clients": "ipc://run/c"}}, environ={})
+    assert config.broker_hwm == 5 and config.broker_clients == "ipc://run/c"
+    with pytest.raises(ConfigError, match="has both router_hwm and broker_hwm"):
+        parse({"server": {"router_hwm": 5, "broker_hwm": 6}}, environ={})

@@ -149,9 +149,10 @@ def test_operator_keys_defaults_and_environment():
         ("/_zchannels/metrics", ("127.0.0.1", "::1"), "")
     assert (config.dashboard_path, config.dashboard_token) == ("/_zchannels/dashboard", "")
     assert config_module.parse({"server": {"metrics_path": ""}}).metrics_path == ""  # off
-    config = config_module.parse({}, environ={"ZCHANNELS_METRICS_TOKEN": "m1",
-                                              "ZCHANNELS_DASHBOARD_TOKEN": "d-2_x.y~"})
-    assert (config.metrics_token, config.dashboard_token) == ("m1", "d-2_x.y~")
+    metrics_token, dashboard_token = "m1" + "0123456789abcdef" * 2, "d-2_x.y~" * 4
+    config = config_module.parse({}, environ={"ZCHANNELS_METRICS_TOKEN": metrics_token,
+                                              "ZCHANNELS_DASHBOARD_TOKEN": dashboard_token})
+    assert (config.metrics_token, config.dashboard_token) == (metrics_token, dashboard_token)
 
 
 def test_read_proc_of_this_process():

@@ -19,7 +19,7 @@ from harness import ROOT, checked_system, http_request, read, run, wait_until
 pytestmark = pytest.mark.e2e
 
 METRICS = "/_zchannels/metrics"
-TOKEN = "metrics-token-for-the-test"
+TOKEN = "metrics-token-for-the-test-5d2a9c71e08b"
 WAIT = 10.0  # seconds for the stats files (stats_interval 0.2 s) to show the load
 
 

@@ -334,11 +334,12 @@ def test_the_publisher_refuses_at_once_while_the_broker_is_away(run_dir):
 def test_publish_keys_default_off_and_the_token_may_come_from_the_environment():
     config = parse({}, environ={})
     assert (config.publish_path, config.publish_token) == ("/_zchannels/publish", "")
-    config = parse({"server": {"publish_token": "file"}},
-                   environ={"ZCHANNELS_PUBLISH_TOKEN": "env-secret"})
-    assert config.publish_token == "env-secret"
-    assert parse({"server": {"publish_token": "file"}},
-                 environ={"ZCHANNELS_PUBLISH_TOKEN": ""}).publish_token == "file"
+    in_file, in_environment = "file-" + "0123456789abcdef" * 2, "env-secret-" * 3
+    config = parse({"server": {"publish_token": in_file}},
+                   environ={"ZCHANNELS_PUBLISH_TOKEN": in_environment})
+    assert config.publish_token == in_environment
+    assert parse({"server": {"publish_token": in_file}},
+                 environ={"ZCHANNELS_PUBLISH_TOKEN": ""}).publish_token == in_file
 
 
 @pytest.mark.parametrize("server, fragment", [

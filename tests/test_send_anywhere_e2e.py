@@ -15,7 +15,7 @@ from harness import (ROOT, checked_system, http_request, join_member, read, run,
                      wait_until)
 
 APPS = os.path.join(ROOT, "tests", "apps")
-TOKEN = "s3cret-token_for.tests~"
+TOKEN = "s3cret-token_for.tests~4f1c9a7e2b6d8053"
 PUBLISH = "/_zchannels/publish"
 SUBPROCESS_TIMEOUT = 30  # seconds
 

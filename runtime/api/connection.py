@@ -53,6 +53,10 @@ def route_of(reply_channel: Channel) -> tuple[bytes, int]:
 
 
 class BrokerConnection:
+    # The connection whose event is running: only a worker's link has one (WorkerLink);
+    # a group send to a group with history names it for the broker's per-connection limit.
+    current_route: tuple[bytes, int] | None = None
+
     def __init__(self, config: Config, context: zmq.Context | None = None,
                  identity: str | None = None, endpoint: str | None = None) -> None:
         """`endpoint`: where this process meets the broker -- a worker its pool's

@@ -23,6 +23,9 @@ from zchannels.core.history_rules import HistoryConfig, parse_config as _parse_h
 
 DEFAULT_CONFIG_PATH = "conf/zchannels.toml"
 
+MIN_TOKEN_BYTES = 32  # publish_token, metrics_token, dashboard_token: shorter ones are refused
+TOKEN_ADVICE = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
 # Linux keeps AF_UNIX paths in a 108-byte sun_path, NUL included.
 MAX_IPC_PATH_BYTES = 107
 
@@ -89,6 +92,9 @@ class Config:
     metrics_token: str = ""  # if set, a bearer token the metrics request must carry too
     dashboard_path: str = "/_zchannels/dashboard"  # the live dashboard page (and /events)
     dashboard_token: str = ""  # the token that opens it; "": the dashboard is off
+    operator_hosts: tuple[str, ...] = ()  # Host names (beside loopback) they answer to
+    token_failure_limit: int = 10  # wrong tokens per client address per window (0: off)
+    token_failure_window: float = 60.0  # seconds; beyond the limit: 429 with Retry-After
     # Group history ([history] table, runtime/broker/history.py, docs/consumers.md)
     history: HistoryConfig = HistoryConfig()
     pools: tuple[PoolConfig, ...] = ()
@@ -161,6 +167,8 @@ _SCALARS: dict[str, tuple[type, ...]] = {
     "metrics_token": (str,),
     "dashboard_path": (str,),
     "dashboard_token": (str,),
+    "token_failure_limit": (int,),
+    "token_failure_window": (int, float),
     "role": (str,),
     "curve_dir": (str,),
     "curve_allow_dir": (str,),
@@ -171,7 +179,7 @@ _SCALARS: dict[str, tuple[type, ...]] = {
     "tcp_keepalive_interval": (int,),
     "tcp_keepalive_count": (int,),
 }
-_LISTS = ("consumers", "allowed_origins", "metrics_allow", "worker_pools")
+_LISTS = ("consumers", "allowed_origins", "metrics_allow", "operator_hosts", "worker_pools")
 HOST_ROLES = ("all", "layer", "app", "workers")  # ZCHANNELS_ROLE
 _ENDPOINTS = ("broker_interfaces", "broker_clients")
 _POSITIVE = (
@@ -189,6 +197,7 @@ _POSITIVE = (
     "send_timeout",
     "broker_hwm",
     "stats_interval",
+    "token_failure_window",
     "heartbeat_timeout",
     "tcp_keepalive_idle",
     "tcp_keepalive_interval",
@@ -430,12 +439,66 @@ def _check_operator_view(config: Config) -> None:
                                      and " " not in config.metrics_token):
         raise ConfigError(f"{config.source}: [server] metrics_token (or "
                           "ZCHANNELS_METRICS_TOKEN) must be printable ASCII without spaces")
+    _check_token_strength(config, "metrics_token")
     # It travels in a URL and a cookie: the characters neither needs to escape.
     if config.dashboard_token and not all(c.isascii() and (c.isalnum() or c in "-._~")
                                           for c in config.dashboard_token):
         raise ConfigError(f"{config.source}: [server] dashboard_token (or "
                           "ZCHANNELS_DASHBOARD_TOKEN) may use letters, digits and - . _ ~ "
-                          "only (python -c 'import secrets; print(secrets.token_urlsafe())')")
+                          f"only ({TOKEN_ADVICE})")
+    _check_token_strength(config, "dashboard_token")
+    for entry in config.operator_hosts:
+        if host_and_port(entry) is None:
+            raise ConfigError(f"{config.source}: [server] operator_hosts: {entry!r} is not a "
+                              "host name or address, with an optional port (such as "
+                              "\"ops.example.com\", \"10.0.0.5:8000\" or \"[fd00::5]\")")
+    if config.token_failure_limit < 0:
+        raise ConfigError(f"{config.source}: [server] token_failure_limit must be 0 (off) "
+                          f"or more, not {config.token_failure_limit}")
+
+
+def _check_token_strength(config: Config, key: str) -> None:
+    """A token is a password that a script can try at network speed: long and random."""
+    token: str = getattr(config, key)
+    if not token:
+        return  # off
+    where = f"{config.source}: [server] {key} (or ZCHANNELS_{key.upper()})"
+    size = len(token.encode())
+    if size < MIN_TOKEN_BYTES:
+        raise ConfigError(f"{where} is {size} bytes; a token needs at least "
+                          f"{MIN_TOKEN_BYTES} random ones ({TOKEN_ADVICE})")
+    if len(set(token)) == 1:
+        raise ConfigError(f"{where} is one character repeated; use a random one "
+                          f"({TOKEN_ADVICE})")
+
+
+def host_and_port(value: str) -> tuple[str, int | None] | None:
+    """A ``Host`` header value (or an operator_hosts entry) as (lower-case name, port or
+    None); None if it is not one: ``name``, ``name:port``, ``[v6]`` or ``[v6]:port``."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        address, bracket, rest = value[1:].partition("]")
+        try:
+            ipaddress.IPv6Address(address)
+        except ValueError:
+            return None
+        name = f"[{address}]"
+        if not bracket or (rest and not rest.startswith(":")):
+            return None
+        port_text = rest[1:] if rest else None
+    else:
+        name, colon, port_text_or_empty = value.partition(":")
+        port_text = port_text_or_empty if colon else None
+        labels = name.split(".")
+        if not name or not all(label and len(label) <= 63 and label.isascii()
+                               and label.replace("-", "").replace("_", "").isalnum()
+                               for label in labels):
+            return None
+    if port_text is None:
+        return name, None
+    if not (port_text.isascii() and port_text.isdigit() and 0 < int(port_text) <= 65535):
+        return None
+    return name, int(port_text)
 
 
 def _check_publish(config: Config) -> None:
@@ -448,6 +511,7 @@ def _check_publish(config: Config) -> None:
     if token and not (token.isascii() and token.isprintable() and " " not in token):
         raise ConfigError(f"{config.source}: [server] publish_token (or "
                           "ZCHANNELS_PUBLISH_TOKEN) must be printable ASCII without spaces")
+    _check_token_strength(config, "publish_token")
 
 
 def _parse_pools(raw: Any, config: Config, source: str) -> tuple[PoolConfig, ...]:

@@ -10,7 +10,10 @@ Read it top-down, each module one job, each importing only the ones below it:
 - `pipeline`: one client's event pipeline as rules without I/O;
 - beside them: `sweeps` (timers), `frames` (WebSocket frames), `groups` (the
   membership table), `static` (files), `publish` (the HTTP publish API), `zmqio`
-  (ZeroMQ in the event loop), `compat` (everything borrowed from Tornado's internals).
+  (ZeroMQ in the event loop), `compat` (everything borrowed from Tornado's internals);
+- the operator's side: `scrape` (metrics) and `dashboard`, on `operator` (their
+  Host check and refusals), `guard` (allowed hosts, wrong tokens per client, no
+  I/O), and `redact` (no secret in any log line).
 """
 from zchannels.interface.server import Interface, main
 

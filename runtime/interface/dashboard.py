@@ -1,23 +1,29 @@
 """The live dashboard: ``GET <dashboard_path>`` (a page) and ``<dashboard_path>/events``
 (Server-Sent Events with the host's figures every second).
 
-Off unless ``dashboard_token`` is set; then the page and its stream need that token,
-as ``?token=...`` (the page then keeps it in a cookie scoped to the dashboard path,
-and takes it out of the address bar) or as that cookie. A missing or wrong token is
-answered 403, counted (``dashboard_refused``) and logged. The figures are those of
-the metrics (`zchannels.core.metrics.summarize` over the same stats files) plus each
-process's CPU and memory from /proc (`zchannels.core.status`); the page draws them itself,
-with no script from elsewhere.
+Off unless ``dashboard_token`` is set. Both answer only for an operator host
+(`operator.OperatorRequest.check_host`), and need the token: ``?token=...`` is
+exchanged once for a cookie (HttpOnly, SameSite=Strict, limited to the dashboard
+path) whose value is derived from the token, with a 303 to the same URL without
+the token, so the token leaves neither the address bar nor the history, and is
+never in a log. From then on the cookie opens both. A missing or wrong token is
+answered 403, counted (``dashboard_refused``) and logged; wrong ones count towards
+the client's ``token_failure_limit`` (then 429). The figures are those of the
+metrics (`zchannels.core.metrics.summarize` over the same stats files) plus each process's
+CPU and memory from /proc (`zchannels.core.status`); the page draws them itself, with no
+script from elsewhere.
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import parse_qsl, urlencode
 
 import tornado.web
 from tornado.iostream import StreamClosedError
@@ -26,11 +32,14 @@ from zchannels.core.config import Config
 from zchannels.core.metrics import summarize
 from zchannels.core.stats import collect, counters
 from zchannels.core.status import Sampler
+from zchannels.interface.guard import FailureLimiter, OperatorHosts
+from zchannels.interface.operator import OperatorRequest
 
 log = logging.getLogger("zchannels.interface.dashboard")
 
 PUSH_INTERVAL = 1.0  # seconds between two snapshots on a dashboard's stream
 COOKIE = "zchannels_dashboard"
+COOKIE_PURPOSE = b"zchannels.dashboard.cookie"  # the cookie's value proves the token, is not it
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dashboard.html")
 # The page runs only its own inline code and talks only to this origin.
 SECURITY_HEADERS = {
@@ -57,6 +66,18 @@ def token_ok(presented: str | None, token: str) -> bool:
     return hmac.compare_digest(raw, token.encode())
 
 
+def cookie_value(token: str) -> str:
+    """What the cookie holds: an HMAC of the token, so a cookie seen somewhere is not
+    the token that the configuration holds (it opens the dashboard all the same)."""
+    return hmac.new(token.encode(), COOKIE_PURPOSE, hashlib.sha256).hexdigest()
+
+
+def without_token(path: str, query: str) -> str:
+    """The URL to send the browser to once its token is in a cookie."""
+    rest = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != "token"]
+    return path + ("?" + urlencode(rest) if rest else "")
+
+
 class Streams:
     """The open dashboard streams of an interface, ended when it stops."""
 
@@ -70,37 +91,56 @@ class Streams:
             stream.end()
 
 
-class Guarded(tornado.web.RequestHandler):
-    """Both dashboard requests: GET only, and the token first."""
+class Guarded(OperatorRequest):
+    """Both dashboard requests: GET only, the host, then the token."""
 
     SUPPORTED_METHODS = ("GET",)
-    config: Config
+    what = "dashboard"
 
-    def initialize(self, config: Config, streams: Streams) -> None:
+    def initialize(self, config: Config, streams: Streams, hosts: OperatorHosts,
+                   limiter: FailureLimiter) -> None:
         self.config = config
         self.streams = streams
+        self.hosts = hosts
+        self.limiter = limiter
         self.ended = False
 
     def prepare(self) -> None:
+        self.check_host()
+        self.check_rate()
+        token = self.config.dashboard_token
         from_query = self.get_query_argument("token", None)
-        presented = from_query if from_query is not None else self.get_cookie(COOKIE)
-        if not token_ok(presented, self.config.dashboard_token):
-            counters.incr("dashboard_refused")
-            log.warning("dashboard refused to %s: %s token", self.request.remote_ip,
-                        "no" if not presented else "wrong")
-            self.set_status(403)
-            self.set_header("Content-Type", "text/plain; charset=utf-8")
-            self.finish("403: the dashboard needs its token (?token=...)\n")
-            raise tornado.web.Finish()
         if from_query is not None:
-            self.set_cookie(COOKIE, from_query, path=self.config.dashboard_path,
-                            httponly=True, samesite="Strict")
+            if not token_ok(from_query, token):
+                self.wrong_token("wrong")
+            self.exchange()
+        cookie = self.get_cookie(COOKIE)
+        if cookie is None:
+            self.wrong_token("no")
+        if not hmac.compare_digest(cookie.encode("ascii", "replace"),
+                                   cookie_value(token).encode()):
+            self.wrong_token("wrong")
         for name, value in SECURITY_HEADERS.items():
             self.set_header(name, value)
 
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        self.set_header("Content-Type", "text/plain; charset=utf-8")
-        self.finish(f"{status_code}\n")  # never a traceback to the client
+    def wrong_token(self, which: str) -> NoReturn:
+        counters.incr("dashboard_refused")
+        log.warning("dashboard refused to %s: %s token", self.request.remote_ip, which)
+        if which != "no":
+            self.limiter.failed(self.request.remote_ip, self.what)
+        self.refuse(403, "the dashboard needs its token (?token=...)")
+
+    def exchange(self) -> NoReturn:
+        """The token in the URL becomes a cookie, and the browser goes to the URL without
+        it (303): the token is in no address bar, history, Referer or log."""
+        request = self.request
+        self.set_cookie(COOKIE, cookie_value(self.config.dashboard_token),
+                        path=self.config.dashboard_path, httponly=True, samesite="Strict",
+                        secure=request.protocol == "https")
+        for name, value in SECURITY_HEADERS.items():
+            self.set_header(name, value)
+        self.redirect(without_token(request.path, request.query), status=303)
+        raise tornado.web.Finish()
 
 
 class DashboardPage(Guarded):

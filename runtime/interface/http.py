@@ -19,7 +19,7 @@ from typing import Any
 import tornado.web
 from tornado.http1connection import HTTP1Connection
 from tornado.iostream import IOStream
-from tornado.httputil import HTTPInputError, responses
+from tornado.httputil import HTTPInputError, HTTPServerRequest, responses
 
 from zchannels.wire import frames as wire
 from zchannels.core.config import Config
@@ -35,6 +35,17 @@ log = logging.getLogger("zchannels.interface")
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 NO_BODY_STATUSES = frozenset({204, 304})
+
+
+def unread_body(request: HTTPServerRequest) -> bool:
+    """Whether the request announces a body (for a streamed handler's `prepare`: one
+    that has not been read yet). Refused with it unread, the connection is closed
+    after the answer, so the answer must say ``Connection: close``, or a client that
+    pools its connections sends its next request into the closing one."""
+    length = request.headers.get("Content-Length", "").strip()
+    chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    return chunked or (length != "" and length != "0")
+
 class Exchange:
     """One HTTP request and its response, as a `clients.Client`."""
 
@@ -303,9 +314,11 @@ class ConsumerRequest(tornado.web.RequestHandler):
         self.body_parts: list[bytes] = []
         self.body_size = 0
         self.too_large = False
+        self.body_unread = False  # refused before the end of its body: Connection: close
 
     def prepare(self) -> None:
         if self.clients.at_capacity():
+            self.body_unread = unread_body(self.request)
             self.send_error(503, reason="Too Many Connections")
             raise tornado.web.Finish()
         limit = self.config.max_body_bytes
@@ -331,6 +344,7 @@ class ConsumerRequest(tornado.web.RequestHandler):
         self.body_parts.append(chunk)
 
     def refuse_body(self, size: int) -> None:
+        self.body_unread = True
         counters.incr("refused_body_too_large")
         log.info("refused %s %s: body of %d+ bytes is over max_body_bytes (%d); 413",
                  self.request.method, self.request.path, size,
@@ -406,5 +420,7 @@ class ConsumerRequest(tornado.web.RequestHandler):
         # Never a traceback to the client: the worker's log has it.
         if status_code == 503:
             self.set_header("Retry-After", "1")
+        if self.body_unread:
+            self.set_header("Connection", "close")
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.finish(f"{status_code} {error_reason(self)}\n")

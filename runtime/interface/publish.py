@@ -12,9 +12,17 @@ Group and reply-channel messages may add ``event`` and ``id`` for Server-Sent
 Event members. The answer is 202 once the message is handed to the broker (or
 to the pool's input): like every send, it is not a delivery receipt. 400 for a
 bad body, 401 without a bearer token, 403 with a wrong one, 405 for another
-method, 413 when the message is over ``max_message_bytes``, 503 with
+method, 413 when the message is over ``max_message_bytes``, 429 with
+``Retry-After`` while the client's wrong tokens are over ``token_failure_limit``
+(`guard.FailureLimiter`; the token is then not looked at), 503 with
 ``Retry-After`` when the broker or the pool cannot take it now. Errors have a
 JSON body ``{"error": "..."}``.
+
+A refusal decided from the headers (405, 401, 403, 429, 413 by Content-Length)
+keeps the connection usable: a body of up to the body limit is read and
+discarded before the answer, so a client's pooled connection stays in step; a
+larger one (or one the client waits to send, ``Expect: 100-continue``) is not
+read, and the answer says ``Connection: close``.
 
 The interface sends like any process that is not a worker: a DEALER of its own
 to the broker's ``broker_clients`` for groups and reply channels (so the broker
@@ -45,7 +53,8 @@ from zchannels.wire import transport, frames as wire
 from zchannels.core.config import Config
 from zchannels.core.stats import counters
 from zchannels.interface.compat import error_reason, is_finished
-from zchannels.interface.http import METHODS
+from zchannels.interface.guard import FailureLimiter
+from zchannels.interface.http import METHODS, unread_body
 from zchannels.interface.zmqio import SocketReader
 
 log = logging.getLogger("zchannels.interface.publish")
@@ -258,44 +267,69 @@ class PublishRequest(tornado.web.RequestHandler):
     config: Config
     publisher: Publisher
 
-    def initialize(self, publisher: Publisher, config: Config) -> None:
+    def initialize(self, publisher: Publisher, config: Config,
+                   limiter: FailureLimiter) -> None:
         self.publisher = publisher
         self.config = config
+        self.limiter = limiter
         self.limit = body_limit(config)
         self.body_parts: list[bytes] = []
         self.body_size = 0
-        self.refused = False
+        self.refused = False  # the body is discarded, not kept
+        # A refusal to send once the body has been read: (status, message, headers).
+        self.pending: tuple[int, str, dict[str, str]] | None = None
 
     def prepare(self) -> None:
         """Method, token and declared size, before any of the body is read."""
         counters.incr("publish_requests")
         request = self.request
+        length = request.headers.get("Content-Length", "")
         if request.method != "POST":
             counters.incr("publish_invalid")
-            self.refuse(405, "use POST", Allow="POST")
+            self.refuse_unread(405, "use POST", Allow="POST")
+        elif (wait := self.limiter.blocked(request.remote_ip)) is not None:
+            self.refuse_unread(429, f"too many wrong tokens from this address; retry after "
+                                    f"{wait} s", **{"Retry-After": str(wait)})
         elif (status := authorize(request.headers.get("Authorization"),
                                   self.config.publish_token)) == 401:
             counters.incr("publish_unauthorized")
-            self.refuse(401, "missing bearer token",
-                        **{"WWW-Authenticate": 'Bearer realm="zchannels"'})
+            self.refuse_unread(401, "missing bearer token",
+                               **{"WWW-Authenticate": 'Bearer realm="zchannels"'})
         elif status == 403:
             counters.incr("publish_forbidden")
             log.info("publish from %s with a wrong token", request.remote_ip)
-            self.refuse(403, "wrong token")
-        else:
-            length = request.headers.get("Content-Length", "")
-            if length.isdigit() and int(length) > self.limit:
-                self.too_large()
-        if self.refused:
+            self.limiter.failed(request.remote_ip, "publish API")
+            self.refuse_unread(403, "wrong token")
+        elif length.isdigit() and int(length) > self.limit:
+            self.too_large()
+        if is_finished(self):
             raise tornado.web.Finish()
         connection = request.connection
         if isinstance(connection, HTTP1Connection):  # as ConsumerRequest: ours decides
             connection.set_max_body_size(2 * self.limit)
 
+    def refuse_unread(self, status: int, message: str, **headers: str) -> None:
+        """A refusal decided before the body: answered now if there is no body, else once
+        a body within the limit has been read and discarded; a larger one (or one
+        the client has not sent yet) is left unread, and the connection closed."""
+        self.refused = True
+        length = self.request.headers.get("Content-Length", "")
+        if not unread_body(self.request):
+            self.refuse(status, message, **headers)
+        elif self.request.headers.get("Expect", "").lower() == "100-continue" or (
+                length.isdigit() and int(length) > self.limit):
+            self.refuse(status, message, Connection="close", **headers)
+        else:
+            self.pending = (status, message, headers)
+
     def data_received(self, chunk: bytes) -> None:
-        if self.refused:
-            return
         self.body_size += len(chunk)
+        if self.refused:
+            if self.pending is not None and self.body_size > self.limit:  # chunked
+                status, message, headers = self.pending
+                self.pending = None
+                self.refuse(status, message, Connection="close", **headers)
+            return
         if self.body_size > self.limit:
             self.body_parts.clear()
             self.too_large()
@@ -303,6 +337,11 @@ class PublishRequest(tornado.web.RequestHandler):
         self.body_parts.append(chunk)
 
     def post(self) -> None:
+        if self.pending is not None:  # the body has been read: answer the refusal
+            status, message, headers = self.pending
+            self.pending = None
+            self.refuse(status, message, **headers)
+            return
         if self.refused or is_finished(self):
             return
         try:
@@ -324,10 +363,16 @@ class PublishRequest(tornado.web.RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(b'{"ok": true}')
 
+    # Every other method was refused (405) in prepare, answered once its body is read.
+    get = head = put = patch = delete = options = post
+
     def too_large(self) -> None:
+        """413: declared in the headers (the body is not read) or found while the body
+        arrives (the rest is not read): either way the connection is then closed."""
         counters.incr("publish_invalid")
+        self.refused = True
         self.refuse(413, f"the body is over {self.limit} bytes (twice max_message_bytes, "
-                         f"plus {BODY_SLACK})")
+                         f"plus {BODY_SLACK})", Connection="close")
 
     def refuse(self, status: int, message: str, **headers: str) -> None:
         self.refused = True

@@ -29,9 +29,10 @@ from zchannels.wire import transport
 from zchannels.core.config import CLIENT_CHANNELS, Config
 from zchannels.wire.process import announce_ready, withdraw_ready
 from zchannels.core.stats import counters
-from zchannels.interface import observe, sweeps
+from zchannels.interface import observe, redact, sweeps
 from zchannels.interface.clients import Clients
 from zchannels.interface.dashboard import DashboardEvents, DashboardPage, Streams, events_path
+from zchannels.interface.guard import FailureLimiter, OperatorHosts
 from zchannels.interface.http import ConsumerRequest
 from zchannels.interface.link import Link
 from zchannels.interface.publish import Publisher, PublishRequest
@@ -52,6 +53,8 @@ class Interface:
         self.id = "i" + secrets.token_hex(4)
         self.port = 0
         self.dashboards = Streams()  # open dashboard streams, ended at shutdown
+        self.hosts = OperatorHosts(config)  # the Host names the operator endpoints answer
+        self.limiter = FailureLimiter.of(config)  # wrong tokens per client address
 
     async def run(self, port: int | None = None) -> None:
         self.context = zmq.Context()
@@ -126,7 +129,8 @@ class Interface:
         ]
         if self.publisher is not None:
             rules.append((re.escape(self.config.publish_path), PublishRequest,
-                          {"publisher": self.publisher, "config": self.config}))
+                          {"publisher": self.publisher, "config": self.config,
+                           "limiter": self.limiter}))
         rules += self.operator_rules()
         rules.append((re.escape(self.config.static_url) + "(.*)", StaticFiles, static))
         index = self.config.static_index
@@ -139,12 +143,13 @@ class Interface:
         """The metrics (unless metrics_path is "") and the dashboard (if it has a token):
         docs/operations.md."""
         config = self.config
+        guard = {"config": config, "hosts": self.hosts, "limiter": self.limiter}
         rules: list[Any] = []
         if config.metrics_path:
             rules.append((re.escape(config.metrics_path), MetricsRequest,
-                          {"config": config, "allowed": networks(config)}))
+                          {**guard, "allowed": networks(config)}))
         if config.dashboard_token:
-            guarded = {"config": config, "streams": self.dashboards}
+            guarded = {**guard, "streams": self.dashboards}
             rules.append((re.escape(config.dashboard_path), DashboardPage, guarded))
             rules.append((re.escape(events_path(config)), DashboardEvents, guarded))
         return rules
@@ -195,6 +200,7 @@ def raise_open_files_limit() -> int:
 
 
 def main(config: Config, port: int | None = None) -> None:
+    redact.install(config)  # before the first request: no secret in any log line
     log.info("starting interface (pid %d, open-files limit %d)", os.getpid(),
              raise_open_files_limit())
     asyncio.run(Interface(config).run(port))
