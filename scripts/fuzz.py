@@ -12,7 +12,15 @@ frames (or ``--duration`` seconds have passed):
 - random multipart ZeroMQ messages on every IPC endpoint in the run directory (the
   broker's two ROUTERs, for interfaces and for other senders, and each pool's PULL and
   ROUTER), including JSON headers of the right shape with the wrong types, and the
-  verbs of every hop (runtime/wire/frames.py) with frames of any number and content.
+  verbs of every hop (runtime/wire/frames.py) with frames of any number and content;
+- malformed requests to the publish API and the operator endpoints (metrics,
+  dashboard and its events): bodies that are not JSON or not the API's shape (wrong
+  types, bad names, base64, close codes, oversized, deep nesting), with the right
+  token (``--publish-token``) so the body's parser sees them; and random methods,
+  Host and forwarding headers, tokens, cookies, query strings and body framings
+  from a second loopback address (``--operator-source``), whose wrong tokens get it
+  rate-limited without disturbing the first. Afterwards the metrics must still
+  answer 200 and a good publish 202.
 
 Beside them, ``--history`` probes give the demo chat random and awkward history
 positions (``?since=`` on a WebSocket or a long-poll, ``Last-Event-ID`` on an event
@@ -43,6 +51,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import http.client
 import json
 import os
 import random
@@ -329,6 +338,158 @@ class Budget:
             return False
         self.frames -= n
         return True
+
+
+# -- the publish API and the operator endpoints -------------------------------------
+
+PUBLISH_PATH = "/_zchannels/publish"
+OPERATOR_PATHS = ("/_zchannels/metrics", "/_zchannels/dashboard",
+                  "/_zchannels/dashboard/events", PUBLISH_PATH)
+BAD_PUBLISH_BODIES = [
+    b"", b"{", b"[]", b"null", b"1", b'"x"', b"\xff\xfe", b"{}", b"[" * 5000 + b"]" * 5000,
+    b'{"group": "g"}', b'{"group": "g", "reply_channel": "i1!1", "text": "x"}',
+    b'{"group": "g", "text": "x", "extra": 1}', b'{"group": 5, "text": "x"}',
+    b'{"group": "", "text": "x"}', b'{"group": "a b\\u0000", "text": "x"}',
+    b'{"group": "g", "text": 5}', b'{"group": "g", "text": "\\ud800"}',
+    b'{"group": "g", "bytes_b64": "***"}', b'{"group": "g", "bytes_b64": 7}',
+    b'{"group": "g", "close": 99999}', b'{"group": "g", "close": "x"}',
+    b'{"group": "g", "close": 1000, "text": "x"}', b'{"group": "g", "text": "x", "id": true}',
+    b'{"group": "g", "text": "x", "event": "a\\nb"}', b'{"group": "g", "text": "x", "id": [1]}',
+    b'{"reply_channel": "nobody", "text": "x"}', b'{"reply_channel": "i!x", "close": 4000}',
+    b'{"reply_channel": ["i1!1"], "text": "x"}', b'{"channel": "no-pool.x"}',
+    b'{"channel": "tasks.echo", "content": []}', b'{"channel": 1, "payload_b64": "AA=="}',
+    b'{"group": "g", "text": "x", "close": 1000, "reason": 5}',
+    b'{"group": "g", "text": ' + b"1" * 5000 + b"}",
+]
+
+
+def publish_body(rng: random.Random, max_message: int) -> bytes:
+    """A body the publish API must refuse (400 or 413), or now and then accept."""
+    choice = rng.random()
+    if choice < 0.6:
+        return rng.choice(BAD_PUBLISH_BODIES)
+    if choice < 0.7:
+        return json.dumps({"group": "fuzz-" + rng.randbytes(4).hex(),
+                           "text": "x" * (max_message + rng.randint(1, 1000))}).encode()
+    if choice < 0.8:
+        return json.dumps({"group": "g" * rng.choice([1, 100, 1000, 100_000]),
+                           "text": "x"}).encode()
+    if choice < 0.9:
+        return rng.randbytes(rng.randint(1, 3000))
+    return json.dumps({"group": "fuzz-" + rng.randbytes(4).hex(), "text": "ok"}).encode()
+
+
+def framed(method: bytes, path: bytes, headers: list[bytes], body: bytes,
+           rng: random.Random) -> bytes:
+    """A request with its body framed rightly or wrongly."""
+    kind = rng.random()
+    if kind < 0.6:
+        headers = headers + [b"Content-Length: %d" % len(body)]
+    elif kind < 0.75:
+        headers = headers + [b"Transfer-Encoding: chunked"]
+        body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if rng.random() < 0.7 \
+            else b"zz\r\n" + body
+    elif kind < 0.85:
+        headers = headers + [b"Content-Length: %d" % (len(body) + rng.randint(1, 100_000))]
+    elif kind < 0.95:
+        headers = headers + [b"Content-Length: %d" % len(body), b"Expect: 100-continue"]
+    return method + b" " + path + b" HTTP/1.1\r\n" + b"\r\n".join(headers) + b"\r\n\r\n" + body
+
+
+def operator_request(rng: random.Random, host: str, port: int) -> bytes:
+    """Random methods, hosts, forwarding headers, tokens and cookies for the operator
+    endpoints and the publish API."""
+    method = rng.choice([b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"BREW"])
+    path = rng.choice(OPERATOR_PATHS).encode() + rng.choice(
+        [b"", b"/", b"?token=" + rng.randbytes(8).hex().encode(), b"?token=&token=x",
+         b"?token=%ff%00", b"/%2e%2e/events", b"?" + b"a=1&" * 2000, b"//", b"%00"])
+    headers = [rng.choice([b"Host: %s:%d" % (host.encode(), port), b"Host: localhost",
+                           b"Host: attacker.example:8401", b"Host: [::1", b"Host: ",
+                           b"Host: " + b"a." * 2000 + b"example",
+                           b"Host: 127.0.0.1:%d" % port])]
+    for name in rng.sample([b"X-Forwarded-Host", b"X-Forwarded-For", b"X-Forwarded-Proto",
+                            b"Forwarded", b"Via", b"X-Real-IP"], rng.randint(0, 3)):
+        headers.append(name + b": " + rng.choice([b"localhost", b"attacker.example",
+                                                  b"127.0.0.1", b"https", b'for=x;host="a"',
+                                                  rng.randbytes(10).hex().encode()]))
+    headers.append(rng.choice([
+        b"Authorization: Bearer " + rng.randbytes(rng.choice([1, 16, 64, 600])).hex().encode(),
+        b"Authorization: Bearer", b"Authorization: Basic eDp5", b"Authorization: bearer  x",
+        b"Authorization: Bearer \xe9\xff", b"Cookie: zchannels_dashboard=" +
+        rng.randbytes(32).hex().encode(), b"Cookie: zchannels_dashboard=\xff;;=", b"X-N: 1"]))
+    body = publish_body(rng, 1 << 20) if method in (b"POST", b"PUT") else b""
+    return framed(method, path, headers, body, rng)
+
+
+async def send_raw(host: str, port: int, data: bytes, source: str) -> bytes:
+    """Send one request and read the start of the answer: b"" if the server closed."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(
+        host, port, local_addr=(source, 0) if source else None), 5)
+    try:
+        writer.write(data)
+        if writer.can_write_eof():
+            writer.write_eof()
+        return await asyncio.wait_for(reader.read(12), 10)
+    finally:
+        writer.close()
+
+
+async def publish_attacker(host: str, port: int, rng: random.Random, tally: Tally,
+                           budget: Budget, token: str, source: str, max_message: int) -> None:
+    """Bodies for the publish API's parser: with the right token when one is given."""
+    while budget.take():
+        body = publish_body(rng, max_message)
+        headers = [b"Host: %s:%d" % (host.encode(), port), b"Content-Type: application/json",
+                   b"Authorization: Bearer " + (token.encode() or b"not-the-token")]
+        data = framed(b"POST", PUBLISH_PATH.encode(), headers, body, rng)
+        try:
+            status = await send_raw(host, port, data, "" if token else source)
+            tally.add("publish requests")
+            tally.note(f"publish {status[9:12].decode(errors='replace') or 'closed'}")
+        except (OSError, asyncio.TimeoutError) as e:
+            tally.add("publish requests")
+            tally.note(f"publish {type(e).__name__}")
+
+
+async def operator_attacker(host: str, port: int, rng: random.Random, tally: Tally,
+                            budget: Budget, source: str) -> None:
+    while budget.take():
+        try:
+            status = await send_raw(host, port, operator_request(rng, host, port), source)
+            tally.add("operator requests")
+            tally.note(f"operator {status[9:12].decode(errors='replace') or 'closed'}")
+        except (OSError, asyncio.TimeoutError) as e:
+            tally.add("operator requests")
+            tally.note(f"operator {type(e).__name__}")
+
+
+def operator_health(host: str, port: int, token: str, source: str, tally: Tally) -> None:
+    """After the attack: the metrics still answer, and a good publish is taken (or, when
+    the wrong tokens came from this very address, refused with 429)."""
+    def ask(method: str, path: str, body: bytes | None = None,
+            headers: dict[str, str] | None = None) -> int:
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            response.read()
+            return response.status
+        finally:
+            conn.close()
+
+    try:
+        status = ask("GET", "/_zchannels/metrics")
+        if status not in (200, 401, 404):  # 401: metrics_token set; 404: metrics_path off
+            tally.failures.append(f"the metrics answered {status} after the attack")
+        if token:
+            status = ask("POST", PUBLISH_PATH, json.dumps({"group": "fuzz-health",
+                                                           "text": "ok"}).encode(),
+                         {"Authorization": f"Bearer {token}"})
+            if status != 202 and not (status == 429 and not source):
+                tally.failures.append(f"a good publish got {status} after the attack")
+        tally.note("operator health checks passed")
+    except OSError as e:
+        tally.failures.append(f"operator endpoints unreachable after the attack: {e}")
 
 
 # -- well-behaved clients ------------------------------------------------------------
@@ -619,10 +780,14 @@ async def fuzz(args: argparse.Namespace) -> Tally:
         good.append(asyncio.ensure_future(recovering_client(url, tally, stop, history_rng)))
     await asyncio.sleep(1.0)
     deadline = time.monotonic() + args.duration
-    # Shares of the frame budget: WebSocket frames most, then ZeroMQ, then HTTP.
+    # Shares of the frame budget: WebSocket frames most, then ZeroMQ, then HTTP, the
+    # publish API and the operator endpoints.
     ws_budget = Budget(int(args.frames * 0.6), deadline)
     http_budget = Budget(int(args.frames * 0.05), deadline)
-    zmq_budget = Budget(args.frames - ws_budget.frames - http_budget.frames, deadline)
+    publish_budget = Budget(int(args.frames * 0.025), deadline)
+    operator_budget = Budget(int(args.frames * 0.025), deadline)
+    zmq_budget = Budget(args.frames - ws_budget.frames - http_budget.frames
+                        - publish_budget.frames - operator_budget.frames, deadline)
     attackers = [asyncio.ensure_future(ws_attacker(args.host, args.port,
                                                    random.Random(rng.random()), tally,
                                                    ws_budget, args.max_message_bytes))
@@ -633,6 +798,12 @@ async def fuzz(args: argparse.Namespace) -> Tally:
     if args.history:
         attackers.append(asyncio.ensure_future(history_prober(
             args.host, args.port, random.Random(args.seed + 2), tally, args.history)))
+    attackers.append(asyncio.ensure_future(publish_attacker(
+        args.host, args.port, random.Random(rng.random()), tally, publish_budget,
+        args.publish_token, args.operator_source, args.max_message_bytes)))
+    attackers.append(asyncio.ensure_future(operator_attacker(
+        args.host, args.port, random.Random(rng.random()), tally, operator_budget,
+        args.operator_source)))
     endpoints = zmq_endpoints(args.run_dir) if args.run_dir else {}
     zmq_attacker = ZmqAttacker(endpoints, random.Random(rng.random())) if endpoints else None
     try:
@@ -652,6 +823,8 @@ async def fuzz(args: argparse.Namespace) -> Tally:
     for result in await asyncio.gather(*good, return_exceptions=True):
         if isinstance(result, BaseException):
             tally.failures.append(f"good client raised {type(result).__name__}: {result}")
+    await asyncio.to_thread(operator_health, args.host, args.port, args.publish_token,
+                            args.operator_source, tally)
     return tally
 
 
@@ -671,7 +844,15 @@ def main(argv: list[str] | None = None) -> int:
                         "parameters (since, Last-Event-ID) on the demo chat, and a client "
                         "that checks its recoveries meanwhile (0: none)")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--publish-token", default=os.environ.get("ZCHANNELS_PUBLISH_TOKEN", ""),
+                        help="the publish API's token, so malformed bodies reach its parser "
+                             "(default: $ZCHANNELS_PUBLISH_TOKEN)")
+    parser.add_argument("--operator-source", default=None,
+                        help="the local address of the requests with wrong tokens, which get "
+                             "it rate-limited (default: 127.0.0.2 against 127.0.0.1)")
     args = parser.parse_args(argv)
+    if args.operator_source is None:
+        args.operator_source = "127.0.0.2" if args.host == "127.0.0.1" else ""
     if args.seed is None:
         args.seed = random.randrange(1 << 32)
     pids_before = server_pids(args.run_dir) if args.run_dir else {}

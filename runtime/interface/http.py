@@ -46,6 +46,7 @@ def unread_body(request: HTTPServerRequest) -> bool:
     chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
     return chunked or (length != "" and length != "0")
 
+
 class Exchange:
     """One HTTP request and its response, as a `clients.Client`."""
 
