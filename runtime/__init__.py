@@ -10,13 +10,13 @@ Everything a consumer author needs is importable from here::
 """
 from .auth import (DjangoNotConfigured, login_required, sign_token, token_required,
                    token_user, verify_token)
-from .exceptions import (BadMessage, ChannelFull, ConfigError, GroupError, NotInConsumer,
-                         UnknownChannel, ZChannelsError)
+from .exceptions import (BadMessage, ChannelFull, ConfigError, GroupError, InvalidGroupName,
+                         InvalidName, NotInConsumer, UnknownChannel, ZChannelsError)
 from .generic import (HttpConsumer, JsonWebsocketConsumer, WebsocketConsumer,
                       WebsocketDemultiplexer)
 from .history import Recovery
-from .layer import (group_add, group_discard, group_members, group_send, group_size,
-                    reply_channel, send)
+from .layer import (check_group_name, group_add, group_discard, group_members, group_send,
+                    group_size, reply_channel, send)
 from .message import Message, ReplyChannel, Session
 from .presence import Member
 from .routing import consumer
@@ -42,12 +42,15 @@ __all__ = [
     "group_send",
     "group_members",
     "group_size",
+    "check_group_name",
     "Member",
     "reply_channel",
     "ZChannelsError",
     "ChannelFull",
     "ConfigError",
     "GroupError",
+    "InvalidGroupName",
+    "InvalidName",
     "NotInConsumer",
     "UnknownChannel",
     "BadMessage",

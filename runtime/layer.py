@@ -38,7 +38,7 @@ import zmq
 
 from . import transport, wire
 from .config import Config, PoolConfig
-from .exceptions import ChannelFull, GroupError, NotInConsumer, UnknownChannel
+from .exceptions import ChannelFull, GroupError, InvalidGroupName, NotInConsumer, UnknownChannel
 from .history import Recovery, Rules
 from .message import ReplyChannel
 from .presence import MAX_ANSWER_MEMBERS, Member, check_info
@@ -52,6 +52,19 @@ FLUSH_TICK = 0.001  # seconds between the flusher's looks while events keep comi
 FLUSH_PARK = 0.05  # seconds without a held operation before the flusher sleeps until woken
 
 TO, GROUP, HISTORY, QUERY = wire.VERB_TO, wire.VERB_GROUP, wire.VERB_HISTORY, wire.VERB_QUERY
+
+
+def check_group_name(group: Any) -> str:
+    """`group` if it can name a group: a non-empty string of printable characters, at
+    most 200 bytes of UTF-8 (`wire.MAX_NAME_BYTES`); otherwise `InvalidGroupName`,
+    counted (``invalid_group_names``). Every group function checks its name so; call
+    this first for a name made of what a client sent, to refuse the client before
+    starting anything for it (a stream, a hold)."""
+    try:
+        return wire.check_name(group, "group")
+    except InvalidGroupName:
+        counters.incr("invalid_group_names")
+        raise
 
 
 class Layer:
@@ -183,7 +196,7 @@ class Layer:
         Server-Sent Event that HTTP event-stream members receive; WebSocket members
         ignore them. With `delay` (seconds), the broker keeps it that long first: it
         reaches whoever is a member then."""
-        wire.check_name(group, "group")
+        check_group_name(group)
         header, payload = wire.group_message(text, bytes, close, event, id)
         frames = [GROUP, group.encode(), wire.encode(header), payload]
         if delay is not None:
@@ -277,7 +290,7 @@ class Layer:
         itself when the group keeps history (docs/consumers.md#history-and-recovery)."""
         if since is None and isinstance(reply_channel, ReplyChannel) \
                 and reply_channel.since is not None \
-                and self.history_rules.rule_for(wire.check_name(group, "group").encode()):
+                and self.history_rules.rule_for(check_group_name(group).encode()):
             since = reply_channel.since
         if since is None:
             return bool(self._membership(wire.OP_GROUP_ADD, group, reply_channel,
@@ -306,7 +319,7 @@ class Layer:
         return int(self._query(group, "size")["size"])
 
     def _query(self, group: str, what: str) -> dict[str, Any]:
-        wire.check_name(group, "group")
+        check_group_name(group)
         request = next(self._requests)
         header = wire.encode({"req": request, "group": group, "what": what})
         with self.lock:
@@ -318,7 +331,7 @@ class Layer:
                     since: str | None = None, info: Any = None,
                     announce: bool = False) -> dict[str, Any]:
         """The owning interface's answer to a membership request: ``{"ok": ...}``."""
-        wire.check_name(group, "group")
+        check_group_name(group)
         name = str(reply_channel)
         route = (reply_channel.route if isinstance(reply_channel, ReplyChannel)
                  else wire.split_reply_channel(reply_channel))
