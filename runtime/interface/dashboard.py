@@ -23,7 +23,7 @@ import tornado.web
 from tornado.iostream import StreamClosedError
 
 from ..config import Config
-from ..metrics import summarize
+from ..metrics import rates, summarize
 from ..stats import collect, counters
 from ..status import Sampler
 
@@ -146,9 +146,12 @@ class DashboardEvents(Guarded):
 
 
 def snapshot(config: Config, sampler: "Sampler") -> dict[str, Any]:
-    """What the page draws: the host summary, and each process with its CPU and RSS."""
+    """What the page draws: the host summary, its rates (each process's from its own
+    stats file, summed: `runtime.metrics.rates`), and each process with its CPU and
+    RSS."""
     processes = collect(config.run_dir)
     summary = summarize(processes)
+    summary["rates"] = rates(processes)
     rows = []
     for data, proc in zip(processes, sampler.sample(processes)):
         rows.append({"role": data.get("role"), "pid": data.get("pid"),
