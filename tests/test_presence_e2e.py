@@ -249,27 +249,29 @@ def stray_connection(system):
         context.term()
 
 
-async def chat_member(system, room: str, name: str):
-    """A member of the demo chat's room: (ws, reply channel), once its join is told."""
-    ws = await system.connect(f"/ws/chat/{room}?name={name}")
-    while True:  # its own join notice names its reply channel
+async def room_member(system, group: str, name: str):
+    """A member of a chat room (tests/consumers/presence.py, /test/room/): (ws, reply
+    channel), once its own join has been told to it."""
+    ws = await system.connect(f"/test/room/{group}?name={name}")
+    first = await read(ws)
+    assert first.startswith("rc:"), first
+    while True:
         event = json.loads(await read(ws))
-        if event["type"] == "join" and event["info"] == {"user": name}:
-            return ws, event["member"]
+        if event["type"] == "join" and event["member"] == first[3:]:
+            return ws, first[3:]
 
 
-def members_leave_when_their_interface_is_killed(system, room: str, busy: bool):
-    """Chat members on both interfaces; interface-1 is SIGKILLed (with `busy`, while a
-    member on interface-0 chats every 50 ms). Its members' leaves must reach the
-    others within the bound, and group_members must drop them. Returns (victims,
-    broker counters)."""
-    group = f"chat.{room}"
-
+def members_leave_when_their_interface_is_killed(system, group: str, busy: bool):
+    """Chat room members on both interfaces; interface-1 is SIGKILLed (with `busy`,
+    while a member on interface-0 chats every 50 ms). Within the bound, its members'
+    leaves must reach the others, group_members and the broker's presence_members
+    must drop them, and each one's disconnect must have run once, abandoned. Returns
+    (victims, broker counters)."""
     async def scenario():
         members = []
         while sum(system.interface_name_of(rc) == "interface-1" for _, rc in members) < 3 \
                 or sum(system.interface_name_of(rc) == "interface-0" for _, rc in members) < 2:
-            members.append(await chat_member(system, room, f"m{len(members)}"))
+            members.append(await room_member(system, group, f"m{len(members)}"))
             assert len(members) < 80, "the kernel put every connection on one interface"
         victims = {rc for _, rc in members if system.interface_name_of(rc) == "interface-1"}
         survivors = [(ws, rc) for ws, rc in members if rc not in victims]
@@ -303,10 +305,18 @@ def members_leave_when_their_interface_is_killed(system, room: str, busy: bool):
                     told.add(event["member"])
             listed = await asyncio.to_thread(outside_members, system, group)
             assert {rc for rc, _ in listed} == {rc for _, rc in survivors}
+
+            def disconnects_ran():
+                lines = [r for r in system.records() if r[0] == "X"]
+                return lines if {r[1] for r in lines} >= victims else None
+            await asyncio.to_thread(wait_until, disconnects_ran,
+                                    killed + BOUND - time.monotonic(), "the disconnects")
         finally:
             stop.set()
             await chatting
         await asyncio.sleep(0.5)  # time for a second run of a disconnect, if there were one
+        ran = [r[1:] for r in system.records() if r[0] == "X"]
+        assert sorted(ran) == sorted([rc, "True"] for rc in victims)  # once each, only them
         counters = await asyncio.to_thread(system.settled_counters, "broker")
         assert counters.get("presence_members") == len(survivors)
         for ws, _ in survivors:
@@ -322,7 +332,7 @@ def test_a_killed_interface_of_a_busy_room_leaves_when_a_group_message_finds_it_
     view, announced to the others, and each of its WebSockets' disconnects run once."""
     with checked_system() as system, stray_connection(system):
         victims, counters = members_leave_when_their_interface_is_killed(
-            system, "busy", busy=True)
+            system, "room-busy", busy=True)
     assert counters.get("interfaces_gone", 0) == 1
     assert counters.get("abandoned_disconnects", 0) == len(victims)  # once each
 
@@ -333,6 +343,6 @@ def test_a_killed_interface_of_an_idle_room_leaves_though_the_count_hides_its_de
     interfaces."""
     with checked_system() as system, stray_connection(system):
         victims, counters = members_leave_when_their_interface_is_killed(
-            system, "idle", busy=False)
+            system, "room-idle", busy=False)
     assert counters.get("interfaces_gone", 0) == 1
     assert counters.get("abandoned_disconnects", 0) == len(victims)
