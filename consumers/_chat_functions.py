@@ -1,7 +1,8 @@
 """The WebSocket chat of consumers/chat.py written with plain consumer functions.
 
 It is the same chat, frame for frame: ``/ws/chat/<room>``, the same join, message and
-leave events, 1003 for a binary frame, 1007 for broken JSON. chat.py writes it as a
+leave events, 1003 for a binary frame, 1007 for broken JSON, 4400 for a room that cannot
+name a group. chat.py writes it as a
 `WebsocketConsumer` class; this file shows the functions the class stands for. The
 worker does not load it (its name starts with ``_``). To run it instead of the class,
 remove ``ChatConsumer.register(...)`` from chat.py and rename this file to
@@ -11,12 +12,13 @@ import json
 import logging
 from urllib.parse import parse_qs
 
-from zchannels import consumer, group_add, group_send
+from zchannels import InvalidGroupName, check_group_name, consumer, group_add, group_send
 
 log = logging.getLogger("consumers.chat")
 
 CLOSE_INVALID_PAYLOAD = 1007
 CLOSE_UNSUPPORTED = 1003
+CLOSE_BAD_PATH = 4400  # the room cannot name a group: over 195 bytes, or not printable
 MAX_NAME_CHARS = 32
 
 
@@ -30,6 +32,13 @@ def broadcast(room, **event):
 
 @consumer("websocket.connect", path="/ws/chat/<room>")
 def join(message, room):
+    try:  # the room is the client's: a name the group cannot have is its mistake
+        check_group_name(room_group(room))
+    except InvalidGroupName as e:
+        log.warning("chat: %s; closing %s with %d", e, message.reply_channel, CLOSE_BAD_PATH)
+        message.reply_channel.close(CLOSE_BAD_PATH, "group name from the path not allowed: "
+                                    "at most 200 bytes, printable characters")
+        return
     query = parse_qs(message.get("query_string", ""))
     name = (query.get("name") or [""])[0].strip()[:MAX_NAME_CHARS]
     if not name:

@@ -7,7 +7,11 @@ presence notices, ``{"type": "join"/"leave", "group", "member", "info": {"user":
 ...}}``, and ``group_members("chat.<room>")`` lists who is there
 (docs/consumers.md#presence). A frame that
 starts like a JSON object but is not one closes the socket with 1007, because a
-client that sends broken JSON has a bug its author should see.
+client that sends broken JSON has a bug its author should see. A room whose group
+name cannot be used (over 195 bytes as sent in the path, or with a character that is
+not printable) is the client's mistake too: the WebSocket is closed with 4400 (the
+class's ``groups`` do that), an SSE or long-poll request is answered 400, with a
+warning in the log, never a consumer error.
 
 The WebSocket side is a class-based consumer (`ChatConsumer`); ``_chat_functions.py``
 beside this file is the same chat written as plain consumer functions.
@@ -28,7 +32,7 @@ import json
 import logging
 from urllib.parse import parse_qs
 
-from zchannels import WebsocketConsumer, consumer, group_add
+from zchannels import InvalidGroupName, WebsocketConsumer, check_group_name, consumer, group_add
 
 log = logging.getLogger("consumers.chat")
 
@@ -40,6 +44,19 @@ POLL_TIMEOUT = 25.0  # seconds; below common proxy timeouts
 
 def room_group(room):
     return f"chat.{room}"
+
+
+def checked_room_group(message, room):
+    """The room's group, or None once the request has been answered 400: the room
+    comes from the client's path, and a group name is at most 200 bytes of printable
+    characters (a room at most 195 bytes as sent, percent-escapes included)."""
+    try:
+        return check_group_name(room_group(room))
+    except InvalidGroupName as e:
+        log.warning("chat: refused %s %s: %s", message.method, message.reply_channel, e)
+        message.reply_channel.respond("room name not allowed: at most 195 bytes (as sent "
+                                      "in the path), printable characters\n", status=400)
+        return None
 
 
 class ChatConsumer(WebsocketConsumer):
@@ -86,18 +103,24 @@ ChatConsumer.register("/ws/chat/<room>")
 
 @consumer("http.request", path="/sse/chat/<room>")
 def stream(message, room):
+    group = checked_room_group(message, room)  # before the stream starts: a 400 still can
+    if group is None:
+        return
     # Start the stream before joining: from group_add on, every room event is an SSE event.
     # An EventSource that reconnects sends Last-Event-ID: group_add recovers from it.
     message.reply_channel.start_events()
-    group_add(room_group(room), message.reply_channel)
+    group_add(group, message.reply_channel)
 
 
 @consumer("http.request", path="/poll/chat/<room>")
 def poll(message, room):
+    group = checked_room_group(message, room)
+    if group is None:
+        return
     # Hold before joining: the first event (a missed one at once, if any) is the answer.
     message.reply_channel.hold(POLL_TIMEOUT, content_type="application/json")
     since = (message.query.get("since") or [None])[0]
     if since:
-        group_add(room_group(room), message.reply_channel, since=since)
+        group_add(group, message.reply_channel, since=since)
     else:
-        group_add(room_group(room), message.reply_channel)
+        group_add(group, message.reply_channel)

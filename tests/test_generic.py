@@ -222,6 +222,25 @@ def test_disconnect_gets_the_code_and_leaves_no_group_itself(fake, chat):
                           ("group_send", "chat.lobby", "bo left (1006)", None, None)]
 
 
+@pytest.mark.parametrize("room, why", [("r" * 196, "longer than 200 bytes"),
+                                       ("a\x85b", "control characters")])
+def test_a_group_name_from_the_path_that_cannot_be_used_closes_4400_logged_and_counted(
+        fake, chat, caplog, room, why):
+    """Issue 21, item 6: the client's mistake, not a consumer error: nothing joined,
+    connect() not run, a WARNING, the counter, and the close code."""
+    before = counters.get("invalid_group_names", 0)
+    message = run(chat, fake, "websocket.connect", f"/chat/{room}", query_string="name=ann")
+    assert fake.calls == [("to_interface", REPLY, {
+        "op": "close", "code": 4400,
+        "reason": "group name from the path not allowed: at most 200 bytes, printable "
+                  "characters"}, None)]
+    assert not message.session.modified  # connect() did not run
+    assert counters["invalid_group_names"] == before + 1
+    [line] = [r for r in caplog.records if r.name == "zchannels.generic"]
+    assert line.levelno == logging.WARNING and why in line.getMessage()
+    assert "with 4400" in line.getMessage()
+
+
 def test_group_names_can_be_overridden(fake):
     class Dynamic(WebsocketConsumer):
         def group_names(self):
@@ -551,3 +570,22 @@ def test_the_chat_class_does_what_the_chat_functions_do():
     assert class_calls == function_calls
     assert [call[0][0] for call in class_calls[2:]] == ["group_send", "group_send", "to_interface",
                                                         "to_interface", "to_interface"]
+
+
+def test_the_chat_class_and_functions_refuse_a_room_that_cannot_name_a_group_alike(caplog):
+    """A room of 196 characters ("chat." + 196 = 201 bytes): 4400, nothing joined."""
+    transcripts = []
+    for path in ("chat.py", "_chat_functions.py"):
+        registry = load(os.path.join(ROOT, "consumers", path))
+        fake = FakeLayer()
+        layer_module.set_current(fake)
+        try:
+            run(registry, fake, "websocket.connect", "/ws/chat/" + "r" * 196)
+        finally:
+            layer_module.set_current(None)
+        transcripts.append(fake.calls)
+    assert transcripts[0] == transcripts[1]
+    assert [call[2] for call in transcripts[0]] == [
+        {"op": "close", "code": 4400, "reason": "group name from the path not allowed: at "
+                                                "most 200 bytes, printable characters"}]
+    assert [r.levelno for r in caplog.records] == [logging.WARNING] * 2

@@ -2,6 +2,7 @@
 Prometheus rendering of stats snapshots, the host summary, who may read the
 metrics, the status screen and the configuration keys."""
 import ipaddress
+import json
 import os
 
 import pytest
@@ -10,8 +11,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from zchannels.core import config as config_module
 from zchannels.core.exceptions import ConfigError
 from zchannels.interface.scrape import access
-from zchannels.core.metrics import parse_key, render, summarize
-from zchannels.core.stats import Histogram, labelled
+from zchannels.core import stats as stats_module
+from zchannels.core.metrics import earlier, parse_key, rates, render, summarize
+from zchannels.core.stats import Counters, Histogram, labelled
 from zchannels.core.status import Sampler, read_proc, render as render_status
 
 
@@ -99,6 +101,73 @@ def test_summary_of_a_host():
     assert summary["pools"]["p"] == {"depth": 2, "in_flight": 3, "busy": 1, "free": 0,
                                      "backlog": 0, "capacity": 50}
     assert summary["latency_count"] == 6 and summary["latency_sum"] == 3.5
+
+
+RECEIVE = labelled("events_sent", channel="websocket.receive")
+
+
+def interface_writing(pid, previous_time, previous_count, time, count):
+    return {"role": "interface", "pid": pid, "time": time,
+            "counters": {RECEIVE: count, "from_broker": count},
+            "previous": {"time": previous_time, "histograms": {},
+                         "counters": {RECEIVE: previous_count, "from_broker": previous_count}}}
+
+
+def test_each_process_s_rate_comes_from_its_own_writes_and_they_are_summed():
+    """Issue 21, item 8: two interfaces at 10/s each, whose files were written 1.5 s
+    apart. Taking both counters over the newest file's time would say anything from 0 to
+    twice the load; each from its own two writes, the sum is the load."""
+    a = interface_writing(1, 98.0, 100, 100.0, 120)  # 20 in 2 s
+    b = interface_writing(2, 96.5, 300, 98.5, 320)  # 20 in 2 s, written earlier
+    figures = rates([a, b])
+    assert figures["events"] == figures["receives"] == figures["deliveries"] == 20.0
+    assert figures["seconds"] == [2.0, 2.0] and figures["latency_ms"] is None
+    # The reader's own older reading of a process, when older than the file's previous,
+    # spans more: it is taken. A newer one, or the same file read again, is not.
+    older = dict(a, time=90.0, counters={RECEIVE: 20, "from_broker": 20})
+    assert earlier(a, {(1, "interface"): older})["time"] == 90.0
+    assert rates([a], [older])["events"] == 10.0  # 100 in 10 s
+    assert earlier(a, {(1, "interface"): a})["time"] == 98.0
+    # A process with a single write (just started) has no rate yet.
+    lone = {"role": "interface", "pid": 3, "time": 100.0, "counters": {RECEIVE: 5}}
+    assert earlier(lone) is None and rates([lone]) is None
+    assert rates([a, lone])["events"] == 10.0
+
+
+def test_the_mean_latency_is_over_each_process_s_own_span():
+    def latency(count, total):
+        return {labelled("event_latency_seconds", pool="p"):
+                {"buckets": [1.0], "counts": [count, 0], "sum": total}}
+    a = {"role": "interface", "pid": 1, "time": 10.0, "counters": {},
+         "histograms": latency(10, 0.5),
+         "previous": {"time": 8.0, "counters": {}, "histograms": latency(6, 0.3)}}
+    b = {"role": "interface", "pid": 2, "time": 9.0, "counters": {},
+         "histograms": latency(4, 0.4),
+         "previous": {"time": 7.0, "counters": {}, "histograms": latency(0, 0.0)}}
+    # (0.2 + 0.4) s over (4 + 4) events
+    assert rates([a, b])["latency_ms"] == pytest.approx(75.0)
+
+
+def test_a_stats_file_names_the_newest_earlier_write_at_least_the_rate_window_old(
+        tmp_path, monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(stats_module.time, "time", lambda: clock[0])
+    counters = Counters()
+    counters.setup(str(tmp_path), "worker-x")
+    written = []
+    for step in range(12):  # every 0.5 s, one more event each time
+        counters.incr("events")
+        counters.write(force=True)
+        with open(counters.path) as f:
+            written.append(json.load(f))
+        clock[0] += 0.5
+    assert "previous" not in written[0]
+    assert written[1]["previous"]["time"] == 1000.0  # younger than the window: the oldest
+    for data in written[4:]:
+        span = data["time"] - data["previous"]["time"]
+        assert span == stats_module.RATE_WINDOW, span
+        assert data["counters"]["events"] - data["previous"]["counters"]["events"] == 4
+    assert len(counters._history) <= stats_module.RATE_WINDOW / 0.5 + 1  # no more kept
 
 
 LOOPBACK = [ipaddress.ip_network("127.0.0.1"), ipaddress.ip_network("::1")]

@@ -2,6 +2,8 @@
 ZeroMQ sockets (tests/broker_rig.py): an interface that goes has its WebSockets'
 disconnects put into the pool's input once each; one that comes back is told to drop
 them, and is taken back once it says it has."""
+import time
+
 import pytest
 import zmq
 
@@ -88,3 +90,43 @@ def test_an_abandoned_interface_that_comes_back_must_drop_its_sockets_first(rig)
     back.send_multipart([wire.PING, wire.HELLO_ABANDONED])
     rig.run_until(lambda: b"ia" in rig.broker.known)
     assert back.recv_multipart() == [wire.PING, wire.PONG]
+
+
+def test_a_group_message_that_finds_an_interface_gone_makes_its_members_leave_once(rig):
+    """Issue 21, item 2: a group message's fan-out may find a dead interface before the
+    broker's own probe does. It runs the same routine as the probe (and as a bounced
+    operation): the members leave (announced, behind the message), the WebSockets'
+    disconnects run, and the probe that follows does not run them again."""
+    a = interface(rig, b"ia")
+    b = interface(rig, b"ib")
+    tell(rig, a, changes=[["room", "ia!1", True, {"u": 1}, True]], opened=[["ia!1", "/ws/x"]])
+    assert wire.decode(b.recv_multipart()[3])["type"] == "join"
+    w1 = worker(rig)
+    a.close(linger=0)
+    rig.sockets.remove(a)
+    message = [b"room", wire.encode({"op": wire.OP_SEND, "kind": wire.KIND_TEXT}), b"hi"]
+    # The broker is not stepped: its monitor and probe do not run, only the fan-out.
+    sent = 0
+    deadline = time.monotonic() + 5
+    while not counters.get("unreachable_interface"):
+        assert time.monotonic() < deadline, "the closed interface stayed reachable"
+        rig.broker.group(list(message))
+        sent += 1
+        time.sleep(0.01)
+    assert counters.get("interfaces_gone") == 1 and b"ia" not in rig.broker.known
+    assert rig.broker.presence.size("room") == 0
+    told = [b.recv_multipart() for _ in range(sent + 1)]
+    assert [frames[3] for frames in told[:sent]] == [b"hi"] * sent
+    assert wire.decode(told[-1][3]) == {"type": "leave", "group": "room", "member": "ia!1",
+                                        "info": {"u": 1}}
+    # Now the broker runs: the disconnect goes to the worker, once, and the probe that
+    # follows the closed connection finds nothing more to do.
+    rig.run_until(lambda: b"w1" not in rig.broker.pools[0].ready)
+    verb, header, _ = w1.recv_multipart()
+    assert verb == wire.TO_WORKER_EVENT and wire.decode(header)["reply_channel"] == "ia!1"
+    w1.send(b"R1")
+    end = time.monotonic() + broker_module.PROBE_AFTER_DISCONNECT + 0.3
+    rig.run_until(lambda: time.monotonic() > end)
+    with pytest.raises(zmq.Again):
+        w1.recv_multipart()
+    assert counters["interfaces_gone"] == 1 and counters["abandoned_disconnects"] == 1

@@ -4,10 +4,12 @@ broker does to the view (docs/consumers.md#presence)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 
 import pytest
+import zmq
 
 from harness import checked_system, read, run, wait_until
 from zchannels.api.client import Client
@@ -223,3 +225,124 @@ def test_a_killed_interface_s_websockets_get_their_disconnect_once_marked_abando
             return system.settled_counters("broker")
         counters = run(scenario(), timeout=60)
         assert counters.get("abandoned_disconnects", 0) >= 1
+
+
+@contextlib.contextmanager
+def stray_connection(system):
+    """A peer connected to the broker's socket for the interfaces that never says hello,
+    as an interface that supervisord is restarting is for a moment (or any stray
+    client). The broker counts it among its connections, so after an interface dies it
+    still counts as many connections as interfaces: the count alone does not reveal
+    the death."""
+    config = load(system.config_path, environ={"ZCHANNELS_RUN_DIR": system.run_dir})
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    try:
+        sock.connect(config.broker_interfaces)
+        assert monitor.poll(5000), "the stray peer did not connect to the broker"
+        yield
+    finally:
+        sock.disable_monitor()
+        monitor.close(linger=0)
+        sock.close(linger=0)
+        context.term()
+
+
+async def room_member(system, group: str, name: str):
+    """A member of a chat room (tests/consumers/presence.py, /test/room/): (ws, reply
+    channel), once its own join has been told to it."""
+    ws = await system.connect(f"/test/room/{group}?name={name}")
+    first = await read(ws)
+    assert first.startswith("rc:"), first
+    while True:
+        event = json.loads(await read(ws))
+        if event["type"] == "join" and event["member"] == first[3:]:
+            return ws, first[3:]
+
+
+def members_leave_when_their_interface_is_killed(system, group: str, busy: bool):
+    """Chat room members on both interfaces; interface-1 is SIGKILLed (with `busy`,
+    while a member on interface-0 chats every 50 ms). Within the bound, its members'
+    leaves must reach the others, group_members and the broker's presence_members
+    must drop them, and each one's disconnect must have run once, abandoned. Returns
+    (victims, broker counters)."""
+    async def scenario():
+        members = []
+        while sum(system.interface_name_of(rc) == "interface-1" for _, rc in members) < 3 \
+                or sum(system.interface_name_of(rc) == "interface-0" for _, rc in members) < 2:
+            members.append(await room_member(system, group, f"m{len(members)}"))
+            assert len(members) < 80, "the kernel put every connection on one interface"
+        victims = {rc for _, rc in members if system.interface_name_of(rc) == "interface-1"}
+        survivors = [(ws, rc) for ws, rc in members if rc not in victims]
+        (chatter, _), (watcher, _) = survivors[0], survivors[1]
+        stop = asyncio.Event()
+
+        async def chat():  # a steady chat on the surviving interface
+            n = 0
+            while busy and not stop.is_set():
+                chatter.write_message(f"line {n}")
+                n += 1
+                await asyncio.sleep(0.05)
+        chatting = asyncio.create_task(chat())
+        try:
+            while busy:  # the room is busy: the watcher gets the chat
+                if json.loads(await read(watcher))["type"] == "message":
+                    break
+            system.kill("interface-1")
+            killed = time.monotonic()
+            told = set()
+            while told != victims:
+                remaining = killed + BOUND - time.monotonic()
+                assert remaining > 0, (f"{len(victims) - len(told)} of {len(victims)} "
+                                       f"leaves not told within {BOUND}s of the kill")
+                try:
+                    event = json.loads(await read(watcher, remaining))
+                except asyncio.TimeoutError:
+                    continue
+                if event["type"] == "leave":
+                    assert event["member"] in victims, event
+                    told.add(event["member"])
+            listed = await asyncio.to_thread(outside_members, system, group)
+            assert {rc for rc, _ in listed} == {rc for _, rc in survivors}
+
+            def disconnects_ran():
+                lines = [r for r in system.records() if r[0] == "X"]
+                return lines if {r[1] for r in lines} >= victims else None
+            await asyncio.to_thread(wait_until, disconnects_ran,
+                                    killed + BOUND - time.monotonic(), "the disconnects")
+        finally:
+            stop.set()
+            await chatting
+        await asyncio.sleep(0.5)  # time for a second run of a disconnect, if there were one
+        ran = [r[1:] for r in system.records() if r[0] == "X"]
+        assert sorted(ran) == sorted([rc, "True"] for rc in victims)  # once each, only them
+        counters = await asyncio.to_thread(system.settled_counters, "broker")
+        assert counters.get("presence_members") == len(survivors)
+        for ws, _ in survivors:
+            ws.close()
+        return victims, counters
+    return run(scenario(), timeout=60)
+
+
+def test_a_killed_interface_of_a_busy_room_leaves_when_a_group_message_finds_it_gone():
+    """Issue 21, item 2: an interface SIGKILLed while its room chats. With the death
+    hidden from the broker's count of connections, the fan-out of the next chat message
+    (EHOSTUNREACH) is the first to find it gone: its members must leave the presence
+    view, announced to the others, and each of its WebSockets' disconnects run once."""
+    with checked_system() as system, stray_connection(system):
+        victims, counters = members_leave_when_their_interface_is_killed(
+            system, "room-busy", busy=True)
+    assert counters.get("interfaces_gone", 0) == 1
+    assert counters.get("abandoned_disconnects", 0) == len(victims)  # once each
+
+
+def test_a_killed_interface_of_an_idle_room_leaves_though_the_count_hides_its_death():
+    """The same with nothing sent to the room: the broker looks for the gone interface
+    after any connection closed, not only when it counts fewer connections than
+    interfaces."""
+    with checked_system() as system, stray_connection(system):
+        victims, counters = members_leave_when_their_interface_is_killed(
+            system, "room-idle", busy=False)
+    assert counters.get("interfaces_gone", 0) == 1
+    assert counters.get("abandoned_disconnects", 0) == len(victims)

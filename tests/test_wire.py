@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from zchannels.wire import frames as wire
-from zchannels.core.exceptions import BadMessage
+from zchannels.core.exceptions import BadMessage, GroupError, InvalidGroupName, InvalidName
 
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 # Plain text, plus text drawn mostly from characters JSON encoders like to escape.
@@ -118,6 +118,19 @@ def test_check_name_accepts(name):
 def test_check_name_rejects(name, message):
     with pytest.raises(ValueError, match=message):
         wire.check_name(name, "group")
+
+
+def test_a_name_that_cannot_be_used_raises_a_specific_error_that_says_the_limit():
+    """Issue 21, item 6: a group name is a GroupError a consumer can catch (and still a
+    ValueError); a channel name is not a GroupError."""
+    with pytest.raises(InvalidGroupName, match="longer than 200 bytes") as raised:
+        wire.check_name("x" * 201, "group")
+    assert isinstance(raised.value, GroupError) and isinstance(raised.value, ValueError)
+    with pytest.raises(InvalidName, match="channel name .* control characters") as raised:
+        wire.check_name("a\x85", "channel")
+    assert not isinstance(raised.value, GroupError)
+    with pytest.raises(InvalidGroupName, match="not valid Unicode"):
+        wire.check_name("a\ud800", "group")
 
 
 # --- payload framing -----------------------------------------------------------------------

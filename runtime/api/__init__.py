@@ -19,10 +19,11 @@ from zchannels.api.generic import (HttpConsumer, JsonWebsocketConsumer, Websocke
 from zchannels.api.message import Message, ReplyChannel, Session, reply_channel
 from zchannels.api.results import Member, Recovery
 from zchannels.api.routing import consumer
-from zchannels.api.sender import (group_add, group_discard, group_members, group_send,
-                                  group_size, send)
+from zchannels.api.sender import (check_group_name, group_add, group_discard, group_members,
+                                  group_send, group_size, send)
 from zchannels.core.exceptions import (BadMessage, ChannelFull, ConfigError, GroupError,
-                                       NotInConsumer, UnknownChannel, ZChannelsError)
+                                       InvalidGroupName, InvalidName, NotInConsumer,
+                                       UnknownChannel, ZChannelsError)
 
 __all__ = [
     "consumer",
@@ -45,12 +46,15 @@ __all__ = [
     "group_send",
     "group_members",
     "group_size",
+    "check_group_name",
     "Member",
     "reply_channel",
     "ZChannelsError",
     "ChannelFull",
     "ConfigError",
     "GroupError",
+    "InvalidGroupName",
+    "InvalidName",
     "NotInConsumer",
     "UnknownChannel",
     "BadMessage",

@@ -28,7 +28,7 @@ from typing import Any, overload
 import zmq
 
 from zchannels.api.results import Member, Recovery
-from zchannels.api.sender import Channel, set_current
+from zchannels.api.sender import Channel, check_group_name, set_current
 from zchannels.core.config import Config, PoolConfig
 from zchannels.core.exceptions import ChannelFull, GroupError, UnknownChannel
 from zchannels.core.history_rules import Rules
@@ -163,7 +163,7 @@ class BrokerConnection:
         Server-Sent Event that HTTP event-stream members receive; WebSocket members
         ignore them. With `delay` (seconds), the broker keeps it that long first: it
         reaches whoever is a member then."""
-        wire.check_name(group, "group")
+        check_group_name(group)
         header, payload = wire.group_message(text, bytes, close, event, id)
         frames = [GROUP, group.encode(), wire.encode(header), payload]
         route = self.current_route
@@ -206,7 +206,7 @@ class BrokerConnection:
         itself when the group keeps history (docs/consumers.md#history-and-recovery)."""
         if since is None and not isinstance(reply_channel, str) \
                 and reply_channel.since is not None \
-                and self.history_rules.rule_for(wire.check_name(group, "group").encode()):
+                and self.history_rules.rule_for(check_group_name(group).encode()):
             since = reply_channel.since
         if since is None:
             return bool(self._membership(wire.OP_GROUP_ADD, group, reply_channel,
@@ -235,7 +235,7 @@ class BrokerConnection:
         return int(self._query(group, "size")["size"])
 
     def _query(self, group: str, what: str) -> dict[str, Any]:
-        wire.check_name(group, "group")
+        check_group_name(group)
         request = next(self._requests)
         header = wire.encode({"req": request, "group": group, "what": what})
         with self.lock:
@@ -247,7 +247,7 @@ class BrokerConnection:
                     since: str | None = None, info: Any = None,
                     announce: bool = False) -> dict[str, Any]:
         """The owning interface's answer to a membership request: ``{"ok": ...}``."""
-        wire.check_name(group, "group")
+        check_group_name(group)
         name = str(reply_channel)
         route = route_of(reply_channel)
         request = next(self._requests)

@@ -28,11 +28,13 @@ from zchannels.wire import frames as wire
 from zchannels.api.results import Recovery
 from zchannels.api.message import Headers, Message, ReplyChannel, Session
 from zchannels.core.stats import counters
+from zchannels.core.exceptions import InvalidGroupName
 
 log = logging.getLogger("zchannels.generic")
 
 CLOSE_INVALID_PAYLOAD = 1007  # RFC 6455: the data does not fit the message type
 CLOSE_NO_STATUS = 1006  # what a disconnect event carries when the client sent no code
+CLOSE_BAD_PATH = 4400  # a group name made from the client's path cannot be used
 HTTP_METHODS = ("get", "post", "put", "patch", "delete", "head", "options")
 
 # Attributes every instance sets in __init__: a path placeholder may not hide them.
@@ -205,6 +207,12 @@ class WebsocketConsumer(_Consumer):
         #: group -> its Recovery, for the groups joined from a position (group_since)
         self.recoveries: dict[str, Recovery] = {}
         names = self.group_names()
+        try:  # all of them before joining any: the path is the client's
+            for group in names:
+                sender.check_group_name(group)
+        except InvalidGroupName as e:
+            self.refuse_group_name(e)
+            return
         info = self.presence_info() if names else None
         for group in names:
             since = self.group_since(group)
@@ -212,6 +220,15 @@ class WebsocketConsumer(_Consumer):
             if isinstance(joined, Recovery):
                 self.recoveries[group] = joined
         self.connect()
+
+    def refuse_group_name(self, error: InvalidGroupName) -> None:
+        """A group of `groups` made from the path cannot be used (too long, not
+        printable): the client's mistake, refused with 4400 and a warning, never a
+        consumer error. Nothing is joined, and `connect` does not run."""
+        log.warning("%s: %s; closing %s with %d", type(self).__qualname__, error,
+                    self.message.reply_channel, CLOSE_BAD_PATH)
+        self.close(CLOSE_BAD_PATH, f"group name from the path not allowed: at most "
+                                   f"{wire.MAX_NAME_BYTES} bytes, printable characters")
 
     def websocket_receive(self) -> None:
         if self.login_required and not auth.require_login(self.message):

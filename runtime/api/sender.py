@@ -13,7 +13,9 @@ from __future__ import annotations
 from typing import Any, Protocol, overload
 
 from zchannels.api.results import Member, Recovery
-from zchannels.core.exceptions import NotInConsumer
+from zchannels.core.exceptions import InvalidGroupName, NotInConsumer
+from zchannels.core.stats import counters
+from zchannels.wire import frames as wire
 
 
 class Routed(Protocol):
@@ -55,6 +57,19 @@ class Sender(Replier, Protocol):
 
 
 _current: Sender | None = None
+
+
+def check_group_name(group: Any) -> str:
+    """`group` if it can name a group: a non-empty string of printable characters, at
+    most 200 bytes of UTF-8 (`wire.MAX_NAME_BYTES`); otherwise `InvalidGroupName`,
+    counted (``invalid_group_names``). Every group function checks its name so; call
+    this first for a name made of what a client sent, to refuse the client before
+    starting anything for it (a stream, a hold)."""
+    try:
+        return wire.check_name(group, "group")
+    except InvalidGroupName:
+        counters.incr("invalid_group_names")
+        raise
 
 
 def set_current(sender: Sender | None) -> None:

@@ -71,8 +71,11 @@ HISTORY, QUERY, PRESENCE = wire.VERB_HISTORY, wire.VERB_QUERY, wire.PRESENCE
 ORIGIN = re.compile(rb"[^!]{1,200}![0-9]{1,20}")
 NOTICE_HEADER = wire.encode({"op": wire.OP_SEND, "kind": wire.KIND_TEXT})
 PROBE_INTERVAL = 0.1  # seconds between looks for a gone interface while one is missing
-# (socket of the sender, frames); None: a group message, [group, header, payload, origin?]
-HELD = tuple[zmq.Socket | None, list[Any]]
+# Seconds the interfaces are probed after any connection to their socket closed. The count
+# of connections alone can hide a death: another peer (an interface that restarts and has
+# not said hello yet, a stray client) may have connected meanwhile.
+PROBE_AFTER_DISCONNECT = 1.0
+HELD = tuple[zmq.Socket | None, list[Any]]  # (socket of the sender, frames); None: group
 
 
 class Broker(Service):
@@ -97,6 +100,7 @@ class Broker(Service):
         # told to drop those sockets (bounded; oldest forgotten first).
         self.abandoned: dict[bytes, None] = {}
         self.probed_at = 0.0  # when the interfaces were last probed (`find_gone_interfaces`)
+        self.probe_until = 0.0  # probe until then (a connection closed), or 0.0
         self.peers: dict[bytes, zmq.Socket] = {}  # worker or client -> the socket it is on
         self.started = time.monotonic()
         self.startup: list[HELD] | None = []  # held for the interfaces until they are back
@@ -180,7 +184,7 @@ class Broker(Service):
             self.settle()
         if self.history is not None:
             self.history.sweep()
-        if len(self.known) > self.connected:
+        if self.probe_until or len(self.known) > self.connected:
             self.find_gone_interfaces()
 
     def closing(self) -> None:
@@ -310,6 +314,7 @@ class Broker(Service):
                 # Kept (or kept out), and its position appended.
                 frames = history.stamp(frames, ring, origin)
         send = self.interfaces.send_multipart
+        gone: list[bytes] | None = None
         for interface in list(self.known):
             try:
                 send([interface, FROM_GROUP, *frames], zmq.NOBLOCK)
@@ -318,11 +323,14 @@ class Broker(Service):
                     counters.incr("dropped_interface_full")
                     log.warning("interface %r is not keeping up: dropped a group message",
                                 interface)
-                else:
-                    self.known.pop(interface, None)
+                else:  # EHOSTUNREACH: gone, and this may be the first to notice
                     counters.incr("unreachable_interface")
+                    gone = (gone or []) + [interface]
                 continue
             counters.incr("zmq_sent")
+        # After the fan-out: the leaves it announces come behind this message everywhere.
+        for interface in gone or ():
+            self.interface_gone(interface)
 
     def history_join(self, sock: zmq.Socket, frames: list[bytes]) -> None:
         """A group_add with ``since`` ([interface, sender, header]): relay it with what
@@ -426,6 +434,7 @@ class Broker(Service):
                 self.connected += 1
             elif event["event"] == zmq.EVENT_DISCONNECTED:
                 self.connected -= 1
+                self.probe_until = time.monotonic() + PROBE_AFTER_DISCONNECT
 
     def hello(self, interface: bytes, header: bytes) -> None:
         """An interface saying hello: it is (back) and wants group messages. One that
@@ -522,10 +531,15 @@ class Broker(Service):
             counters.incr("unreachable_worker")
 
     def find_gone_interfaces(self) -> None:
-        """Fewer connections than interfaces that said hello: one of them is gone. The
-        monitor does not say which, so each is sent a pong (which an interface takes as
-        a repeated answer to its hello) until the send fails for the gone ones."""
+        """A connection closed, or there are fewer connections than interfaces that said
+        hello: one of them may be gone. The monitor does not say which, so each is sent a
+        pong (which an interface takes as a repeated answer to its hello) until the send
+        fails for the gone ones."""
         now = time.monotonic()
+        if now >= self.probe_until:
+            self.probe_until = 0.0
+            if len(self.known) <= self.connected:
+                return
         if now - self.probed_at < PROBE_INTERVAL:
             return
         self.probed_at = now
@@ -540,7 +554,12 @@ class Broker(Service):
     def interface_gone(self, interface: bytes) -> None:
         """An interface stopped or died: it gets no group messages, its members leave
         every group (announced where asked for), and the disconnect consumers of its
-        open WebSockets run, once each, marked abandoned (promise 9)."""
+        open WebSockets run, once each, marked abandoned (promise 9).
+
+        Every path that finds an interface unreachable comes here, whichever is first:
+        a probe (`find_gone_interfaces`), a bounced operation (`bounce`), a group
+        message's fan-out (`group`). Once per incarnation: it is no longer known until
+        it says hello again."""
         if interface not in self.known:
             return
         del self.known[interface]

@@ -25,6 +25,21 @@ class GroupError(ZChannelsError):
     """A group membership change could not be confirmed by the interface that owns the socket."""
 
 
+class InvalidName(ZChannelsError, ValueError):
+    """A channel or group name that cannot be used: not a string, empty, longer than 200
+    bytes of UTF-8 (``wire.MAX_NAME_BYTES``), or with a character that is not printable.
+    Nothing was sent."""
+
+
+class InvalidGroupName(GroupError, InvalidName):
+    """A group name that cannot be used (see `InvalidName`), from ``group_add``,
+    ``group_discard``, ``group_send``, ``group_members``, ``group_size`` or
+    ``check_group_name``. A name made of what a client sent (a room in the path) is the
+    client's mistake: refuse the client -- a `WebsocketConsumer` closes with 4400 for
+    its ``groups``; an HTTP consumer answers 400 -- rather than let it become a
+    consumer error."""
+
+
 class NotInConsumer(ZChannelsError):
     """The channel layer API was used outside a worker process.
 

@@ -27,7 +27,8 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
 from prometheus_client import exposition
 from prometheus_client.exposition import generate_latest
 
-__all__ = ["StatsCollector", "render", "summarize", "parse_key", "CONTENT_TYPE"]
+__all__ = ["StatsCollector", "render", "summarize", "totals", "rates", "earlier", "parse_key",
+           "CONTENT_TYPE"]
 
 # The classic text format, which every Prometheus version reads (what generate_latest
 # writes; newer prometheus_client versions label it 1.0.0, which Prometheus 2 refuses).
@@ -266,11 +267,11 @@ def _sum(processes: Iterable[dict[str, Any]], section: str, *names: str) -> floa
 
 
 def summarize(processes: list[dict[str, Any]]) -> dict[str, Any]:
-    """The headline figures of a host: open clients, running totals (the reader makes
+    """The headline figures of a host: open clients, running totals (`rates` makes
     rates of them), and each pool's depth. The same for `zchannels status` and the
-    dashboard as for the metrics."""
+    dashboard as for the metrics. ``time`` is the newest file's: not the time of the
+    other processes' counters."""
     interfaces = [d for d in processes if d.get("role") == "interface"]
-    workers = [d for d in processes if str(d.get("role", "")).startswith("worker")]
     brokers = [d for d in processes if d.get("role") == "broker"]
     pools: dict[str, dict[str, float]] = {}
 
@@ -292,13 +293,6 @@ def summarize(processes: list[dict[str, Any]]) -> dict[str, Any]:
                 pool(labels["pool"])[fields[name]] += _number(value) or 0.0
     for figures in pools.values():
         figures["depth"] = max(0.0, figures["in_flight"] - figures["busy"])
-    latency_count = latency_sum = 0.0
-    for data in interfaces:
-        for key, value in data.get("histograms", {}).items():
-            if parse_key(key)[0] == "event_latency_seconds" and isinstance(value, dict):
-                latency_count += sum(value.get("counts", ()))
-                latency_sum += _number(value.get("sum")) or 0.0
-    every = [*interfaces, *workers, *brokers]
     return {
         "time": max((d.get("time", 0) for d in processes), default=0),
         "processes": [{"role": d.get("role"), "process": process_label(d),
@@ -308,13 +302,30 @@ def summarize(processes: list[dict[str, Any]]) -> dict[str, Any]:
         "long_polls": _sum(interfaces, "gauges", "long_polls"),
         "http_requests": _sum(interfaces, "gauges", "http_requests"),
         "connections": _sum(interfaces, "gauges", "connections"),
-        # Running totals: rates are the reader's differences.
+        **totals(processes),  # running totals: `rates` makes rates of them
+        "pools": pools,
+    }
+
+
+def totals(processes: list[dict[str, Any]]) -> dict[str, float]:
+    """The running totals of `summarize` (RATE_FIGURES and the latency histogram's
+    count and sum), from the processes' counters."""
+    interfaces = [d for d in processes if d.get("role") == "interface"]
+    workers = [d for d in processes if str(d.get("role", "")).startswith("worker")]
+    brokers = [d for d in processes if d.get("role") == "broker"]
+    latency_count = latency_sum = 0.0
+    for data in interfaces:
+        for key, value in data.get("histograms", {}).items():
+            if parse_key(key)[0] == "event_latency_seconds" and isinstance(value, dict):
+                latency_count += sum(value.get("counts", ()))
+                latency_sum += _number(value.get("sum")) or 0.0
+    return {
         "events": _sum(interfaces, "counters", "events_sent"),
         "receives": sum(_number(d.get("counters", {}).get(
             "events_sent{channel=websocket.receive}")) or 0.0 for d in interfaces),
         "deliveries": _sum(interfaces, "counters", "from_broker", "group_deliveries"),
         "worker_events": _sum(workers, "counters", "events"),
-        "zmq_messages": _sum(every, "counters", "zmq_sent"),
+        "zmq_messages": _sum([*interfaces, *workers, *brokers], "counters", "zmq_sent"),
         "consumer_errors": _sum(workers, "counters", "consumer_errors"),
         "event_timeouts": _sum(interfaces, "counters", "event_timeouts"),
         "refusals": _sum(processes, "counters", *REFUSALS),
@@ -322,5 +333,66 @@ def summarize(processes: list[dict[str, Any]]) -> dict[str, Any]:
         "redelivered": _sum(brokers, "counters", "redelivered"),
         "latency_count": latency_count,
         "latency_sum": latency_sum,
-        "pools": pools,
     }
+
+
+# The totals that `rates` turns into figures per second.
+RATE_FIGURES = ("events", "receives", "deliveries", "worker_events", "zmq_messages",
+                "consumer_errors", "event_timeouts", "refusals", "losses", "redelivered")
+Key = tuple[Any, Any]  # (pid, role): one process
+
+
+def process_key(data: dict[str, Any]) -> Key:
+    return data.get("pid"), data.get("role")
+
+
+def earlier(data: dict[str, Any], before: dict[Key, dict[str, Any]] | None = None
+            ) -> dict[str, Any] | None:
+    """The reading of the same process that its rates are taken from: the older of the
+    earlier write its file names (``previous``, runtime/core/stats.py) and the reader's own
+    previous reading of it (`before`, by `process_key`), as long as it is older than
+    this one; None if there is none yet. Both are that process's own consecutive
+    stats, its time with its counters."""
+    now = _number(data.get("time"))
+    if now is None:
+        return None
+    found = None
+    previous = data.get("previous")
+    if isinstance(previous, dict):
+        found = {**data, **previous, "previous": None}
+    old = before.get(process_key(data)) if before else None
+    if old is not None and (found is None or _time(old) < _time(found)):
+        found = old
+    return found if found is not None and _time(found) < now else None
+
+
+def _time(data: dict[str, Any]) -> float:
+    return _number(data.get("time")) or 0.0
+
+
+def rates(processes: list[dict[str, Any]],
+          before: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
+    """The host's figures per second (RATE_FIGURES), and the mean event latency: each
+    process's from its own consecutive stats (`earlier`), over its own span, summed.
+    ``latency_ms`` is None without events; ``seconds`` the shortest and longest span.
+    None when no process has two readings yet."""
+    old_readings = {process_key(d): d for d in before or ()}
+    figures = dict.fromkeys(RATE_FIGURES, 0.0)
+    latency_count = latency_sum = 0.0
+    spans = []
+    for data in processes:
+        then = earlier(data, old_readings)
+        if then is None:
+            continue
+        seconds = _time(data) - _time(then)
+        now_totals, then_totals = totals([data]), totals([then])
+        for key in RATE_FIGURES:  # a restarted process is a new pid: never negative
+            figures[key] += max(0.0, now_totals[key] - then_totals[key]) / seconds
+        latency_count += now_totals["latency_count"] - then_totals["latency_count"]
+        latency_sum += now_totals["latency_sum"] - then_totals["latency_sum"]
+        spans.append(seconds)
+    if not spans:
+        return None
+    return {**figures,
+            "latency_ms": 1000 * latency_sum / latency_count if latency_count > 0 else None,
+            "seconds": [min(spans), max(spans)]}

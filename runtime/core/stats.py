@@ -11,10 +11,17 @@ Besides plain counts and gauges a process may keep histograms (fixed buckets, as
 the interfaces' event latency), and give any of them labels in its key
 (`labelled`): ``zchannels.core.metrics`` renders all of it for Prometheus, and
 ``zchannels status`` and the dashboard read the same files.
+
+Each file also carries ``previous``: the time, counters and histograms of an earlier
+write of the same process, the newest at least RATE_WINDOW before this one. A reader
+takes each process's rates from its own file -- two writes' times and counters --
+whenever it reads, and sums them: every process writes at its own moment, so one
+process's time says nothing of another's counters.
 """
 from __future__ import annotations
 
 import bisect
+import collections
 import json
 import logging
 import math
@@ -28,6 +35,10 @@ log = logging.getLogger("zchannels.stats")
 # Event latency (seconds), queued -> done: from half a millisecond to event_timeout's default.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                    1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Seconds a file's rates span at least (its "previous" write is that much older, or more
+# when stats_interval is longer): over a shorter span a steady load's counts would jump by
+# whole messages, e.g. 2 or 3 in 0.2 s at 10/s.
+RATE_WINDOW = 2.0
 
 
 def labelled(name: str, **labels: str) -> str:
@@ -150,6 +161,8 @@ class Counters(dict[str, int]):
         self.path: str | None = None
         self._written: dict[str, int] = {}
         self._written_at = 0.0
+        # Earlier writes, oldest first: {"time", "counters", "histograms"} (`_previous`).
+        self._history: collections.deque[dict[str, Any]] = collections.deque()
 
     def incr(self, name: str, n: int = 1) -> None:
         self[name] = self.get(name, 0) + n
@@ -185,16 +198,31 @@ class Counters(dict[str, int]):
         gauges (they may have changed without a counter moving)."""
         if self.path is None or (not force and dict(self) == self._written and not self.gauges):
             return
+        data = self.snapshot()
+        previous = self._previous(data["time"])
+        if previous is not None:
+            data["previous"] = previous
         tmp = f"{self.path}.tmp"
         try:
             with open(tmp, "w") as f:
-                json.dump(self.snapshot(), f)
+                json.dump(data, f)
             os.replace(tmp, self.path)
         except OSError as e:  # a full disk must not take the process down
             log.warning("cannot write stats to %s: %s", self.path, e)
             return
-        self._written = dict(self)
+        self._written = data["counters"]
         self._written_at = time.monotonic()
+        self._history.append({"time": data["time"], "counters": data["counters"],
+                              "histograms": data.get("histograms", {})})
+
+    def _previous(self, now: float) -> dict[str, Any] | None:
+        """The earlier write a file written at `now` names as its ``previous``: the newest
+        one at least RATE_WINDOW old (the oldest kept while the process is younger). The
+        writes before it are no longer needed."""
+        history = self._history
+        while len(history) > 1 and history[1]["time"] <= now - RATE_WINDOW:
+            history.popleft()
+        return history[0] if history else None
 
     def due(self, interval: float) -> bool:
         return time.monotonic() - self._written_at >= interval

@@ -6,10 +6,13 @@ then the host's headline figures: open clients, events and messages per second,
 each pool's depth, and the errors, refusals and losses. ``--watch [SECONDS]``
 redraws it until Ctrl-C.
 
-Rates are differences between two readings of the stats files, which each process
-rewrites every ``stats_interval``: a single screen therefore takes two readings,
-``stats_interval`` (and at least a second) apart. /proc is Linux's; where it cannot be read (another
-user's process under a hardened /proc) the columns say ``?``.
+Rates are each process's own: the difference between two of its writes of its stats
+file (the one read and the earlier one it names, or the one this command read a
+screen before, whichever is older), over the time between them, summed over the
+processes (`runtime.metrics.rates`). Every screen's rates are therefore right
+whatever the interval between screens. A single screen still waits a second for the
+CPU shares. /proc is Linux's; where it cannot be read (another user's process under a
+hardened /proc) the columns say ``?``.
 """
 from __future__ import annotations
 
@@ -20,11 +23,11 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from zchannels.core.config import Config
-from zchannels.core.metrics import parse_key, process_label, summarize
+from zchannels.core.metrics import earlier, parse_key, process_key, process_label, rates, summarize
 from zchannels.core.stats import collect
 
 WATCH_DEFAULT = 2.0  # seconds between screens under --watch with no value
-RATE_WINDOW = 1.0  # seconds between the two readings of a single screen, at least
+CPU_WINDOW = 1.0  # seconds between the two readings of a single screen (CPU moves in ticks)
 WATCH_MIN, WATCH_MAX = 0.1, 3600.0  # seconds: the bounds of --watch
 CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear the screen (only on a terminal)
 
@@ -133,8 +136,9 @@ def _number(value: float | None, digits: int = 1) -> str:
 
 def render(config: Config, processes: list[dict[str, Any]], samples: list[ProcSample],
            before: list[dict[str, Any]] | None) -> str:
-    """One screen. `before`: the previous reading, for the rates (None: no rates)."""
-    previous = {(d.get("pid"), d.get("role")): d for d in before or ()}
+    """One screen. `before`: the previous reading (None: the rates come from the files
+    alone)."""
+    previous = {process_key(d): d for d in before or ()}
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     lines = [f"zchannels status  {stamp}  run dir {config.run_dir}"]
     if not processes:
@@ -145,7 +149,7 @@ def render(config: Config, processes: list[dict[str, Any]], samples: list[ProcSa
                  f"{'CPU %':>6} {'RSS MiB':>8} {'EVENTS/s':>9} {'MSGS/s':>9}")
     for data, proc in zip(processes, samples):
         events_rate = messages_rate = None
-        old = previous.get((data.get("pid"), data.get("role")))
+        old = earlier(data, previous)
         if old is not None:
             seconds = float(data.get("time", 0)) - float(old.get("time", 0))
             (events, messages), (events0, messages0) = activity(data), activity(old)
@@ -162,19 +166,17 @@ def render(config: Config, processes: list[dict[str, Any]], samples: list[ProcSa
     lines.append(f"clients   websockets {now['websockets']:.0f}   SSE streams "
                  f"{now['sse_streams']:.0f}   long-polls {now['long_polls']:.0f}   HTTP "
                  f"requests {now['http_requests']:.0f}")
-    if before is not None:
-        then = summarize(before)
-        seconds = float(now["time"]) - float(then["time"])
-        rates = {key: rate(now[key], then[key], seconds)
-                 for key in ("events", "receives", "deliveries", "zmq_messages")}
-        latency_count = now["latency_count"] - then["latency_count"]
-        latency = ("-" if latency_count <= 0 else
-                   f"{1000 * (now['latency_sum'] - then['latency_sum']) / latency_count:.1f} ms")
-        lines.append(f"traffic   events/s {_number(rates['events'])} (WebSocket messages "
-                     f"{_number(rates['receives'])})   messages out/s "
-                     f"{_number(rates['deliveries'])}   ZeroMQ messages/s "
-                     f"{_number(rates['zmq_messages'])}   mean event latency {latency}"
-                     f"   (over {seconds:.1f} s)")
+    figures = rates(processes, before)
+    if figures is not None:
+        latency = "-" if figures["latency_ms"] is None else f"{figures['latency_ms']:.1f} ms"
+        shortest, longest = figures["seconds"]
+        span = f"{shortest:.1f}" if longest - shortest < 0.05 else \
+            f"{shortest:.1f}-{longest:.1f}"
+        lines.append(f"traffic   events/s {_number(figures['events'])} (WebSocket messages "
+                     f"{_number(figures['receives'])})   messages out/s "
+                     f"{_number(figures['deliveries'])}   ZeroMQ messages/s "
+                     f"{_number(figures['zmq_messages'])}   mean event latency {latency}"
+                     f"   (each process over its last {span} s)")
     for name, pool in sorted(now["pools"].items()):
         workers = pool["busy"] + pool["free"]
         lines.append(f"pool      {name}: depth {pool['depth']:.0f}   in flight "
@@ -207,10 +209,9 @@ def main(config: Config, watch: float | None, count: int | None = None,
             out.write(render(config, [], [], None))
             return 1
         shown = 0
-        # A screen's rates need the files rewritten in between (a stats_interval at
-        # least), and CPU time moves in 10 ms ticks: a second at least when there is time.
-        window = max(config.stats_interval, RATE_WINDOW)
-        time.sleep(window if watch is None else min(watch, window))
+        # The rates come from the files; CPU time moves in 10 ms ticks: a second at least
+        # between two samples when there is time.
+        time.sleep(CPU_WINDOW if watch is None else min(watch, CPU_WINDOW))
         while True:
             processes = collect(config.run_dir)
             screen = render(config, processes, sampler.sample(processes), before)

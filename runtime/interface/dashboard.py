@@ -29,7 +29,7 @@ import tornado.web
 from tornado.iostream import StreamClosedError
 
 from zchannels.core.config import Config
-from zchannels.core.metrics import summarize
+from zchannels.core.metrics import rates, summarize
 from zchannels.core.stats import collect, counters
 from zchannels.core.status import Sampler
 from zchannels.interface.guard import FailureLimiter, OperatorHosts
@@ -186,9 +186,12 @@ class DashboardEvents(Guarded):
 
 
 def snapshot(config: Config, sampler: "Sampler") -> dict[str, Any]:
-    """What the page draws: the host summary, and each process with its CPU and RSS."""
+    """What the page draws: the host summary, its rates (each process's from its own
+    stats file, summed: `runtime.metrics.rates`), and each process with its CPU and
+    RSS."""
     processes = collect(config.run_dir)
     summary = summarize(processes)
+    summary["rates"] = rates(processes)
     rows = []
     for data, proc in zip(processes, sampler.sample(processes)):
         rows.append({"role": data.get("role"), "pid": data.get("pid"),

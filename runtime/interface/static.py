@@ -18,6 +18,12 @@ class StaticFiles(tornado.web.StaticFileHandler):
         super().initialize(**kwargs)
         self.max_age = max_age
 
+    def parse_url_path(self, url_path: str) -> str:
+        # A NUL (``%00``) names no file, and the os functions raise ValueError on one.
+        if "\x00" in url_path:
+            raise tornado.web.HTTPError(400, "static path with a NUL byte")
+        return super().parse_url_path(url_path)
+
     def get_cache_time(self, path: str, modified: Any, mime_type: str) -> int:
         if "v" in self.request.arguments:
             return self.CACHE_MAX_AGE

@@ -50,7 +50,7 @@ from typing import Any
 
 import ujson
 
-from zchannels.core.exceptions import BadMessage
+from zchannels.core.exceptions import BadMessage, InvalidGroupName, InvalidName
 
 # Operations a worker asks of the interface that owns a socket.
 OP_ACCEPT = "accept"
@@ -145,13 +145,21 @@ def split_reply_channel(name: str) -> tuple[bytes, int]:
 
 
 def check_name(name: Any, what: str) -> str:
-    """Validate a channel or group name: a non-empty string of printable characters."""
+    """Validate a channel or group name: a non-empty string of printable characters, at
+    most MAX_NAME_BYTES of UTF-8. `InvalidGroupName` for a group (`what` "group"), else
+    `InvalidName` (both are ValueErrors)."""
+    error = InvalidGroupName if what == "group" else InvalidName
     if not isinstance(name, str) or not name:
-        raise ValueError(f"{what} name must be a non-empty string, not {name!r}")
-    if len(name.encode()) > MAX_NAME_BYTES:
-        raise ValueError(f"{what} name is longer than {MAX_NAME_BYTES} bytes: {name[:40]!r}...")
+        raise error(f"{what} name must be a non-empty string, not {name!r:.60}")
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:  # a lone surrogate
+        raise error(f"{what} name {name[:40]!r} is not valid Unicode") from None
+    if size > MAX_NAME_BYTES:
+        raise error(f"{what} name is longer than {MAX_NAME_BYTES} bytes ({size} bytes of "
+                    f"UTF-8): {name[:40]!r}...")
     if not name.isprintable():
-        raise ValueError(f"{what} name {name!r} contains control characters")
+        raise error(f"{what} name {name[:40]!r} contains control characters")
     return name
 
 

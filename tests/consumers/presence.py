@@ -4,7 +4,7 @@ returns them) or "size"."""
 import json
 from urllib.parse import parse_qs
 
-from zchannels import consumer, group_add, group_members, group_size
+from zchannels import consumer, group_add, group_members, group_send, group_size
 from _record import record
 
 
@@ -41,3 +41,22 @@ def remember(message):
 def forget(message):
     record("X", message.reply_channel.name, message.abandoned, message.get("code"),
            dict(message.session))
+
+
+@consumer("websocket.connect", path="/test/room/<group>")
+def enter_room(message, group):
+    """/test/room/<group>?name=N: a chat room's member, announced, whose disconnect is
+    recorded ("X", reply channel, abandoned); every text frame goes to the room."""
+    name = (parse_qs(message.get("query_string", "")).get("name") or [""])[0]
+    message.reply_channel.send(text="rc:" + message.reply_channel.name)
+    group_add(group, message.reply_channel, info={"name": name}, announce=True)
+
+
+@consumer("websocket.receive", path="/test/room/<group>")
+def say_in_room(message, group):
+    group_send(group, text=json.dumps({"type": "message", "text": message.text}))
+
+
+@consumer("websocket.disconnect", path="/test/room/<group>")
+def leave_room(message, group):
+    record("X", message.reply_channel.name, message.abandoned)
