@@ -1,5 +1,5 @@
 """`TestServer`: consumers, the in-memory layer and an interface in one object,
-dispatching with the worker's own code (`_Router`)."""
+dispatching with the worker's own `Dispatcher`."""
 from __future__ import annotations
 
 import heapq
@@ -18,7 +18,7 @@ from zchannels.core.exceptions import NotInConsumer
 from zchannels.interface.websocket import origin_allowed
 from zchannels.api.sender import current, set_current
 from zchannels.api.message import Message
-from zchannels.worker.worker import Worker
+from zchannels.worker.dispatch import Dispatcher
 from zchannels.testing.connections import _Client, _Exchange, _Socket
 from zchannels.testing.handles import HttpResponse, WebSocketClient
 from zchannels.testing.layer import ConsumerError, InMemoryLayer
@@ -28,18 +28,6 @@ worker_log = logging.getLogger("zchannels.worker")  # consumer errors, as a work
 CLIENT_IP = "127.0.0.1"
 HOST = "testserver"
 MAX_STEPS = 100_000  # consumer calls in one run: more means consumers feed each other forever
-
-
-class _Router(Worker):
-    """The worker's own dispatch -- routes, 4404 for an unknown WebSocket path, the WSGI
-    fallback, 404, unhandled channels -- without its process and sockets, so that
-    tests and production decide the same way."""
-
-    def __init__(self, registry: routing.Registry,  # no Worker.__init__: no sockets
-                 wsgi_app: wsgi.WSGIApp | None) -> None:
-        self.registry = registry
-        self.wsgi_app = wsgi_app
-        self.unhandled_seen: set[str] = set()
 
 
 def load_registry(directories: Iterable[str]) -> routing.Registry:
@@ -99,7 +87,7 @@ class TestServer:
             wsgi_app = self.config.wsgi_app
         if isinstance(wsgi_app, str):
             wsgi_app = wsgi.load_app(wsgi_app)
-        self.router = _Router(self.registry, wsgi_app)
+        self.dispatcher = Dispatcher(self.registry, wsgi_app)
         self.layer = InMemoryLayer(self.config, capacity)
         self.expected_errors: list[re.Pattern[str]] = []
         self._running = False
@@ -245,7 +233,7 @@ class TestServer:
             return
         error = False
         try:
-            self.router.dispatch(message)
+            self.dispatcher.dispatch(message)
         except Exception as e:
             error = True
             self.layer.count("consumer_errors")
