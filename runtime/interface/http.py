@@ -35,6 +35,22 @@ log = logging.getLogger("zchannels.interface")
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 NO_BODY_STATUSES = frozenset({204, 304})
+RESPONSE_MODES = (wire.MODE_RESPONSE, wire.MODE_STREAM, wire.MODE_SSE)  # what "start" may ask
+
+
+def check_start(status: Any, headers: Any) -> None:
+    """Raise ValueError or TypeError for a status or headers no response may have (the
+    in-memory test server checks the same)."""
+    if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
+        raise ValueError(f"status must be an int in 200..599, not {status!r}")
+    if not isinstance(headers, list):
+        raise TypeError(f"headers must be a list of [name, value], not {headers!r}")
+    for item in headers:
+        if not (isinstance(item, (list, tuple)) and len(item) == 2
+                and isinstance(item[0], str) and isinstance(item[1], str)):
+            raise TypeError(f"a header must be [name, value] strings, not {item!r}")
+
+
 class Exchange:
     """One HTTP request and its response, as a `clients.Client`."""
 
@@ -142,7 +158,7 @@ class Exchange:
             self.late("start")
             return
         mode = header.get("mode", wire.MODE_RESPONSE)
-        if mode not in (wire.MODE_RESPONSE, wire.MODE_STREAM, wire.MODE_SSE):
+        if mode not in RESPONSE_MODES:
             self.invalid(f"unknown response mode {mode!r}")
             return
         try:
@@ -364,18 +380,12 @@ class ConsumerRequest(tornado.web.RequestHandler):
 
     def begin(self, status: Any, headers: Any, defaults: tuple[tuple[str, str], ...]) -> None:
         """Set the status and headers the consumer chose (raises ValueError/TypeError)."""
-        if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
-            raise ValueError(f"status must be an int in 200..599, not {status!r}")
-        if not isinstance(headers, list):
-            raise TypeError(f"headers must be a list of [name, value], not {headers!r}")
+        check_start(status, headers)
         self.clear()
         self.clear_header("Content-Type")
         self.set_status(status, responses.get(status, "Unknown"))
         names = set()
         for item in headers:
-            if not (isinstance(item, (list, tuple)) and len(item) == 2
-                    and isinstance(item[0], str) and isinstance(item[1], str)):
-                raise TypeError(f"a header must be [name, value] strings, not {item!r}")
             # WSGI frameworks may leave a leading space (Django's Set-Cookie does).
             self.add_header(item[0], item[1].strip())  # HTTPInputError on CR/LF
             names.add(item[0].lower())

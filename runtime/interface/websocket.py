@@ -22,7 +22,7 @@ from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 
 from zchannels.wire import frames as wire
 from zchannels.core.config import Config
-from zchannels.core.stats import counters
+from zchannels.core.stats import Counters, counters
 from zchannels.interface.clients import Clients, Outgoing, peer_port
 from zchannels.interface.compat import (error_reason, inflate_messages, limit_write_buffer,
                                         lingering_close, server_closing, unsent_bytes,
@@ -56,7 +56,30 @@ class Decision(enum.Enum):
     UNAVAILABLE = "unavailable"  # HTTP 503: the pool refused the connect event
 
 
-class Connection:
+class NotHttp:
+    """What a WebSocket does with the HTTP operations ("start", "body", "hold"): drops
+    them as garbage. The in-memory test server's sockets share it, counting in their
+    own `counters`."""
+
+    __slots__ = ()
+    reply_channel: str
+    counters: Counters = counters  # the process's
+
+    def start(self, header: dict[str, Any], payload: bytes | None) -> None:
+        self.not_http("start")
+
+    def body(self, payload: bytes, more: bool) -> None:
+        self.not_http("body")
+
+    def hold(self, header: dict[str, Any]) -> None:
+        self.not_http("hold")
+
+    def not_http(self, op: str) -> None:
+        self.counters.incr("garbage")
+        log.warning("%s: dropped an HTTP %r operation for a WebSocket", self.reply_channel, op)
+
+
+class Connection(NotHttp):
     """A WebSocket as a `clients.Client`."""
 
     __slots__ = (
@@ -141,29 +164,12 @@ class Connection:
         self.write(message.frame(compression.deflater if compression else None))
 
     def accept(self, subprotocol: Any) -> None:
-        if subprotocol is not None and subprotocol not in self.subprotocols:
-            log.warning("%s: consumer chose subprotocol %r, which the client did not "
-                        "offer (%s); ignored", self.reply_channel, subprotocol,
-                        self.subprotocols)
-            subprotocol = None
-        self.subprotocol = subprotocol
+        self.subprotocol = chosen_subprotocol(self.reply_channel, subprotocol,
+                                              self.subprotocols)
         self.decide(Decision.ACCEPT)
 
     def reject(self) -> None:
         self.decide(Decision.REJECT)
-
-    def start(self, header: dict[str, Any], payload: bytes | None) -> None:
-        self._not_http("start")
-
-    def body(self, payload: bytes, more: bool) -> None:
-        self._not_http("body")
-
-    def hold(self, header: dict[str, Any]) -> None:
-        self._not_http("hold")
-
-    def _not_http(self, op: str) -> None:
-        counters.incr("garbage")
-        log.warning("%s: dropped an HTTP %r operation for a WebSocket", self.reply_channel, op)
 
     def decide(self, decision: Decision) -> None:
         if self.decision is not None and not self.decision.done():
@@ -290,6 +296,16 @@ class Connection:
             return False
         self.tokens = min(float(burst), tokens) - 1.0
         return True
+
+
+def chosen_subprotocol(reply_channel: str, subprotocol: Any, offered: list[str]) -> str | None:
+    """The subprotocol a consumer accepted with, if the client offered it (else None,
+    and a warning): the in-memory test server decides the same way."""
+    if subprotocol is not None and subprotocol not in offered:
+        log.warning("%s: consumer chose subprotocol %r, which the client did not offer "
+                    "(%s); ignored", reply_channel, subprotocol, offered)
+        return None
+    return subprotocol
 
 
 def origin_allowed(config: Config, origin: str, host: str) -> bool:
