@@ -3,9 +3,10 @@ exchange (`_Exchange`) has been sent, as `zchannels.interface.clients.Client`s.
 
 They are what the interface's Tornado `Connection` and `Exchange` are to real
 sockets: the interface's own `Clients` drives them (their events, acks, groups),
-and the interface's own operation table (`zchannels.interface.link.OPERATIONS`)
-applies what consumers send them. What is left here is the socket: frames kept
-for the test to read, a response's status, headers and parts.
+the interface's own operation table (`zchannels.interface.link.OPERATIONS`) applies
+what consumers send them, and an HTTP response follows the interface's own
+`Response` rules. What is left here is the socket: frames kept for the test to
+read, the handshake's answer, a response's status, headers and parts.
 """
 from __future__ import annotations
 
@@ -17,14 +18,12 @@ from typing import Any, Callable, Protocol
 from zchannels.core.config import Config
 from zchannels.core.stats import Counters
 from zchannels.interface.clients import Clients, Outgoing
-from zchannels.interface.http import NO_BODY_STATUSES, RESPONSE_MODES, check_start
+from zchannels.interface.http import NO_BODY_STATUSES, Response, check_start
 from zchannels.interface.pipeline import AckResult, Pipeline, Refusal
-from zchannels.interface.sse import SSE_HEADERS, sse_event
 from zchannels.interface.websocket import (CLOSE_CONSUMER_ERROR, CLOSE_GOING_AWAY,
                                            CLOSE_TRY_AGAIN_LATER, NotHttp,
                                            chosen_subprotocol)
 from zchannels.wire import frames as wire
-from zchannels.wire.positions import POSITION_HEADER
 
 log = logging.getLogger("zchannels.testing")
 
@@ -182,26 +181,22 @@ class _Socket(_Client, NotHttp):
         self.layer.clients.closed(self)
 
 
-class _Exchange(_Client):
-    """An HTTP request and its response as the client receives it."""
+class _Exchange(_Client, Response):
+    """An HTTP request and its response as the client receives it: the interface's own
+    `Response` rules, written to a list of parts instead of a socket."""
 
     def __init__(self, layer: _Interface, conn_id: int, reply_channel: str, path: str,
                  method: str) -> None:
-        super().__init__(layer, conn_id, reply_channel, path)
+        _Client.__init__(self, layer, conn_id, reply_channel, path)
+        Response.__init__(self)
+        self.counters = layer.counters
         self.method = method
-        self.mode: str | None = None  # wire.MODE_*, once the response has started
-        self.started = False  # status chosen (a held long-poll counts)
-        self.ended = False  # the response is complete: no http.disconnect
-        self.finished = False  # the client has everything it will get
         self.aborted = False  # cut short after its headers went out
-        self.held: tuple[int, list[Any], int] | None = None
         self.hold_number = 0  # which hold a timer belongs to
         self.status: int | None = None
         self.headers: list[tuple[str, str]] = []
         self.parts: list[bytes] = []
-        self.chunked = False
-
-    # -- as `Clients` drives it ------------------------------------------------------
+        self.chunked = False  # a part went out before the end: no Content-Length
 
     def event_header(self, channel: str, kind: str) -> bytes:
         return self._header(channel)
@@ -209,54 +204,13 @@ class _Exchange(_Client):
     def disconnect_channel(self) -> str | None:
         return None if self.ended else "http.disconnect"
 
-    def acknowledged(self, result: AckResult) -> None:
-        if result.lost or result.error:
-            self.fail(500, "consumer failed")
+    def invalid(self, why: str) -> None:
+        self.layer.error(self.reply_channel, "http.request", self.path,
+                         f"{self.reply_channel}: invalid response from the consumer ({why}); "
+                         "answering 500")
+        super().invalid(why)
 
-    def refused(self, refusal: Refusal) -> None:
-        self.layer.count("refused_http")
-        self.fail(503, "worker pool is full")
-
-    def timed_out(self) -> None:
-        self.fail(504, "consumer timed out")
-
-    def stop(self) -> None:
-        if self.started:
-            self.close(1000, "")
-        else:
-            self.fail(503, "server shutting down")
-
-    # -- what consumers send it --------------------------------------------------------
-
-    def close(self, code: int, reason: str) -> None:
-        if self.held is not None:
-            self.release()
-        elif self.started:
-            self.end()
-        else:
-            self.fail(500, reason or "closed before a response was sent")
-
-    def accept(self, subprotocol: Any) -> None:
-        self.bad_response("accept is for WebSocket connections")
-
-    def reject(self) -> None:
-        self.bad_response("reject is for WebSocket connections")
-
-    def start(self, header: dict[str, Any], payload: bytes | None) -> None:
-        if self.started or self.finished:
-            self.late("start")
-            return
-        mode = header.get("mode", wire.MODE_RESPONSE)
-        status, headers = header.get("status"), header.get("headers")
-        try:
-            if mode not in RESPONSE_MODES:
-                raise ValueError(f"unknown response mode {mode!r}")
-            self.begin(status, headers, SSE_HEADERS if mode == wire.MODE_SSE else ())
-        except (TypeError, ValueError) as e:
-            self.bad_response(str(e))
-            return
-        self.started, self.mode = True, mode
-        self.body(payload or b"", bool(header.get("more")))
+    # -- the socket ----------------------------------------------------------------------
 
     def begin(self, status: Any, headers: Any, defaults: tuple[tuple[str, str], ...]) -> None:
         """The status and headers, checked as the interface checks them (raises
@@ -271,78 +225,25 @@ class _Exchange(_Client):
         names = {name.lower() for name, _ in self.headers}
         self.headers += [(name, value) for name, value in defaults if name.lower() not in names]
 
-    def hold(self, header: dict[str, Any]) -> None:
-        if self.started or self.finished:
-            self.late("hold")
-            return
-        self.started, self.mode = True, wire.MODE_HOLD
-        self.held = (header["status"], header.get("headers") or [],
-                     header.get("timeout_status", 204))
+    def hold_for(self, seconds: float) -> None:
         self.hold_number += 1
         number = self.hold_number
-        self.layer.call_later(header["timeout"], lambda: self.hold_expired(number))
+        self.layer.call_later(seconds, lambda: self.hold_expired(number))
 
     def hold_expired(self, number: int) -> None:
-        if self.held is not None and number == self.hold_number:
-            self.release()
-
-    def release(self, payload: bytes | None = None, position: Any = None) -> None:
-        """Answer a held long-poll: with the message that arrived (and its group history
-        position, as a header), or (None) its timeout."""
-        assert self.held is not None
-        status, headers, timeout_status = self.held
-        self.held = None
-        try:
-            if payload is None:
-                self.begin(timeout_status, [], ())
-            else:
-                if isinstance(position, str):
-                    headers = [*headers, [POSITION_HEADER, position]]
-                self.begin(status, headers, ())
-        except (TypeError, ValueError) as e:
-            self.bad_response(str(e))
-            return
-        self.mode = wire.MODE_RESPONSE
-        self.body(payload or b"", more=False)
-
-    def body(self, payload: bytes, more: bool) -> None:
-        if self.finished:
-            self.late("body")
-            return
-        if not self.started:
-            self.bad_response("body before start")
-            return
-        if more:
-            self.chunked = True
-            self.write(payload)
-        else:
-            self.write(payload)
-            self.end()
-
-    def deliver(self, message: Outgoing) -> None:
-        header = message.header
-        if self.finished:
-            self.layer.count("dropped_to_closed")
-        elif self.mode == wire.MODE_SSE:
-            if message.kind != wire.KIND_TEXT:
-                self.layer.count("sse_binary_dropped")
-                log.warning("%s: a binary message cannot be a Server-Sent Event; dropped",
-                            self.reply_channel)
-                return
-            self.write(sse_event(message.payload, header.get("event"), header.get("id")))
-        elif self.mode == wire.MODE_STREAM:
-            self.write(message.payload)
-        elif self.held is not None:
-            self.release(message.payload, header.get("position"))
-        else:
-            self.layer.count("http_sends_dropped")
-            log.warning("%s: a message arrived for an HTTP response that is not a stream "
-                        "(mode %s); dropped. Start a stream or hold before adding it to "
-                        "groups.", self.reply_channel, self.mode)
-
-    # -- the socket ----------------------------------------------------------------------
+        if self.held is not None and number == self.hold_number and not self.finished:
+            self.release_hold()
 
     def write(self, data: bytes) -> None:
+        """A part sent at once (flushed: the response is chunked)."""
+        self.chunked = True
+        self.keep(data)
+
+    def finish(self, payload: bytes) -> None:
+        self.keep(payload)
+        self.end()
+
+    def keep(self, data: bytes) -> None:
         if data and self.status not in NO_BODY_STATUSES and self.method != "HEAD":
             self.parts.append(data)
 
@@ -371,7 +272,7 @@ class _Exchange(_Client):
         if status == 503:
             headers.append(("Retry-After", "1"))
         self.begin(status, headers, ())
-        self.write(body)
+        self.keep(body)
         # As in the interface, an error response is not an ended one: http.disconnect
         # follows it.
         self.finished = True
@@ -385,15 +286,3 @@ class _Exchange(_Client):
                         self.reply_channel, self.method, self.path,
                         self.layer.config.http_timeout)
             self.fail(504, "no response in time")
-
-    def late(self, what: str) -> None:
-        self.layer.count("late_responses")
-        log.info("%s: %s arrived after the response was %s; dropped", self.reply_channel,
-                 what, "finished" if self.finished else "started")
-
-    def bad_response(self, why: str) -> None:
-        self.layer.count("bad_responses")
-        self.layer.error(self.reply_channel, "http.request", self.path,
-                         f"{self.reply_channel}: invalid response from the consumer ({why}); "
-                         "answering 500")
-        self.fail(500, "invalid response")
