@@ -56,14 +56,40 @@ class Decision(enum.Enum):
     UNAVAILABLE = "unavailable"  # HTTP 503: the pool refused the connect event
 
 
-class NotHttp:
-    """What a WebSocket does with the HTTP operations ("start", "body", "hold"): drops
-    them as garbage. The in-memory test server's sockets share it, counting in their
-    own `counters`."""
+class SocketRules:
+    """What a WebSocket does, whatever carries it: how it answers its consumers' acks,
+    its pool's refusals and timeouts (by `decide` on its handshake, or `close`), and
+    that it drops the HTTP operations ("start", "body", "hold") as garbage.
+    `Connection` below carries it on Tornado; the in-memory test server's sockets
+    share it, counting in their own `counters`."""
 
     __slots__ = ()
     reply_channel: str
     counters: Counters = counters  # the process's
+
+    def decide(self, decision: Decision) -> None:
+        raise NotImplementedError  # the handshake's answer, if not given yet
+
+    def close(self, code: int, reason: str = "") -> None:
+        raise NotImplementedError
+
+    def refused(self, refusal: Refusal) -> None:
+        if refusal is Refusal.CONNECT:
+            self.decide(Decision.UNAVAILABLE)
+        else:  # RECEIVE: the receives behind it are gone too; tell the client to come back
+            self.close(CLOSE_TRY_AGAIN_LATER, "server busy, try again later")
+
+    def acknowledged(self, result: AckResult) -> None:
+        if result.lost or result.error:
+            self.close(CLOSE_CONSUMER_ERROR, "consumer failed")
+        elif result.channel == "websocket.connect":
+            self.decide(Decision.ACCEPT)  # a connect consumer that returns accepts
+
+    def timed_out(self) -> None:
+        self.close(CLOSE_CONSUMER_ERROR, "consumer timed out")
+
+    def stop(self) -> None:
+        self.close(CLOSE_GOING_AWAY, "server shutting down")
 
     def start(self, header: dict[str, Any], payload: bytes | None) -> None:
         self.not_http("start")
@@ -79,7 +105,7 @@ class NotHttp:
         log.warning("%s: dropped an HTTP %r operation for a WebSocket", self.reply_channel, op)
 
 
-class Connection(NotHttp):
+class Connection(SocketRules):
     """A WebSocket as a `clients.Client`."""
 
     __slots__ = (
@@ -141,21 +167,6 @@ class Connection(NotHttp):
 
     def session_changed(self) -> None:
         self._receive_headers.clear()
-
-    def refused(self, refusal: Refusal) -> None:
-        if refusal is Refusal.CONNECT:
-            self.decide(Decision.UNAVAILABLE)
-        else:  # RECEIVE: the receives behind it are gone too; tell the client to come back
-            self.close(CLOSE_TRY_AGAIN_LATER, "server busy, try again later")
-
-    def acknowledged(self, result: AckResult) -> None:
-        if result.lost or result.error:
-            self.close(CLOSE_CONSUMER_ERROR, "consumer failed")
-        elif result.channel == "websocket.connect":
-            self.decide(Decision.ACCEPT)  # a connect consumer that returns accepts
-
-    def timed_out(self) -> None:
-        self.close(CLOSE_CONSUMER_ERROR, "consumer timed out")
 
     # -- what workers ask of it --------------------------------------------------
 
@@ -220,9 +231,6 @@ class Connection(NotHttp):
             self.decide(Decision.ACCEPT)
         elif self.state is State.OPEN and self.handler is not None:
             self.handler.close(code, reason)
-
-    def stop(self) -> None:
-        self.close(CLOSE_GOING_AWAY, "server shutting down")
 
     def tick(self, now: float) -> None:
         """Ping every ping_interval; close (1000, "ping timed out") when no pong came

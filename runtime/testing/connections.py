@@ -19,13 +19,13 @@ from zchannels.core.config import Config
 from zchannels.core.stats import Counters
 from zchannels.interface.clients import Clients, Outgoing
 from zchannels.interface.http import NO_BODY_STATUSES, Response, check_start
-from zchannels.interface.pipeline import AckResult, Pipeline, Refusal
-from zchannels.interface.websocket import (CLOSE_CONSUMER_ERROR, CLOSE_GOING_AWAY,
-                                           CLOSE_TRY_AGAIN_LATER, NotHttp,
-                                           chosen_subprotocol)
+from zchannels.interface.pipeline import Pipeline
+from zchannels.interface.websocket import Decision, SocketRules, chosen_subprotocol
 from zchannels.wire import frames as wire
 
 log = logging.getLogger("zchannels.testing")
+
+HANDSHAKE_STATUS = {Decision.ACCEPT: 101, Decision.REJECT: 403, Decision.UNAVAILABLE: 503}
 
 
 class _Interface(Protocol):
@@ -70,9 +70,9 @@ class _Client:
         pass  # its deadlines are timers on the fake clock
 
 
-class _Socket(_Client, NotHttp):
-    """A WebSocket: its handshake, what it has received, and how it closed. The HTTP
-    operations are the interface's own refusal (`NotHttp`)."""
+class _Socket(_Client, SocketRules):
+    """A WebSocket: its handshake, what it has received, and how it closed. How it
+    answers acks, refusals and HTTP operations is the interface's own `SocketRules`."""
 
     def __init__(self, layer: _Interface, conn_id: int, reply_channel: str, path: str,
                  subprotocols: list[str]) -> None:
@@ -103,24 +103,6 @@ class _Socket(_Client, NotHttp):
     def disconnect_channel(self) -> str | None:
         return "websocket.disconnect"
 
-    def acknowledged(self, result: AckResult) -> None:
-        if result.lost or result.error:
-            self.close(CLOSE_CONSUMER_ERROR, "consumer failed")
-        elif result.channel == "websocket.connect":
-            self.decide(101)  # a connect consumer that returns accepts
-
-    def refused(self, refusal: Refusal) -> None:
-        if refusal is Refusal.CONNECT:
-            self.decide(503)
-        else:
-            self.close(CLOSE_TRY_AGAIN_LATER, "server busy, try again later")
-
-    def timed_out(self) -> None:
-        self.close(CLOSE_CONSUMER_ERROR, "consumer timed out")
-
-    def stop(self) -> None:
-        self.close(CLOSE_GOING_AWAY, "server shutting down")
-
     # -- what consumers send it --------------------------------------------------------
 
     def deliver(self, message: Outgoing) -> None:
@@ -137,30 +119,30 @@ class _Socket(_Client, NotHttp):
         chosen = chosen_subprotocol(self.reply_channel, subprotocol, self.subprotocols)
         if self.status is None:
             self.subprotocol = chosen
-        self.decide(101)
+        self.decide(Decision.ACCEPT)
 
     def reject(self) -> None:
-        self.decide(403)
+        self.decide(Decision.REJECT)
 
-    def close(self, code: int, reason: str) -> None:
+    def close(self, code: int, reason: str = "") -> None:
         if self.closed:
             return
         self.closing = True
         if not self.open:
             # A client sees a close code only on an open socket: finish the handshake.
             self.close_after_open = self.close_after_open or (code, reason)
-            self.decide(101)
+            self.decide(Decision.ACCEPT)
         else:
             self.ended(code, reason)
 
     # -- the socket's life ---------------------------------------------------------------
 
-    def decide(self, status: int) -> None:
+    def decide(self, decision: Decision) -> None:
         """The handshake's answer: 101 (open), or an HTTP error (403, 503)."""
         if self.status is not None:
             return  # decided already
-        self.status = status
-        if status != 101:
+        self.status = HANDSHAKE_STATUS[decision]
+        if decision is not Decision.ACCEPT:
             self.pending.clear()
             self.closed = True
             self.layer.clients.closed(self)
