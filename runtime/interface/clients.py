@@ -6,6 +6,11 @@ A client is a WebSocket connection or an HTTP exchange; both sit behind the one
 drives each one's `Pipeline`: it pushes the next event to its pool when none is
 in flight, applies the pools' refusals, the workers' acknowledgements and the
 event timeout, and forgets a client once it has closed and nothing of it is left.
+
+It touches no socket and no event loop of its own: it is handed the sockets to the
+pools (`PoolSocket`), a clock and a timer. The interface hands it ZeroMQ sockets,
+``time.monotonic`` and its asyncio loop; the in-memory test server
+(`zchannels.testing`) its run queue and its fake clock, and so runs this very code.
 """
 from __future__ import annotations
 
@@ -13,13 +18,13 @@ import asyncio
 import itertools
 import logging
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import zmq
 
 from zchannels.wire import frames as wire
 from zchannels.core.config import CLIENT_CHANNELS, Config
-from zchannels.core.stats import Histogram, counters, labelled
+from zchannels.core.stats import Counters, Histogram, counters, labelled
 from zchannels.interface.deflate import RSV1, Deflater
 from zchannels.interface.frames import OPCODE_BINARY, OPCODES, frame, frame_message
 from zchannels.interface.groups import GroupTable
@@ -61,6 +66,21 @@ class Outgoing:
         if self._frame is None:
             self._frame = frame_message(self.kind, self.payload)
         return self._frame
+
+
+class PoolSocket(Protocol):
+    """Where `Clients` hands an event for a pool: ``[header, payload, sequence]``. A
+    ZeroMQ PUSH socket in the interface, which raises ``zmq.Again`` when the pool is
+    full (the event is refused)."""
+
+    def send_multipart(self, msg_parts: Sequence[bytes], flags: int = ...) -> Any: ...
+
+
+Timer = Callable[[float, Callable[[], None]], object]  # call_later(seconds, callback)
+
+
+def _loop_timer(seconds: float, callback: Callable[[], None]) -> object:
+    return asyncio.get_running_loop().call_later(seconds, callback)
 
 
 class Client(Protocol):
@@ -111,12 +131,21 @@ class Client(Protocol):
 
 
 class Clients:
-    def __init__(self, config: Config, interface_id: str,
-                 pools: dict[str, zmq.Socket]) -> None:
+    """Every client of one interface, its group memberships, and its events' way to
+    the pools. `pools`: the socket of the pool serving each client channel; `clock`:
+    monotonic seconds; `call_later`: a timer (default: the running asyncio loop's);
+    `counters`: where its counts and latency histograms go (the process's)."""
+
+    def __init__(self, config: Config, interface_id: str, pools: Mapping[str, PoolSocket],
+                 *, clock: Callable[[], float] = time.monotonic,
+                 call_later: Timer = _loop_timer, counters: Counters = counters) -> None:
         self.config = config
         self.interface_id = interface_id
         self.limits = Limits(config.max_queued_events, config.event_timeout)
         self.pools = pools  # client channel -> the PUSH socket of the pool serving it
+        self.clock = clock
+        self.call_later = call_later
+        self.counters = counters
         self.by_id: dict[int, Client] = {}
         self.busy: set[Client] = set()  # with an event in flight: checked for timeouts
         self.groups: GroupTable[Client] = GroupTable()
@@ -148,7 +177,7 @@ class Clients:
         """max_connections reached: refuse (503) and count."""
         if len(self.by_id) < self.config.max_connections:
             return False
-        counters.incr("refused_max_connections")
+        self.counters.incr("refused_max_connections")
         log.warning("refused a connection: %d connections is max_connections",
                     len(self.by_id))
         return True
@@ -171,6 +200,7 @@ class Clients:
             return
         queued = len(pipeline.queue)
         pools = self.pools
+        counters = self.counters
 
         def send(event: Event, sequence: int) -> bool:
             channel, kind, payload, header = event
@@ -185,15 +215,15 @@ class Clients:
             counters.incr(EVENTS_SENT[channel])
             return True
 
-        refusal = pipeline.dispatch(send, time.monotonic(), self.limits, self.stopping)
+        refusal = pipeline.dispatch(send, self.clock(), self.limits, self.stopping)
         if pipeline.in_flight is not None:
             self.busy.add(client)
         if refusal is Refusal.RETRY_LATER:
             if not pipeline.retry_scheduled:
                 pipeline.retry_scheduled = True
-                asyncio.get_running_loop().call_later(DISCONNECT_RETRY, self.retry, client)
+                self.call_later(DISCONNECT_RETRY, lambda: self.retry(client))
         elif refusal is Refusal.DISCONNECT_LOST:
-            counters.incr("disconnects_lost")
+            self.counters.incr("disconnects_lost")
             log.warning("%s: pool is full; gave up offering the disconnect event",
                         client.reply_channel)
         elif refusal is not None:
@@ -202,7 +232,7 @@ class Clients:
             if refusal is Refusal.RECEIVE:  # the receives queued behind it went with it
                 dropped = queued - 1 - len(pipeline.queue) - (pipeline.in_flight is not None)
                 if dropped:
-                    counters.incr("receives_dropped_on_close", dropped)
+                    self.counters.incr("receives_dropped_on_close", dropped)
             client.refused(refusal)
         if client.resume is not None and pipeline.should_resume(self.limits):
             resume, client.resume = client.resume, None
@@ -221,7 +251,7 @@ class Clients:
         their answers could not follow the close frame."""
         dropped = client.pipeline.drop_receives()
         if dropped:
-            counters.incr("receives_dropped_on_close", dropped)
+            self.counters.incr("receives_dropped_on_close", dropped)
 
     def acknowledged(self, client: Client | None, header: dict[str, Any]) -> None:
         """A worker's done for the client's event in flight."""
@@ -231,18 +261,18 @@ class Clients:
         if client is None or result is None:
             # The client is gone, or its event timed out and a later one is in
             # flight: this ack must not release that one.
-            counters.incr("late_acks")
+            self.counters.incr("late_acks")
             return
         self.busy.discard(client)
         # The event is finished; in_flight_since still says when it was handed over.
-        self.latency[result.channel].observe(time.monotonic() - client.pipeline.in_flight_since)
+        self.latency[result.channel].observe(self.clock() - client.pipeline.in_flight_since)
         if isinstance(header.get("session"), dict):
             client.session_changed()
         if result.lost:
             # The consumer's messages travel the same path as its "done", in order: if
             # the done is here and they are not, they were lost (in a broker that was
             # killed). The client must not wait for an answer that will not come.
-            counters.incr("replies_lost", result.lost)
+            self.counters.incr("replies_lost", result.lost)
             log.error("%s: %d of the %d messages the %s consumer sent were lost on the "
                       "way; closing", client.reply_channel, result.lost,
                       header.get("sent"), result.channel)
@@ -257,21 +287,25 @@ class Clients:
     def abandon(self, client: Client, code: int, reason: str) -> None:
         """Close a client whose disconnect consumer has already run elsewhere (the broker
         ran it when it took this interface for dead): nothing more is sent for it."""
-        if client.pipeline.close(None, time.monotonic()):
+        if client.pipeline.close(None, self.clock()):
+            self.groups.leave_all(client)
             self._gone(client)
         client.close(code, reason)
 
     def closed(self, client: Client) -> None:
         """The socket (or HTTP response) is gone: leave every group now, then tell the
         consumers, in order."""
-        if not client.pipeline.close(client.disconnect_channel(), time.monotonic()):
+        if not client.pipeline.close(client.disconnect_channel(), self.clock()):
             return
+        groups = list(client.groups)
+        self.groups.leave_all(client)
         if self.on_close is not None:
-            self.on_close(client, list(client.groups))
+            # Told once it is out of the table: what is said to those groups now (its
+            # leave notice, say) no longer reaches it.
+            self.on_close(client, groups)
         self._gone(client)
 
     def _gone(self, client: Client) -> None:
-        self.groups.leave_all(client)
         if client.resume is not None:  # reading was paused: let Tornado see the close
             resume, client.resume = client.resume, None
             if not resume.done():
@@ -292,14 +326,14 @@ class Clients:
             if overrun is None:
                 continue
             if overrun.stage is Overdue.TIMED_OUT:
-                counters.incr("event_timeouts")
+                self.counters.incr("event_timeouts")
                 if overrun.dropped:
-                    counters.incr("receives_dropped_on_close", overrun.dropped)
+                    self.counters.incr("receives_dropped_on_close", overrun.dropped)
                 log.error("%s: consumer for %s did not finish within %gs; closing with "
                           "1011", client.reply_channel, overrun.channel, timeout)
                 client.timed_out()
             else:
-                counters.incr("events_abandoned")
+                self.counters.incr("events_abandoned")
                 log.error("%s: no answer for %s after %gs; presumed lost with its "
                           "worker", client.reply_channel, overrun.channel, 2 * timeout)
                 self.busy.discard(client)

@@ -24,7 +24,7 @@ from tornado.httputil import HTTPInputError, HTTPServerRequest, responses
 from zchannels.wire import frames as wire
 from zchannels.core.config import Config
 from zchannels.wire.positions import POSITION_HEADER
-from zchannels.core.stats import counters
+from zchannels.core.stats import Counters, counters
 from zchannels.interface.clients import Clients, Outgoing, peer_port
 from zchannels.interface.compat import (error_reason, headers_written, is_finished,
                                         request_stream, response_status, unsent_bytes)
@@ -47,18 +47,220 @@ def unread_body(request: HTTPServerRequest) -> bool:
     return chunked or (length != "" and length != "0")
 
 
-class Exchange:
-    """One HTTP request and its response, as a `clients.Client`."""
+RESPONSE_MODES = (wire.MODE_RESPONSE, wire.MODE_STREAM, wire.MODE_SSE)  # what "start" may ask
+
+
+def check_start(status: Any, headers: Any) -> None:
+    """Raise ValueError or TypeError for a status or headers no response may have (the
+    in-memory test server checks the same)."""
+    if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
+        raise ValueError(f"status must be an int in 200..599, not {status!r}")
+    if not isinstance(headers, list):
+        raise TypeError(f"headers must be a list of [name, value], not {headers!r}")
+    for item in headers:
+        if not (isinstance(item, (list, tuple)) and len(item) == 2
+                and isinstance(item[0], str) and isinstance(item[1], str)):
+            raise TypeError(f"a header must be [name, value] strings, not {item!r}")
+
+
+class Response:
+    """The rules of one HTTP response, without I/O: which operations it takes when
+    (start, body, hold, a message for it, close) and in which mode, and what is late
+    or invalid. A subclass does the I/O: `begin` (status and headers), `write` (a
+    body part, sent at once), `finish` (the last part, then the end), `end`, `fail`
+    (an error response, or cut short) and `hold_for` (a long-poll's timeout), and sets
+    `finished` once the client has all it will get. `Exchange` below writes to
+    Tornado; the in-memory test server (`zchannels.testing`) keeps what a client
+    would have received."""
+
+    __slots__ = ("mode", "started", "ended", "finished", "held")
+    reply_channel: str
+    counters: Counters = counters  # the process's
+
+    def __init__(self) -> None:
+        self.mode: str | None = None  # wire.MODE_*, once the response has started
+        self.started = False  # status and headers chosen (held ones count)
+        self.ended = False  # the response is complete: no http.disconnect
+        self.finished = False  # complete, failed or cut short, or the client has gone
+        self.held: tuple[int, list[Any], int] | None = None  # status, headers, timeout status
+
+    def begin(self, status: Any, headers: Any, defaults: tuple[tuple[str, str], ...]) -> None:
+        raise NotImplementedError  # raises ValueError/TypeError for what cannot be sent
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def finish(self, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def end(self) -> None:
+        raise NotImplementedError
+
+    def fail(self, status: int, reason: str) -> None:
+        raise NotImplementedError
+
+    def hold_for(self, seconds: float) -> None:
+        raise NotImplementedError
+
+    # -- what `Clients` tells it -----------------------------------------------
+
+    def refused(self, refusal: Refusal) -> None:
+        self.counters.incr("refused_http")
+        self.fail(503, "worker pool is full")
+
+    def acknowledged(self, result: AckResult) -> None:
+        if result.lost or result.error:
+            self.fail(500, "consumer failed")
+
+    def timed_out(self) -> None:
+        """Its consumer overran event_timeout."""
+        self.fail(504, "consumer timed out")
+
+    def stop(self) -> None:
+        if self.started:  # a stream ends
+            self.close()
+        else:
+            self.fail(503, "server shutting down")
+
+    # -- what consumers send it ------------------------------------------------
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """A close asked for by a consumer or a group: end the response."""
+        if self.finished:
+            return
+        if self.mode == wire.MODE_HOLD and self.held is not None:
+            self.release_hold()
+        elif self.started:
+            self.end()
+        else:
+            self.fail(500, reason or "closed before a response was sent")
+
+    def accept(self, subprotocol: Any) -> None:
+        self.invalid("accept is for WebSocket connections")
+
+    def reject(self) -> None:
+        self.invalid("reject is for WebSocket connections")
+
+    def start(self, header: dict[str, Any], payload: bytes | None) -> None:
+        """Status and headers (op "start"), maybe with the first or only body part."""
+        if self.started or self.finished:
+            self.late("start")
+            return
+        mode = header.get("mode", wire.MODE_RESPONSE)
+        if mode not in RESPONSE_MODES:
+            self.invalid(f"unknown response mode {mode!r}")
+            return
+        try:
+            self.begin(header.get("status"), header.get("headers"),
+                       SSE_HEADERS if mode == wire.MODE_SSE else ())
+        except (TypeError, ValueError, HTTPInputError) as e:
+            self.invalid(str(e))
+            return
+        self.started = True
+        self.mode = mode
+        # Without a body part yet, the headers go now: a stream's client is waiting.
+        self.body(payload or b"", bool(header.get("more")))
+
+    def hold(self, header: dict[str, Any]) -> None:
+        """Long-poll (op "hold"): the first message sent to this reply channel becomes
+        the body; after `timeout` seconds without one, answer `timeout_status`."""
+        if self.started or self.finished:
+            self.late("hold")
+            return
+        status, headers = header.get("status", 200), header.get("headers") or []
+        timeout, timeout_status = header.get("timeout"), header.get("timeout_status", 204)
+        if not (isinstance(timeout, (int, float)) and 0 < timeout <= 3600
+                and isinstance(status, int) and isinstance(timeout_status, int)
+                and isinstance(headers, list)):
+            self.invalid(f"bad hold {header!r}")
+            return
+        self.started = True
+        self.mode = wire.MODE_HOLD
+        self.held = (status, headers, timeout_status)
+        self.hold_for(timeout)
+
+    def release_hold(self, payload: bytes | None = None, position: Any = None) -> None:
+        """Answer a held long-poll: with the message that arrived, or (None) its timeout.
+        A message of a group that keeps history brings its position, sent as the
+        ``ZChannels-Position`` header: the next poll's ``since``."""
+        assert self.held is not None
+        status, headers, timeout_status = self.held
+        self.held = None
+        try:
+            if payload is None:
+                self.begin(timeout_status, [], ())
+            else:
+                if isinstance(position, str):
+                    headers = [*headers, [POSITION_HEADER, position]]
+                self.begin(status, headers, ())
+        except (TypeError, ValueError, HTTPInputError) as e:
+            self.invalid(str(e))
+            return
+        self.mode = wire.MODE_RESPONSE
+        self.body(payload or b"", more=False)
+
+    def body(self, payload: bytes, more: bool) -> None:
+        """A part of the body (op "body"); `more` False ends the response."""
+        if self.finished:
+            self.late("body")
+            return
+        if not self.started:
+            self.invalid("body before start")
+            return
+        if more:
+            self.write(payload)
+        else:
+            self.finish(payload)
+
+    def deliver(self, message: Outgoing) -> None:
+        """A message for this reply channel (``send`` or a group message)."""
+        kind, payload, header = message.kind, message.payload, message.header
+        if self.finished:
+            self.counters.incr("dropped_to_closed")
+        elif self.mode == wire.MODE_SSE:
+            if kind != wire.KIND_TEXT:
+                self.counters.incr("sse_binary_dropped")
+                log.warning("%s: a binary message cannot be a Server-Sent Event; dropped",
+                            self.reply_channel)
+                return
+            self.write(sse_event(payload, header.get("event"), header.get("id")))
+        elif self.mode == wire.MODE_STREAM:
+            self.write(payload)
+        elif self.mode == wire.MODE_HOLD and self.held is not None:
+            self.release_hold(payload, header.get("position"))
+        else:
+            # Before start (or on a plain response) there is nowhere to put it.
+            self.counters.incr("http_sends_dropped")
+            log.warning("%s: a message arrived for an HTTP response that is not a stream "
+                        "(mode %s); dropped. Start a stream or hold before adding it to "
+                        "groups.", self.reply_channel, self.mode)
+
+    def late(self, what: str) -> None:
+        self.counters.incr("late_responses")
+        log.info("%s: %s arrived after the response was %s; dropped", self.reply_channel,
+                 what, "finished" if self.finished else "started")
+
+    def invalid(self, why: str) -> None:
+        self.counters.incr("bad_responses")
+        log.error("%s: invalid response from the consumer (%s); answering 500",
+                  self.reply_channel, why)
+        self.fail(500, "invalid response")
+
+
+class Exchange(Response):
+    """One HTTP request and its response, as a `clients.Client`: the `Response` rules
+    written to Tornado."""
 
     # HTTP requests are read whole: there is nothing to pause, and this stays None.
     resume: asyncio.Future[None] | None = None
 
     __slots__ = (
-        "id", "reply_channel", "handler", "config", "path", "pipeline", "groups", "mode",
-        "started", "ended", "deadline", "held", "last_write", "done",
+        "id", "reply_channel", "handler", "config", "path", "pipeline", "groups",
+        "deadline", "last_write", "done",
     )
 
     def __init__(self, conn_id: int, reply_channel: str, handler: "ConsumerRequest") -> None:
+        super().__init__()
         self.id = conn_id
         self.reply_channel = reply_channel
         self.handler: ConsumerRequest | None = handler
@@ -66,12 +268,8 @@ class Exchange:
         self.path = handler.request.path
         self.pipeline = Pipeline()
         self.groups: set[bytes] = set()
-        self.mode: str | None = None  # wire.MODE_*, once the response has started
-        self.started = False  # status and headers chosen (held ones count)
-        self.ended = False  # the response is complete: no http.disconnect
         # Monotonic time by which the response must start (or a held long-poll times out).
         self.deadline = time.monotonic() + self.config.http_timeout
-        self.held: tuple[int, list[Any], int] | None = None  # status, headers, timeout status
         self.last_write = 0.0
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -87,51 +285,19 @@ class Exchange:
     def session_changed(self) -> None:
         pass  # HTTP requests carry no session
 
-    def refused(self, refusal: Refusal) -> None:
-        counters.incr("refused_http")
-        self.fail(503, "worker pool is full")
-
-    def acknowledged(self, result: AckResult) -> None:
-        if result.lost or result.error:
-            self.fail(500, "consumer failed")
-
-    def timed_out(self) -> None:
-        """Its consumer overran event_timeout."""
-        self.fail(504, "consumer timed out")
-
     def closed(self) -> None:
         """The response has ended or the client has gone."""
         handler, self.handler = self.handler, None
+        self.finished = True
         if not self.done.done():
             self.done.set_result(None)
         if handler is not None:
             handler.clients.closed(self)
 
-    def close(self, code: int = 1000, reason: str = "") -> None:
-        """A close asked for by a consumer or a group: end the response."""
-        if self.mode == wire.MODE_HOLD and self.held is not None:
-            self.release_hold()
-        elif self.started:
-            self.end()
-        else:
-            self.fail(500, reason or "closed before a response was sent")
-
-    def stop(self) -> None:
-        if self.started:  # a stream ends
-            self.close()
-        else:
-            self.fail(503, "server shutting down")
-
-    def accept(self, subprotocol: Any) -> None:
-        self.invalid("accept is for WebSocket connections")
-
-    def reject(self) -> None:
-        self.invalid("reject is for WebSocket connections")
-
     def tick(self, now: float) -> None:
         """A response that did not start within http_timeout (504), a held long-poll
         whose time is up, a heartbeat on an idle event stream."""
-        if self.handler is None or self.ended:
+        if self.handler is None or self.finished:
             return
         if self.held is not None:
             if now > self.deadline:
@@ -146,103 +312,14 @@ class Exchange:
         elif self.mode == wire.MODE_SSE and now - self.last_write >= self.config.sse_heartbeat:
             self.write(SSE_HEARTBEAT)
 
-    # -- the response ----------------------------------------------------------
+    # -- the response, to Tornado ----------------------------------------------
 
-    def start(self, header: dict[str, Any], payload: bytes | None) -> None:
-        """Status and headers (op "start"), maybe with the first or only body part."""
-        if self.started or self.handler is None:
-            self.late("start")
-            return
-        mode = header.get("mode", wire.MODE_RESPONSE)
-        if mode not in (wire.MODE_RESPONSE, wire.MODE_STREAM, wire.MODE_SSE):
-            self.invalid(f"unknown response mode {mode!r}")
-            return
-        try:
-            self.handler.begin(header.get("status"), header.get("headers"),
-                               SSE_HEADERS if mode == wire.MODE_SSE else ())
-        except (TypeError, ValueError, HTTPInputError) as e:
-            self.invalid(str(e))
-            return
-        self.started = True
-        self.mode = mode
-        # Without a body part yet, the headers go now: a stream's client is waiting.
-        self.body(payload or b"", bool(header.get("more")))
+    def begin(self, status: Any, headers: Any, defaults: tuple[tuple[str, str], ...]) -> None:
+        assert self.handler is not None  # (not finished)
+        self.handler.begin(status, headers, defaults)
 
-    def hold(self, header: dict[str, Any]) -> None:
-        """Long-poll (op "hold"): the first message sent to this reply channel becomes
-        the body; after `timeout` seconds without one, answer `timeout_status`."""
-        if self.started or self.handler is None:
-            self.late("hold")
-            return
-        status, headers = header.get("status", 200), header.get("headers") or []
-        timeout, timeout_status = header.get("timeout"), header.get("timeout_status", 204)
-        if not (isinstance(timeout, (int, float)) and 0 < timeout <= 3600
-                and isinstance(status, int) and isinstance(timeout_status, int)
-                and isinstance(headers, list)):
-            self.invalid(f"bad hold {header!r}")
-            return
-        self.started = True
-        self.mode = wire.MODE_HOLD
-        self.held = (status, headers, timeout_status)
-        self.deadline = time.monotonic() + timeout
-
-    def release_hold(self, payload: bytes | None = None, position: Any = None) -> None:
-        """Answer a held long-poll: with the message that arrived, or (None) its timeout.
-        A message of a group that keeps history brings its position, sent as the
-        ``ZChannels-Position`` header: the next poll's ``since``."""
-        assert self.held is not None and self.handler is not None
-        status, headers, timeout_status = self.held
-        self.held = None
-        try:
-            if payload is None:
-                self.handler.begin(timeout_status, [], ())
-            else:
-                if isinstance(position, str):
-                    headers = [*headers, [POSITION_HEADER, position]]
-                self.handler.begin(status, headers, ())
-        except (TypeError, ValueError, HTTPInputError) as e:
-            self.invalid(str(e))
-            return
-        self.mode = wire.MODE_RESPONSE
-        self.body(payload or b"", more=False)
-
-    def body(self, payload: bytes, more: bool) -> None:
-        """A part of the body (op "body"); `more` False ends the response."""
-        if self.handler is None or self.ended:
-            self.late("body")
-            return
-        if not self.started:
-            self.invalid("body before start")
-            return
-        if more:
-            self.write(payload)
-        else:
-            if payload:
-                self.handler.write(payload)  # finish() sends it, with Content-Length
-            self.end()
-
-    def deliver(self, message: Outgoing) -> None:
-        """A message for this reply channel (``send`` or a group message)."""
-        kind, payload, header = message.kind, message.payload, message.header
-        if self.handler is None or self.ended:
-            counters.incr("dropped_to_closed")
-        elif self.mode == wire.MODE_SSE:
-            if kind != wire.KIND_TEXT:
-                counters.incr("sse_binary_dropped")
-                log.warning("%s: a binary message cannot be a Server-Sent Event; dropped",
-                            self.reply_channel)
-                return
-            self.write(sse_event(payload, header.get("event"), header.get("id")))
-        elif self.mode == wire.MODE_STREAM:
-            self.write(payload)
-        elif self.mode == wire.MODE_HOLD and self.held is not None:
-            self.release_hold(payload, header.get("position"))
-        else:
-            # Before start (or on a plain response) there is nowhere to put it.
-            counters.incr("http_sends_dropped")
-            log.warning("%s: a message arrived for an HTTP response that is not a stream "
-                        "(mode %s); dropped. Start a stream or hold before adding it to "
-                        "groups.", self.reply_channel, self.mode)
+    def hold_for(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds  # tick releases it
 
     def write(self, data: bytes) -> None:
         handler = self.handler
@@ -259,11 +336,16 @@ class Exchange:
             handler.write(data)
         handler.flush()
 
+    def finish(self, payload: bytes) -> None:
+        if payload and self.handler is not None:
+            self.handler.write(payload)  # finish() sends it, with Content-Length
+        self.end()
+
     def end(self) -> None:
         handler = self.handler
         if handler is None or self.ended:
             return
-        self.ended = True
+        self.ended = self.finished = True
         handler.finish()  # on_finish then ends the exchange
 
     def fail(self, status: int, reason: str) -> None:
@@ -284,17 +366,6 @@ class Exchange:
         stream = handler.stream() if handler is not None else None
         if stream is not None:
             stream.close()  # on_connection_close ends the exchange, with http.disconnect
-
-    def late(self, what: str) -> None:
-        counters.incr("late_responses")
-        log.info("%s: %s arrived after the response was %s; dropped", self.reply_channel,
-                 what, "finished" if self.handler is None or self.ended else "started")
-
-    def invalid(self, why: str) -> None:
-        counters.incr("bad_responses")
-        log.error("%s: invalid response from the consumer (%s); answering 500",
-                  self.reply_channel, why)
-        self.fail(500, "invalid response")
 
 
 @tornado.web.stream_request_body
@@ -379,18 +450,12 @@ class ConsumerRequest(tornado.web.RequestHandler):
 
     def begin(self, status: Any, headers: Any, defaults: tuple[tuple[str, str], ...]) -> None:
         """Set the status and headers the consumer chose (raises ValueError/TypeError)."""
-        if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
-            raise ValueError(f"status must be an int in 200..599, not {status!r}")
-        if not isinstance(headers, list):
-            raise TypeError(f"headers must be a list of [name, value], not {headers!r}")
+        check_start(status, headers)
         self.clear()
         self.clear_header("Content-Type")
         self.set_status(status, responses.get(status, "Unknown"))
         names = set()
         for item in headers:
-            if not (isinstance(item, (list, tuple)) and len(item) == 2
-                    and isinstance(item[0], str) and isinstance(item[1], str)):
-                raise TypeError(f"a header must be [name, value] strings, not {item!r}")
             # WSGI frameworks may leave a leading space (Django's Set-Cookie does).
             self.add_header(item[0], item[1].strip())  # HTTPInputError on CR/LF
             names.add(item[0].lower())

@@ -22,7 +22,7 @@ from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 
 from zchannels.wire import frames as wire
 from zchannels.core.config import Config
-from zchannels.core.stats import counters
+from zchannels.core.stats import Counters, counters
 from zchannels.interface.clients import Clients, Outgoing, peer_port
 from zchannels.interface.compat import (error_reason, inflate_messages, limit_write_buffer,
                                         lingering_close, server_closing, unsent_bytes,
@@ -56,7 +56,56 @@ class Decision(enum.Enum):
     UNAVAILABLE = "unavailable"  # HTTP 503: the pool refused the connect event
 
 
-class Connection:
+class SocketRules:
+    """What a WebSocket does, whatever carries it: how it answers its consumers' acks,
+    its pool's refusals and timeouts (by `decide` on its handshake, or `close`), and
+    that it drops the HTTP operations ("start", "body", "hold") as garbage.
+    `Connection` below carries it on Tornado; the in-memory test server's sockets
+    share it, counting in their own `counters`."""
+
+    __slots__ = ()
+    reply_channel: str
+    counters: Counters = counters  # the process's
+
+    def decide(self, decision: Decision) -> None:
+        raise NotImplementedError  # the handshake's answer, if not given yet
+
+    def close(self, code: int, reason: str = "") -> None:
+        raise NotImplementedError
+
+    def refused(self, refusal: Refusal) -> None:
+        if refusal is Refusal.CONNECT:
+            self.decide(Decision.UNAVAILABLE)
+        else:  # RECEIVE: the receives behind it are gone too; tell the client to come back
+            self.close(CLOSE_TRY_AGAIN_LATER, "server busy, try again later")
+
+    def acknowledged(self, result: AckResult) -> None:
+        if result.lost or result.error:
+            self.close(CLOSE_CONSUMER_ERROR, "consumer failed")
+        elif result.channel == "websocket.connect":
+            self.decide(Decision.ACCEPT)  # a connect consumer that returns accepts
+
+    def timed_out(self) -> None:
+        self.close(CLOSE_CONSUMER_ERROR, "consumer timed out")
+
+    def stop(self) -> None:
+        self.close(CLOSE_GOING_AWAY, "server shutting down")
+
+    def start(self, header: dict[str, Any], payload: bytes | None) -> None:
+        self.not_http("start")
+
+    def body(self, payload: bytes, more: bool) -> None:
+        self.not_http("body")
+
+    def hold(self, header: dict[str, Any]) -> None:
+        self.not_http("hold")
+
+    def not_http(self, op: str) -> None:
+        self.counters.incr("garbage")
+        log.warning("%s: dropped an HTTP %r operation for a WebSocket", self.reply_channel, op)
+
+
+class Connection(SocketRules):
     """A WebSocket as a `clients.Client`."""
 
     __slots__ = (
@@ -119,21 +168,6 @@ class Connection:
     def session_changed(self) -> None:
         self._receive_headers.clear()
 
-    def refused(self, refusal: Refusal) -> None:
-        if refusal is Refusal.CONNECT:
-            self.decide(Decision.UNAVAILABLE)
-        else:  # RECEIVE: the receives behind it are gone too; tell the client to come back
-            self.close(CLOSE_TRY_AGAIN_LATER, "server busy, try again later")
-
-    def acknowledged(self, result: AckResult) -> None:
-        if result.lost or result.error:
-            self.close(CLOSE_CONSUMER_ERROR, "consumer failed")
-        elif result.channel == "websocket.connect":
-            self.decide(Decision.ACCEPT)  # a connect consumer that returns accepts
-
-    def timed_out(self) -> None:
-        self.close(CLOSE_CONSUMER_ERROR, "consumer timed out")
-
     # -- what workers ask of it --------------------------------------------------
 
     def deliver(self, message: Outgoing) -> None:
@@ -141,29 +175,12 @@ class Connection:
         self.write(message.frame(compression.deflater if compression else None))
 
     def accept(self, subprotocol: Any) -> None:
-        if subprotocol is not None and subprotocol not in self.subprotocols:
-            log.warning("%s: consumer chose subprotocol %r, which the client did not "
-                        "offer (%s); ignored", self.reply_channel, subprotocol,
-                        self.subprotocols)
-            subprotocol = None
-        self.subprotocol = subprotocol
+        self.subprotocol = chosen_subprotocol(self.reply_channel, subprotocol,
+                                              self.subprotocols)
         self.decide(Decision.ACCEPT)
 
     def reject(self) -> None:
         self.decide(Decision.REJECT)
-
-    def start(self, header: dict[str, Any], payload: bytes | None) -> None:
-        self._not_http("start")
-
-    def body(self, payload: bytes, more: bool) -> None:
-        self._not_http("body")
-
-    def hold(self, header: dict[str, Any]) -> None:
-        self._not_http("hold")
-
-    def _not_http(self, op: str) -> None:
-        counters.incr("garbage")
-        log.warning("%s: dropped an HTTP %r operation for a WebSocket", self.reply_channel, op)
 
     def decide(self, decision: Decision) -> None:
         if self.decision is not None and not self.decision.done():
@@ -214,9 +231,6 @@ class Connection:
             self.decide(Decision.ACCEPT)
         elif self.state is State.OPEN and self.handler is not None:
             self.handler.close(code, reason)
-
-    def stop(self) -> None:
-        self.close(CLOSE_GOING_AWAY, "server shutting down")
 
     def tick(self, now: float) -> None:
         """Ping every ping_interval; close (1000, "ping timed out") when no pong came
@@ -290,6 +304,16 @@ class Connection:
             return False
         self.tokens = min(float(burst), tokens) - 1.0
         return True
+
+
+def chosen_subprotocol(reply_channel: str, subprotocol: Any, offered: list[str]) -> str | None:
+    """The subprotocol a consumer accepted with, if the client offered it (else None,
+    and a warning): the in-memory test server decides the same way."""
+    if subprotocol is not None and subprotocol not in offered:
+        log.warning("%s: consumer chose subprotocol %r, which the client did not offer "
+                    "(%s); ignored", reply_channel, subprotocol, offered)
+        return None
+    return subprotocol
 
 
 def origin_allowed(config: Config, origin: str, host: str) -> bool:

@@ -11,10 +11,13 @@
             assert ws.receive() == "hi"
 
 `TestServer` loads consumers through the normal registry and runs them with the
-worker's own dispatch (routes, 4404, the WSGI fallback, 404). `InMemoryLayer` is the
-channel layer they reach through ``zchannels.send``, ``group_*`` and their reply
-channels. The rules a client's events follow are the interface's own `Pipeline`, so
-ordering, sessions and the disconnect-last rule are the production code, not a copy.
+worker's own `Dispatcher` (routes, 4404, the WSGI fallback, 404, its done).
+`InMemoryLayer` is the channel layer they reach through ``zchannels.send``,
+``group_*`` and their reply channels. A client's events, acknowledgements and group
+memberships are the interface's own `Clients` (its `Pipeline` and `GroupTable`), and
+what a consumer sends a client goes through the interface's own operation table, so
+ordering, sessions and the disconnect-last rule are the production code, not a copy:
+only the sockets and the clock are replaced.
 
 Everything runs synchronously in the calling thread: a client action (connect,
 send, close, a request) runs every consumer it causes, and what those send to
@@ -25,11 +28,13 @@ happen when the test advances it, with `TestServer.advance` or by waiting in a
 """
 # The modules, each importing only the ones below it:
 #
-# - `server`: `TestServer`, running consumers with the worker's own dispatch;
+# - `server`: `TestServer`, running consumers with the worker's own `Dispatcher`;
 # - `handles`: the test's end of a connection (`WebSocketClient`, `HttpResponse`);
-# - `layer`: the channel layer in memory (`InMemoryLayer`), and `ConsumerError`;
-# - `connections`: the interface's end of a connection (`_Socket`, `_Exchange`) and
-#   what each reply-channel operation does to it.
+# - `layer`: the channel layer in memory (`InMemoryLayer`: the interface's `Clients`
+#   on a run queue and a fake clock, the broker's history and presence), and
+#   `ConsumerError`;
+# - `connections`: the in-memory sockets (`_Socket`, `_Exchange`), the clients
+#   `Clients` drives in place of Tornado's.
 from zchannels.testing.handles import (HttpResponse, ServerSentEvent, WebSocketClient,
                                        WebSocketClosed)
 from zchannels.testing.layer import ConsumerError, InMemoryLayer

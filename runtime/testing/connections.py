@@ -1,31 +1,40 @@
-"""The interface's end of each in-memory connection: what it keeps of a WebSocket
-(`_Socket`) or an HTTP exchange (`_Exchange`), and what each reply-channel operation
-does to one (`OPERATIONS`)."""
+"""The in-memory sockets: what the test's end of a WebSocket (`_Socket`) or of an HTTP
+exchange (`_Exchange`) has been sent, as `zchannels.interface.clients.Client`s.
+
+They are what the interface's Tornado `Connection` and `Exchange` are to real
+sockets: the interface's own `Clients` drives them (their events, acks, groups),
+the interface's own operation table (`zchannels.interface.link.OPERATIONS`) applies
+what consumers send them, and an HTTP response follows the interface's own
+`Response` rules. What is left here is the socket: frames kept for the test to
+read, the handshake's answer, a response's status, headers and parts.
+"""
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, cast
+from typing import Any, Callable, Protocol
 
-from zchannels.wire import frames as wire
 from zchannels.core.config import Config
-from zchannels.wire.positions import POSITION_HEADER
-from zchannels.interface.link import operations
-from zchannels.interface.pipeline import AckResult, Pipeline
-from zchannels.interface.sse import SSE_HEADERS, sse_event
+from zchannels.core.stats import Counters
+from zchannels.interface.clients import Clients, Outgoing
+from zchannels.interface.http import NO_BODY_STATUSES, Response, check_start
+from zchannels.interface.pipeline import Pipeline
+from zchannels.interface.websocket import Decision, SocketRules, chosen_subprotocol
+from zchannels.wire import frames as wire
 
 log = logging.getLogger("zchannels.testing")
 
-INTERFACE_ID = "test"  # reply channels are "test!1", "test!2", ...
-CLOSE_CONSUMER_ERROR = 1011
-NO_BODY_STATUSES = frozenset({204, 304})
+HANDSHAKE_STATUS = {Decision.ACCEPT: 101, Decision.REJECT: 403, Decision.UNAVAILABLE: 503}
 
 
-class _ClientLayer(Protocol):
-    """What a client needs of the layer it belongs to (`InMemoryLayer`, in layer.py,
-    which imports this module)."""
+class _Interface(Protocol):
+    """What a client needs of the in-memory interface it belongs to (`InMemoryLayer`,
+    in layer.py, which imports this module)."""
 
     config: Config
+    clients: Clients
+    counters: Counters
 
     def count(self, name: str, n: int = 1) -> None: ...
 
@@ -34,73 +43,44 @@ class _ClientLayer(Protocol):
 
     def call_later(self, seconds: float, callback: Callable[[], None]) -> None: ...
 
-    def closed(self, client: _Client) -> None: ...
-
-
-# -- the clients, as the interface sees them -------------------------------------------
 
 class _Client:
-    """What the in-memory interface keeps of a WebSocket or an HTTP exchange: what
-    `zchannels.interface.clients.Client` is to the real one."""
+    """What both kinds keep for `Clients`: number, reply channel, pipeline, groups."""
 
-    def __init__(self, layer: _ClientLayer, conn_id: int, path: str) -> None:
+    resume: asyncio.Future[None] | None = None  # never paused: each event runs at once
+
+    def __init__(self, layer: _Interface, conn_id: int, reply_channel: str,
+                 path: str) -> None:
         self.layer = layer
         self.id = conn_id
-        self.reply_channel = wire.reply_channel_name(INTERFACE_ID, conn_id)
+        self.reply_channel = reply_channel
         self.path = path
         self.pipeline = Pipeline()
-        self.groups: set[str] = set()
+        self.groups: set[bytes] = set()
 
     def _header(self, channel: str, **fields: Any) -> bytes:
         content: dict[str, Any] = {"channel": channel, "reply_channel": self.reply_channel,
                                    "path": self.path, "ack": True, **fields}
         return wire.encode(content)
 
-    def event_header(self, channel: str, kind: str) -> bytes:
-        raise NotImplementedError
+    def session_changed(self) -> None:
+        pass  # an event's header is built when it is dispatched, with the session then
 
-    def disconnect_channel(self) -> str | None:
-        raise NotImplementedError
-
-    def acknowledged(self, result: AckResult) -> None:
-        raise NotImplementedError
-
-    def deliver(self, kind: str, payload: bytes, header: Mapping[str, Any]) -> None:
-        raise NotImplementedError
-
-    def close(self, code: int, reason: str) -> None:
-        raise NotImplementedError
-
-    def accept(self, subprotocol: Any) -> None:
-        self.invalid("accept")
-
-    def reject(self) -> None:
-        self.invalid("reject")
-
-    def start(self, header: Mapping[str, Any], payload: bytes) -> None:
-        self.invalid("start")
-
-    def body(self, payload: bytes, more: bool) -> None:
-        self.invalid("body")
-
-    def hold(self, header: Mapping[str, Any]) -> None:
-        self.invalid("hold")
-
-    def invalid(self, op: str) -> None:
-        self.layer.count("garbage")
-        log.warning("%s: dropped a %r operation this kind of client cannot take",
-                    self.reply_channel, op)
+    def tick(self, now: float) -> None:
+        pass  # its deadlines are timers on the fake clock
 
 
-class _Socket(_Client):
-    """A WebSocket: its handshake, what it has received, and how it closed."""
+class _Socket(_Client, SocketRules):
+    """A WebSocket: its handshake, what it has received, and how it closed. How it
+    answers acks, refusals and HTTP operations is the interface's own `SocketRules`."""
 
-    def __init__(self, layer: _ClientLayer, conn_id: int, path: str,
+    def __init__(self, layer: _Interface, conn_id: int, reply_channel: str, path: str,
                  subprotocols: list[str]) -> None:
-        super().__init__(layer, conn_id, path)
+        super().__init__(layer, conn_id, reply_channel, path)
+        self.counters = layer.counters
         self.subprotocols = subprotocols
         self.subprotocol: str | None = None
-        self.status: int | None = None  # 101 accepted, 403 rejected
+        self.status: int | None = None  # 101 accepted, 403 rejected, 503 refused
         self.open = False
         self.closed = False
         self.closing = False  # the server has begun to close it
@@ -110,6 +90,8 @@ class _Socket(_Client):
         self.close_code: int | None = None
         self.close_reason = ""
         self.disconnect_code = 1006  # the code its disconnect event carries
+
+    # -- as `Clients` drives it ------------------------------------------------------
 
     def event_header(self, channel: str, kind: str) -> bytes:
         fields: dict[str, Any] = {"kind": kind} if channel == "websocket.receive" \
@@ -121,14 +103,11 @@ class _Socket(_Client):
     def disconnect_channel(self) -> str | None:
         return "websocket.disconnect"
 
-    def acknowledged(self, result: AckResult) -> None:
-        if result.error:
-            self.close(CLOSE_CONSUMER_ERROR, "consumer failed")
-        elif result.channel == "websocket.connect":
-            self.decide(accept=True)  # a connect consumer that returns accepts
+    # -- what consumers send it --------------------------------------------------------
 
-    def deliver(self, kind: str, payload: bytes, header: Mapping[str, Any]) -> None:
-        frame: str | bytes = payload.decode() if kind == wire.KIND_TEXT else payload
+    def deliver(self, message: Outgoing) -> None:
+        payload = message.payload
+        frame: str | bytes = payload.decode() if message.kind == wire.KIND_TEXT else payload
         if self.closed or self.closing:
             self.layer.count("dropped_to_closed")
         elif self.open:
@@ -137,38 +116,37 @@ class _Socket(_Client):
             self.pending.append(frame)
 
     def accept(self, subprotocol: Any) -> None:
-        if subprotocol is not None and subprotocol not in self.subprotocols:
-            log.warning("%s: consumer chose subprotocol %r, which the client did not offer "
-                        "(%s); ignored", self.reply_channel, subprotocol, self.subprotocols)
-            subprotocol = None
+        chosen = chosen_subprotocol(self.reply_channel, subprotocol, self.subprotocols)
         if self.status is None:
-            self.subprotocol = subprotocol
-        self.decide(accept=True)
+            self.subprotocol = chosen
+        self.decide(Decision.ACCEPT)
 
     def reject(self) -> None:
-        self.decide(accept=False)
+        self.decide(Decision.REJECT)
 
-    def close(self, code: int, reason: str) -> None:
+    def close(self, code: int, reason: str = "") -> None:
         if self.closed:
             return
         self.closing = True
         if not self.open:
             # A client sees a close code only on an open socket: finish the handshake.
             self.close_after_open = self.close_after_open or (code, reason)
-            self.decide(accept=True)
+            self.decide(Decision.ACCEPT)
         else:
             self.ended(code, reason)
 
-    def decide(self, accept: bool) -> None:
+    # -- the socket's life ---------------------------------------------------------------
+
+    def decide(self, decision: Decision) -> None:
+        """The handshake's answer: 101 (open), or an HTTP error (403, 503)."""
         if self.status is not None:
             return  # decided already
-        if not accept:
-            self.status = 403
+        self.status = HANDSHAKE_STATUS[decision]
+        if decision is not Decision.ACCEPT:
             self.pending.clear()
             self.closed = True
-            self.layer.closed(self)
+            self.layer.clients.closed(self)
             return
-        self.status = 101
         self.open = True
         self.received.extend(self.pending)
         self.pending.clear()
@@ -182,26 +160,25 @@ class _Socket(_Client):
         self.closed, self.open = True, False
         self.close_code, self.close_reason = code, reason
         self.disconnect_code = code
-        self.layer.closed(self)
+        self.layer.clients.closed(self)
 
 
-class _Exchange(_Client):
-    """An HTTP request and its response as the client receives it."""
+class _Exchange(_Client, Response):
+    """An HTTP request and its response as the client receives it: the interface's own
+    `Response` rules, written to a list of parts instead of a socket."""
 
-    def __init__(self, layer: _ClientLayer, conn_id: int, path: str, method: str) -> None:
-        super().__init__(layer, conn_id, path)
+    def __init__(self, layer: _Interface, conn_id: int, reply_channel: str, path: str,
+                 method: str) -> None:
+        _Client.__init__(self, layer, conn_id, reply_channel, path)
+        Response.__init__(self)
+        self.counters = layer.counters
         self.method = method
-        self.mode: str | None = None  # wire.MODE_*, once the response has started
-        self.started = False  # status chosen (a held long-poll counts)
-        self.ended = False  # the response is complete: no http.disconnect
-        self.finished = False  # the client has everything it will get
         self.aborted = False  # cut short after its headers went out
-        self.held: tuple[int, list[Any], int] | None = None
         self.hold_number = 0  # which hold a timer belongs to
         self.status: int | None = None
         self.headers: list[tuple[str, str]] = []
         self.parts: list[bytes] = []
-        self.chunked = False
+        self.chunked = False  # a part went out before the end: no Content-Length
 
     def event_header(self, channel: str, kind: str) -> bytes:
         return self._header(channel)
@@ -209,114 +186,46 @@ class _Exchange(_Client):
     def disconnect_channel(self) -> str | None:
         return None if self.ended else "http.disconnect"
 
-    def acknowledged(self, result: AckResult) -> None:
-        if result.error:
-            self.fail(500, "consumer failed")
+    def invalid(self, why: str) -> None:
+        self.layer.error(self.reply_channel, "http.request", self.path,
+                         f"{self.reply_channel}: invalid response from the consumer ({why}); "
+                         "answering 500")
+        super().invalid(why)
 
-    def close(self, code: int, reason: str) -> None:
-        if self.held is not None:
-            self.release()
-        elif self.started:
-            self.end()
-        else:
-            self.fail(500, reason or "closed before a response was sent")
+    # -- the socket ----------------------------------------------------------------------
 
-    def accept(self, subprotocol: Any) -> None:
-        self.bad_response("accept is for WebSocket connections")
-
-    def reject(self) -> None:
-        self.bad_response("reject is for WebSocket connections")
-
-    def start(self, header: Mapping[str, Any], payload: bytes) -> None:
-        if self.started or self.finished:
-            self.late("start")
-            return
-        mode = header.get("mode", wire.MODE_RESPONSE)
-        if mode not in (wire.MODE_RESPONSE, wire.MODE_STREAM, wire.MODE_SSE):
-            self.bad_response(f"unknown response mode {mode!r}")
-            return
-        status, headers = header.get("status"), header.get("headers") or []
-        problem = _bad_start(status, headers)
-        if problem:
-            self.bad_response(problem)
-            return
-        self.started, self.mode = True, mode
-        self.begin(cast(int, status), headers, SSE_HEADERS if mode == wire.MODE_SSE else ())
-        self.body(payload, bool(header.get("more")))
-
-    def begin(self, status: int, headers: Iterable[Sequence[str]],
-              defaults: Iterable[tuple[str, str]]) -> None:
+    def begin(self, status: Any, headers: Any, defaults: tuple[tuple[str, str], ...]) -> None:
+        """The status and headers, checked as the interface checks them (raises
+        ValueError, TypeError)."""
+        check_start(status, headers)
+        for item in headers:
+            if any("\r" in s or "\n" in s for s in item):  # as Tornado refuses them
+                raise ValueError(f"a header must not contain CR or LF, not {item!r}")
         self.status = status
         # WSGI frameworks may leave a leading space (Django's Set-Cookie does).
         self.headers = [(name, value.strip()) for name, value in headers]
         names = {name.lower() for name, _ in self.headers}
         self.headers += [(name, value) for name, value in defaults if name.lower() not in names]
 
-    def hold(self, header: Mapping[str, Any]) -> None:
-        if self.started or self.finished:
-            self.late("hold")
-            return
-        self.started, self.mode = True, wire.MODE_HOLD
-        self.held = (header["status"], header.get("headers") or [],
-                     header.get("timeout_status", 204))
+    def hold_for(self, seconds: float) -> None:
         self.hold_number += 1
         number = self.hold_number
-        self.layer.call_later(header["timeout"], lambda: self.hold_expired(number))
+        self.layer.call_later(seconds, lambda: self.hold_expired(number))
 
     def hold_expired(self, number: int) -> None:
-        if self.held is not None and number == self.hold_number:
-            self.release()
-
-    def release(self, payload: bytes | None = None, position: Any = None) -> None:
-        """Answer a held long-poll: with the message that arrived (and its group history
-        position, as a header), or (None) its timeout."""
-        assert self.held is not None
-        status, headers, timeout_status = self.held
-        self.held = None
-        if payload is None:
-            self.begin(timeout_status, [], ())
-        else:
-            if isinstance(position, str):
-                headers = [*headers, [POSITION_HEADER, position]]
-            self.begin(status, headers, ())
-        self.mode = wire.MODE_RESPONSE
-        self.body(payload or b"", more=False)
-
-    def body(self, payload: bytes, more: bool) -> None:
-        if self.finished:
-            self.late("body")
-            return
-        if not self.started:
-            self.bad_response("body before start")
-            return
-        if more:
-            self.chunked = True
-            self.write(payload)
-        else:
-            self.write(payload)
-            self.end()
-
-    def deliver(self, kind: str, payload: bytes, header: Mapping[str, Any]) -> None:
-        if self.finished:
-            self.layer.count("dropped_to_closed")
-        elif self.mode == wire.MODE_SSE:
-            if kind != wire.KIND_TEXT:
-                self.layer.count("sse_binary_dropped")
-                log.warning("%s: a binary message cannot be a Server-Sent Event; dropped",
-                            self.reply_channel)
-                return
-            self.write(sse_event(payload, header.get("event"), header.get("id")))
-        elif self.mode == wire.MODE_STREAM:
-            self.write(payload)
-        elif self.held is not None:
-            self.release(payload, header.get("position"))
-        else:
-            self.layer.count("http_sends_dropped")
-            log.warning("%s: a message arrived for an HTTP response that is not a stream "
-                        "(mode %s); dropped. Start a stream or hold before adding it to "
-                        "groups.", self.reply_channel, self.mode)
+        if self.held is not None and number == self.hold_number and not self.finished:
+            self.release_hold()
 
     def write(self, data: bytes) -> None:
+        """A part sent at once (flushed: the response is chunked)."""
+        self.chunked = True
+        self.keep(data)
+
+    def finish(self, payload: bytes) -> None:
+        self.keep(payload)
+        self.end()
+
+    def keep(self, data: bytes) -> None:
         if data and self.status not in NO_BODY_STATUSES and self.method != "HEAD":
             self.parts.append(data)
 
@@ -327,7 +236,7 @@ class _Exchange(_Client):
         names = {name.lower() for name, _ in self.headers}
         if not self.chunked and "content-length" not in names:
             self.headers.append(("Content-Length", str(sum(map(len, self.parts)))))
-        self.layer.closed(self)
+        self.layer.clients.closed(self)
 
     def fail(self, status: int, reason: str) -> None:
         """An error response if no status went out yet, else cut the response short."""
@@ -336,7 +245,7 @@ class _Exchange(_Client):
         self.held = None
         if self.status is not None:
             self.aborted = self.finished = True
-            self.layer.closed(self)
+            self.layer.clients.closed(self)
             return
         self.started = True
         body = f"{status} {reason}\n".encode()
@@ -345,13 +254,13 @@ class _Exchange(_Client):
         if status == 503:
             headers.append(("Retry-After", "1"))
         self.begin(status, headers, ())
-        self.write(body)
+        self.keep(body)
         # As in the interface, an error response is not an ended one: http.disconnect
         # follows it.
         self.finished = True
-        self.layer.closed(self)
+        self.layer.clients.closed(self)
 
-    def timed_out(self) -> None:
+    def no_response(self) -> None:
         """http_timeout passed on the fake clock."""
         if not self.started and not self.finished:
             self.layer.count("http_timeouts")
@@ -359,33 +268,3 @@ class _Exchange(_Client):
                         self.reply_channel, self.method, self.path,
                         self.layer.config.http_timeout)
             self.fail(504, "no response in time")
-
-    def late(self, what: str) -> None:
-        self.layer.count("late_responses")
-        log.info("%s: %s arrived after the response was %s; dropped", self.reply_channel,
-                 what, "finished" if self.finished else "started")
-
-    def bad_response(self, why: str) -> None:
-        self.layer.count("bad_responses")
-        self.layer.error(self.reply_channel, "http.request", self.path,
-                         f"{self.reply_channel}: invalid response from the consumer ({why}); "
-                         "answering 500")
-        self.fail(500, "invalid response")
-
-
-# What each operation of ReplyChannel does to the client it names: the interface's own
-# table (runtime/interface/link.py), a message delivered to the in-memory client.
-OPERATIONS = operations(lambda client, header, payload:
-                        client.deliver(header.get("kind", wire.KIND_BYTES), payload, header))
-
-
-def _bad_start(status: Any, headers: Any) -> str:
-    """What the interface would refuse in a response's status and headers ("": nothing)."""
-    if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
-        return f"status must be an int in 200..599, not {status!r}"
-    for item in headers if isinstance(headers, list) else [None]:
-        if not (isinstance(item, (list, tuple)) and len(item) == 2
-                and all(isinstance(s, str) and "\r" not in s and "\n" not in s
-                        for s in item)):
-            return f"a header must be [name, value] strings without CR or LF, not {item!r}"
-    return ""

@@ -106,7 +106,7 @@ class WebSocketClient:
         if len(payload) > self._server.config.max_message_bytes:
             socket.close(CLOSE_MESSAGE_TOO_BIG, "message too big")
         else:
-            self._server.layer.push(socket, ("websocket.receive", kind, payload, None))
+            self._server.layer.clients.push(socket, ("websocket.receive", kind, payload, None))
         self._server.run()
 
     def send_json(self, content: Any) -> None:
@@ -240,7 +240,7 @@ class HttpResponse:
         exchange = self._exchange
         if not exchange.finished:
             exchange.finished = True
-            self._server.layer.closed(exchange)
+            self._server.layer.clients.closed(exchange)
         self._server.run()
 
     def __repr__(self) -> str:

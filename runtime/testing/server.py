@@ -1,45 +1,30 @@
-"""`TestServer`: consumers, the in-memory layer and an interface in one object,
-dispatching with the worker's own code (`_Router`)."""
+"""`TestServer`: consumers, the in-memory layer and an interface in one object, running
+each message as a worker does (the worker's own `Dispatcher`) and taking its done as
+the interface does (the interface's own `Clients`)."""
 from __future__ import annotations
 
 import heapq
-import logging
 import re
-import traceback
-from typing import Any, Callable, Iterable, Mapping, Sequence, cast
+from typing import Any, Callable, Iterable, Mapping, Sequence
 from urllib.parse import urlsplit
 
-from zchannels.core import config as config_module
 from zchannels.api import routing
-from zchannels.wire import frames as wire
-from zchannels.worker import wsgi
+from zchannels.api.message import Message
+from zchannels.api.sender import Sender, current, set_current
+from zchannels.core import config as config_module
 from zchannels.core.config import Config
 from zchannels.core.exceptions import NotInConsumer
 from zchannels.interface.websocket import origin_allowed
-from zchannels.api.sender import current, set_current
-from zchannels.api.message import Message
-from zchannels.worker.worker import Worker
-from zchannels.testing.connections import _Client, _Exchange, _Socket
+from zchannels.testing.connections import _Exchange, _Socket
 from zchannels.testing.handles import HttpResponse, WebSocketClient
 from zchannels.testing.layer import ConsumerError, InMemoryLayer
-
-worker_log = logging.getLogger("zchannels.worker")  # consumer errors, as a worker logs them
+from zchannels.wire import frames as wire
+from zchannels.worker import wsgi
+from zchannels.worker.dispatch import Dispatcher
 
 CLIENT_IP = "127.0.0.1"
 HOST = "testserver"
 MAX_STEPS = 100_000  # consumer calls in one run: more means consumers feed each other forever
-
-
-class _Router(Worker):
-    """The worker's own dispatch -- routes, 4404 for an unknown WebSocket path, the WSGI
-    fallback, 404, unhandled channels -- without its process and sockets, so that
-    tests and production decide the same way."""
-
-    def __init__(self, registry: routing.Registry,  # no Worker.__init__: no sockets
-                 wsgi_app: wsgi.WSGIApp | None) -> None:
-        self.registry = registry
-        self.wsgi_app = wsgi_app
-        self.unhandled_seen: set[str] = set()
 
 
 def load_registry(directories: Iterable[str]) -> routing.Registry:
@@ -57,7 +42,7 @@ def load_registry(directories: Iterable[str]) -> routing.Registry:
     return registry
 
 
-def _installed_layer() -> Any:
+def _installed_layer() -> Sender | None:
     try:
         return current()
     except NotInConsumer:
@@ -99,11 +84,12 @@ class TestServer:
             wsgi_app = self.config.wsgi_app
         if isinstance(wsgi_app, str):
             wsgi_app = wsgi.load_app(wsgi_app)
-        self.router = _Router(self.registry, wsgi_app)
         self.layer = InMemoryLayer(self.config, capacity)
+        self.dispatcher = Dispatcher(self.registry, wsgi_app, count=self.layer.count,
+                                     on_error=self._failed)
         self.expected_errors: list[re.Pattern[str]] = []
         self._running = False
-        self._previous: Any = None
+        self._previous: Sender | None = None
 
     # -- clients ------------------------------------------------------------------------
 
@@ -116,8 +102,8 @@ class TestServer:
         request_headers = self._headers(headers)
         if subprotocols:
             request_headers.append(["Sec-WebSocket-Protocol", ", ".join(subprotocols)])
-        conn_id = self.layer.new_id()
-        socket = _Socket(self.layer, conn_id, url.path, list(subprotocols))
+        conn_id, reply_channel = self.layer.clients.new_reply_channel()
+        socket = _Socket(self.layer, conn_id, reply_channel, url.path, list(subprotocols))
         origin = _header_value(request_headers, "Origin")
         if origin is not None and not origin_allowed(
                 self.config, origin, _header_value(request_headers, "Host") or HOST):
@@ -128,7 +114,7 @@ class TestServer:
             "path": url.path, "query_string": url.query, "headers": request_headers,
             "client": [CLIENT_IP, 40000 + conn_id], "subprotocols": list(subprotocols),
             "ack": True})
-        self.layer.open(socket, ("websocket.connect", "", b"", header))
+        self.layer.clients.open(socket, ("websocket.connect", "", b"", header))
         self.run()
         return WebSocketClient(self, socket)
 
@@ -145,8 +131,8 @@ class TestServer:
         request_headers = self._headers(headers)
         if payload and _header_value(request_headers, "Content-Length") is None:
             request_headers.append(["Content-Length", str(len(payload))])
-        conn_id = self.layer.new_id()
-        exchange = _Exchange(self.layer, conn_id, url.path, method.upper())
+        conn_id, reply_channel = self.layer.clients.new_reply_channel()
+        exchange = _Exchange(self.layer, conn_id, reply_channel, url.path, method.upper())
         response = HttpResponse(self, exchange)
         if len(payload) > self.config.max_body_bytes:
             exchange.fail(413, "Payload Too Large")  # from the interface: no consumer runs
@@ -156,8 +142,8 @@ class TestServer:
             "method": exchange.method, "path": url.path, "query_string": url.query,
             "headers": request_headers, "client": [CLIENT_IP, 40000 + conn_id],
             "server": [HOST, 80], "scheme": "http", "http_version": "1.1", "ack": True})
-        self.layer.call_later(self.config.http_timeout, exchange.timed_out)
-        self.layer.open(exchange, ("http.request", "", payload, header))
+        self.layer.call_later(self.config.http_timeout, exchange.no_response)
+        self.layer.clients.open(exchange, ("http.request", "", payload, header))
         if wait:
             self.wait_for(lambda: exchange.started or exchange.finished,
                           self.config.http_timeout + 1)
@@ -194,7 +180,7 @@ class TestServer:
             return  # a consumer's call: the loop below gets to it
         self._running = True
         previous = _installed_layer()
-        set_current(cast(Any, self.layer))
+        set_current(self.layer)
         try:
             for _ in range(MAX_STEPS):
                 if not self.layer.work:
@@ -232,48 +218,36 @@ class TestServer:
             layer.now = max(layer.now, due)
             callback()
 
-    def _handle(self, header: bytes, payload: bytes, client: _Client | None,
-                sequence: int | str) -> None:
-        """One consumer call, as `Worker.handle` makes it."""
-        if client is None:
-            self.layer.waiting[cast(str, sequence)] -= 1
-        try:
-            message = Message(wire.decode(header), payload, cast(Any, self.layer))
-        except (ValueError, KeyError, TypeError) as e:  # e.g. a bad "reply_channel" key
-            self.layer.count("garbage")
-            worker_log.warning("dropped a malformed event: %s", e)
+    def _handle(self, frames: list[bytes], pool: str | None) -> None:
+        """One consumer call, as `Worker.handle` makes it; its done, as the interface
+        takes it."""
+        layer = self.layer
+        if pool is not None:
+            layer.waiting[pool] -= 1
+        parsed = self.dispatcher.parse(frames, layer)
+        if parsed is None:
             return
-        error = False
-        self.layer.origin = None if client is None else client.reply_channel.encode()
+        message, sequence = parsed
+        reply_channel = message.reply_channel
+        # What a client's event adds to history is charged to its connection, as the
+        # worker's link names it to the broker.
+        layer.origin = reply_channel.name.encode() \
+            if reply_channel is not None and message.content.get("ack") else None
         try:
-            self.router.dispatch(message)
-        except Exception as e:
-            error = True
-            self.layer.count("consumer_errors")
-            worker_log.exception("consumer for %s %s failed (%s)", message.channel,
-                                 message.path or "", message.reply_channel or
-                                 "no reply channel")
-            self.layer.error(str(message.reply_channel or "") or None, message.channel,
-                             message.path, traceback.format_exc(), e)
+            error = self.dispatcher.call(message)
         finally:
-            self.layer.origin = None
-        if client is None:
+            layer.origin = None
+        if reply_channel is None or not message.content.get("ack"):
             return
-        session = None
-        if message.session.modified:
-            try:  # stored as the worker's done carries it: JSON
-                session = wire.decode(wire.encode(dict(message.session)))
-            except (TypeError, ValueError, OverflowError) as e:
-                error = True
-                self.layer.count("consumer_errors")
-                text = (f"session of {message.reply_channel} cannot be stored (not "
-                        f"JSON-serialisable: {e}); closing the connection")
-                worker_log.error("%s", text)
-                self.layer.error(client.reply_channel, message.channel, message.path, text, e)
-        result = client.pipeline.ack(sequence, None, error, session)
-        if result is not None:
-            client.acknowledged(result)
-        self.layer.dispatch(client)
+        # sent=None: nothing is lost in memory, there is no count to check.
+        done = self.dispatcher.done(message, sequence, None, error)
+        layer.clients.acknowledged(layer.clients.get(reply_channel.route[1]),
+                                   wire.decode(done))
+
+    def _failed(self, message: Message, text: str, exception: BaseException) -> None:
+        reply_channel = message.reply_channel
+        self.layer.error(reply_channel.name if reply_channel is not None else None,
+                         message.channel, message.path, text, exception)
 
     # -- errors -------------------------------------------------------------------------
 
@@ -300,7 +274,7 @@ class TestServer:
 
     def __enter__(self) -> TestServer:
         self._previous = _installed_layer()
-        set_current(cast(Any, self.layer))
+        set_current(self.layer)
         return self
 
     def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:

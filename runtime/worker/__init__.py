@@ -1,6 +1,8 @@
 """A worker process: takes events from its pool and runs consumers, one at a time.
 
-- `worker`: the process and its dispatch (routes, 4404, the WSGI fallback, 404);
+- `worker`: the process: its loop, credit and shutdown, around `dispatch`;
+- `dispatch`: one message without sockets (`Dispatcher`: routes, 4404, the WSGI
+  fallback, 404, isolation, the done), shared with `zchannels.testing`;
 - `link`: its link to the broker (`WorkerLink`: events in; replies, done, credit out);
 - `wsgi`: a WSGI application (Django, Flask) behind HTTP requests no consumer claims;
 - `reloader`: restarts the workers when consumer code changes (development).

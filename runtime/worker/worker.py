@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 import zmq
 
 from zchannels.api import routing
 from zchannels.wire import frames as wire
 from zchannels.worker import wsgi
-from zchannels.core.config import WEBSOCKET_CHANNELS, Config
+from zchannels.core.config import Config
 from zchannels.core.exceptions import ZChannelsError
+from zchannels.worker.dispatch import Dispatcher
 from zchannels.worker.link import WorkerLink
 from zchannels.api.sender import set_current
 from zchannels.api.message import Message
@@ -39,9 +39,6 @@ STOP_IDLE = 0.2
 STOP_DRAIN_MS = 50  # how long a stopped worker waits for a message already on its way
 BYE_LINGER_MS = 500  # how long a stopped worker's BYE may wait to reach the broker
 
-CLOSE_NO_CONSUMER = 4404  # WebSocket close code: nothing handles this path
-NOT_FOUND_BODY = "404 Not Found: no consumer for this path\n"
-
 
 class Worker(Service):
     def __init__(self, config: Config, pool_name: str,
@@ -49,15 +46,15 @@ class Worker(Service):
         self.pool = config.pool(pool_name)
         super().__init__(config, f"worker-{self.pool.name}")
         self.registry = registry
-        self.unhandled_seen: set[str] = set()
         # One DEALER to the broker for everything: events in; replies, group sends,
         # membership requests and credit out. Credit-based dispatch: the broker sends
         # one event per READY (or done).
         self.layer = WorkerLink(config, self.context, endpoint=self.pool.endpoint_out)
         # The WSGI application answers the HTTP requests no consumer claims; it is
         # loaded now so that a broken one stops the worker at start, loudly.
-        self.wsgi_app = (wsgi.load_app(config.wsgi_app)
-                         if config.wsgi_app and self.pool.serves("http.request") else None)
+        wsgi_app = (wsgi.load_app(config.wsgi_app)
+                    if config.wsgi_app and self.pool.serves("http.request") else None)
+        self.dispatcher = Dispatcher(registry, wsgi_app)
         self.poller.register(self.layer.broker, zmq.POLLIN)
         self.last_ready = 0.0
         self.handled = 0  # messages received from the broker, told to it with each credit
@@ -120,94 +117,27 @@ class Worker(Service):
     def handle(self, frames: list[bytes]) -> bool:
         """Run the consumer for one message from the broker. True if its done, sent to
         the connection's interface, was also the worker's credit."""
-        if len(frames) not in (2, 3):
-            counters.incr("garbage")
-            log.warning("dropped a malformed event (%d frames, expected 2 or 3)", len(frames))
+        parsed = self.dispatcher.parse(frames, self.layer)
+        if parsed is None:
             return False
-        try:
-            header = wire.decode(frames[0])
-            message = Message(header, frames[1], self.layer)
-            sequence = int(frames[2]) if len(frames) == 3 else None
-        except (ValueError, KeyError, TypeError) as e:
-            counters.incr("garbage")
-            log.warning("dropped a malformed event: %s", e)
-            return False
+        message, sequence = parsed
         counters.incr("events")
         error = False
         started = time.monotonic()
-        reply_channel = message.reply_channel if header.get("ack") else None
+        reply_channel = message.reply_channel if message.content.get("ack") else None
         acked = reply_channel is not None
         self.layer.begin_event(reply_channel.route if reply_channel is not None else None)
         try:
-            self.dispatch(message)
-        except Exception:
-            error = True
-            counters.incr("consumer_errors")
-            log.exception("consumer for %s %s failed (%s)", message.channel,
-                          message.path or "", message.reply_channel or "no reply channel")
+            error = self.dispatcher.call(message)
         finally:
             if acked:
                 self.acknowledge(message, sequence, error, time.monotonic() - started)
         return acked
 
-    def dispatch(self, message: Message) -> None:
-        path = message.path
-        found = self.registry.match(message.channel, path)
-        if found is not None:
-            func, kwargs = found
-            func(message, **kwargs)
-            return
-        if message.channel == "http.request" and message.reply_channel is not None:
-            if self.wsgi_app is not None:
-                wsgi.run(self.wsgi_app, message)
-                return
-            counters.incr("no_consumer_for_path")
-            log.info("no consumer for HTTP %s %r: 404", message.method, path)
-            message.reply_channel.respond(NOT_FOUND_BODY, status=404)
-            return
-        if message.channel == "http.disconnect":
-            return  # nothing to clean up unless a consumer asked for it
-        if message.channel in WEBSOCKET_CHANNELS:
-            if self.registry.handles_path(path, WEBSOCKET_CHANNELS):
-                # The path has consumers, just none for this event (commonly no
-                # disconnect consumer): nothing to do. Without a connect consumer the
-                # connection is accepted as is.
-                return
-            if message.channel == "websocket.connect" and message.reply_channel is not None:
-                counters.incr("no_consumer_for_path")
-                log.warning("no consumer for WebSocket path %r: closing %s with %d",
-                            path, message.reply_channel, CLOSE_NO_CONSUMER)
-                message.reply_channel.close(CLOSE_NO_CONSUMER, "no consumer for this path")
-            # The disconnect of such a connection needs nothing either.
-            return
-        counters.incr("unhandled")
-        if message.channel not in self.unhandled_seen:
-            # Once per channel: a missing consumer is a deployment mistake, and a
-            # line per message would flood the log.
-            self.unhandled_seen.add(message.channel)
-            log.warning("no consumer for channel %s; dropped, and counted as 'unhandled' "
-                        "from now on", message.channel)
-
     def acknowledge(self, message: Message, sequence: int | None, error: bool,
                     elapsed: float) -> None:
         """Send the event's done, which is also this worker's credit."""
-        assert message.reply_channel is not None
-        header: dict[str, Any] = {"op": wire.OP_DONE, "seq": sequence,
-                                  "sent": self.layer.current_sends,
-                                  "conn": message.reply_channel.route[1]}
-        if error:
-            header["error"] = True
-        if message.session.modified:
-            header["session"] = dict(message.session)
-        try:
-            done = wire.encode(header)
-        except (TypeError, ValueError, OverflowError) as e:
-            counters.incr("consumer_errors")
-            log.error("session of %s cannot be stored (not JSON-serialisable: %s); "
-                      "closing the connection", message.reply_channel, e)
-            header.pop("session")
-            header["error"] = True
-            done = wire.encode(header)
+        done = self.dispatcher.done(message, sequence, self.layer.current_sends, error)
         try:
             self.layer.end_event(done, self.handled, credit=not self.draining)
         except ZChannelsError as e:
