@@ -38,9 +38,15 @@ from zchannels.api import routing
 from zchannels.core.exceptions import ZChannelsError
 
 
-class _Refusable(Protocol):
+class _Answerable(Protocol):
+    """What this module does with a reply channel: refuse or accept a handshake, close,
+    answer a request."""
+
     def reject(self) -> None: ...
+    def accept(self, subprotocol: str | None = None) -> None: ...
     def close(self, code: int = 1000, reason: str = "") -> None: ...
+    def respond(self, body: str | bytes = b"", status: int = 200, headers: Any = None,
+                content_type: str | None = None) -> None: ...
 
 
 class Message(Protocol):
@@ -48,11 +54,12 @@ class Message(Protocol):
     that the message can import this module and not the other way round)."""
 
     channel: str
-    session: dict[str, Any]
     _auth: Any
 
     @property
-    def reply_channel(self) -> _Refusable | None: ...
+    def session(self) -> dict[str, Any]: ...
+    @property
+    def reply_channel(self) -> _Answerable | None: ...
     @property
     def headers(self) -> dict[str, str]: ...
     @property
@@ -62,6 +69,7 @@ class Message(Protocol):
     @property
     def django_session(self) -> Any: ...
     def get(self, key: str, default: Any = None) -> Any: ...
+
 
 #: Keys of ``message.session`` this module writes. Leave them alone.
 DJANGO_SESSION_KEY = "_django"

@@ -46,8 +46,12 @@ class Sender(Replier, Protocol):
                    close: int | None = None, event: str | None = None,
                    id: str | int | None = None, delay: float | None = None) -> None: ...
 
-    def group_add(self, group: str, reply_channel: Channel, since: str | None = None, *,
-                  info: Any = None, announce: bool = False) -> bool | Recovery: ...
+    @overload
+    def group_add(self, group: str, reply_channel: Channel, *, info: Any = None,
+                  announce: bool = False) -> bool: ...
+    @overload
+    def group_add(self, group: str, reply_channel: Channel, since: str, *,
+                  info: Any = None, announce: bool = False) -> Recovery: ...
 
     def group_discard(self, group: str, reply_channel: Channel) -> bool: ...
 
@@ -105,6 +109,8 @@ def group_add(group: str, reply_channel: Channel, since: str | None = None, *,
     """Add a connection to a group: with `since`, recover what the client missed;
     `info`, what `group_members` shows of it; `announce`, tell the group when it joins
     and leaves (docs/consumers.md#groups)."""
+    if since is None:
+        return current().group_add(group, reply_channel, info=info, announce=announce)
     return current().group_add(group, reply_channel, since, info=info, announce=announce)
 
 
