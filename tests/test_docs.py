@@ -338,7 +338,7 @@ def test_the_close_codes_in_the_reference_are_those_the_code_uses():
     used = close_codes_in_code()
     assert set(used) >= {1000, 1001, 1011, 4404}, "the search for close codes finds nothing"
     missing = {code: sorted(where) for code, where in used.items() if code not in documented}
-    extra = set(documented) - set(used) - {1006}  # 1006 is documented as never sent
+    extra = set(documented) - set(used)
     assert not missing, f"close codes the code uses and close-codes.md lacks: {missing}"
     assert not extra, f"close-codes.md lists codes the code does not use: {sorted(extra)}"
 
