@@ -1,4 +1,4 @@
-"""``scripts/bench MODE`` (``python -m benchkit``, ``zchannels bench``): load a
+"""``scripts/bench MODE`` (``python -m benchkit`` with scripts/ on the path): load a
 running zchannels, and with ``--baseline`` the raw-Tornado (or gunicorn) ceiling and with
 ``--channels`` Django Channels 4 in the same invocation, alternating, then print a table
 and write a JSON file and a PNG plot."""
