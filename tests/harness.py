@@ -473,3 +473,53 @@ def raw_websocket(port: int, path: str) -> socket.socket:
         response += sock.recv(1)
     assert response.startswith(b"HTTP/1.1 101"), response
     return sock
+
+
+class LoadThread:
+    """Clients that load a system from a thread of their own while a test reads its
+    figures: a subclass's `scenario` (a coroutine) runs until `done` is set; the block
+    ends it, and an error of the clients is raised when the block ends."""
+
+    def __init__(self, system: "System", timeout: float = 90) -> None:
+        self.system = system
+        self.timeout = timeout
+        self.ready = threading.Event()  # set by the scenario (or by its failure)
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self.main, daemon=True)
+
+    async def scenario(self) -> None:
+        raise NotImplementedError
+
+    def main(self) -> None:
+        try:
+            run(self.scenario(), timeout=self.timeout)
+        except BaseException as e:  # reported when the block ends
+            self.error = e
+            self.ready.set()
+
+    def __enter__(self) -> "LoadThread":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "the load's clients did not finish"
+        if self.error is not None and exc[0] is None:
+            raise self.error
+
+
+@contextlib.contextmanager
+def publisher_for(system: "System") -> Iterator[Any]:
+    """A connection to `system`'s broker from the test process (as a cron job's): it
+    group_sends to any group, as any other process may."""
+    from zchannels.api.connection import connect
+    from zchannels.api.sender import set_current
+    from zchannels.core.config import load
+    connection = connect(load(system.config_path, environ=system.env))
+    try:
+        yield connection
+    finally:
+        connection.close()
+        set_current(None)

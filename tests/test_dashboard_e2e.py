@@ -3,12 +3,11 @@ numbers move while load runs, and without the token it is a 403."""
 import asyncio
 import http.client
 import json
-import threading
 
 import pytest
 
-from harness import (checked_system, cookie_header, cookies_of, http_request, read, run,
-                     wait_until)
+from harness import (LoadThread, checked_system, cookie_header, cookies_of, http_request,
+                     read, wait_until)
 
 pytestmark = pytest.mark.e2e
 
@@ -49,50 +48,26 @@ def wait_for(page, element_id, predicate, what, timeout=15.0):
         number(page, element_id)), timeout, what)
 
 
-class Load:
+class Load(LoadThread):
     """Echo clients on a thread of their own: SOCKETS open WebSockets that each send
-    MESSAGES messages, then stay open, one of them sending ten a second, until the
-    block ends."""
+    MESSAGES messages (then `ready` is set), then stay open, one of them sending ten a
+    second, until the block ends."""
 
-    def __init__(self, system):
-        self.system = system
-        self.sent = threading.Event()
-        self.done = threading.Event()
-        self.error = None
-        self.thread = threading.Thread(target=self.main, daemon=True)
-
-    def main(self):
-        async def scenario():
-            sockets = [await self.system.connect("/ws/echo") for _ in range(SOCKETS)]
-            for n in range(MESSAGES):
-                for ws in sockets:
-                    ws.write_message(str(n))
-                    assert await read(ws) == str(n)
-            self.sent.set()
-            n = 0
-            while not self.done.is_set():  # a steady trickle: the rate stays above 0
-                sockets[0].write_message(f"more {n}")
-                assert await read(sockets[0]) == f"more {n}"
-                n += 1
-                await asyncio.sleep(0.1)
+    async def scenario(self):
+        sockets = [await self.system.connect("/ws/echo") for _ in range(SOCKETS)]
+        for n in range(MESSAGES):
             for ws in sockets:
-                ws.close()
-        try:
-            run(scenario(), timeout=90)
-        except BaseException as e:  # reported by stop()
-            self.error = e
-            self.sent.set()
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.done.set()
-        self.thread.join(30)
-        assert not self.thread.is_alive(), "the load's clients did not finish"
-        if self.error is not None and exc[0] is None:
-            raise self.error
+                ws.write_message(str(n))
+                assert await read(ws) == str(n)
+        self.ready.set()
+        n = 0
+        while not self.done.is_set():  # a steady trickle: the rate stays above 0
+            sockets[0].write_message(f"more {n}")
+            assert await read(sockets[0]) == f"more {n}"
+            n += 1
+            await asyncio.sleep(0.1)
+        for ws in sockets:
+            ws.close()
 
 
 def test_the_page_opens_with_its_token_and_moves_with_the_load(system, browser):
@@ -108,7 +83,7 @@ def test_the_page_opens_with_its_token_and_moves_with_the_load(system, browser):
                    "the page's stream to deliver a first snapshot")
         before = number(page, "events-total")
         with Load(system) as load:
-            assert load.sent.wait(30), "the load did not finish sending"
+            assert load.ready.wait(30), "the load did not finish sending"
             assert load.error is None, load.error
             wait_for(page, "websockets", lambda v: v >= SOCKETS, "the open WebSockets")
             wait_for(page, "events-total", lambda v: v >= before + SOCKETS * (MESSAGES + 1),

@@ -12,31 +12,13 @@ from zchannels.core import history_rules
 from zchannels.wire import positions
 from zchannels.core.exceptions import ConfigError
 from zchannels.core.history_rules import HistoryConfig, HistoryRule, Rules
-from zchannels.broker.history import Keeper
 from zchannels.api.results import Recovery
 from zchannels.core.stats import counters
+from history_rig import Clock, clean_counters  # noqa: F401 (an autouse fixture)
+from history_rig import keeper
 
 SEND = b'{"op":"send","kind":"text"}'
 SHIPPED = os.path.join(os.path.dirname(os.path.dirname(__file__)), "conf", "zchannels.toml")
-
-
-class Clock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        return self.now
-
-
-@pytest.fixture(autouse=True)
-def clean_counters():
-    counters.clear()
-    yield
-    counters.clear()
-
-
-def keeper(*rules, clock=None, **limits):
-    return Keeper(HistoryConfig(groups=tuple(rules), **limits), clock=clock or Clock())
 
 
 def send(k, group, payload):

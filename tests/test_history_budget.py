@@ -11,9 +11,10 @@ import pytest
 from zchannels.core import config as config_module
 from zchannels.broker import history
 from zchannels.core.exceptions import ConfigError
-from zchannels.core.history_rules import HistoryConfig, HistoryRule
-from zchannels.broker.history import Keeper
+from zchannels.core.history_rules import HistoryRule
 from zchannels.core.stats import counters
+from history_rig import Clock, clean_counters  # noqa: F401 (an autouse fixture)
+from history_rig import keeper as history_keeper
 
 SEND = b'{"op":"send","kind":"text"}'
 PER = history.ENTRY_OVERHEAD + len(SEND) + 10  # what a 10-byte message costs
@@ -21,24 +22,8 @@ ALL = HistoryRule("*", size=1000)
 UNLIMITED = {"connection_bytes_per_second": 0.0, "connection_messages_per_second": 0.0}
 
 
-class Clock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        return self.now
-
-
-@pytest.fixture(autouse=True)
-def clean_counters():
-    counters.clear()
-    yield
-    counters.clear()
-
-
 def keeper(*rules, clock=None, **limits):
-    return Keeper(HistoryConfig(groups=tuple(rules) or (ALL,), **limits),
-                  clock=clock or Clock())
+    return history_keeper(*(rules or (ALL,)), clock=clock, **limits)
 
 
 def send(k, group, payload=b"m%09d" % 0, origin=None):

@@ -18,9 +18,7 @@ from urllib.parse import quote
 
 import pytest
 
-from harness import ROOT, System, read, run, wait_until
-from zchannels.core import config as config_module
-from zchannels.api import connection as layer_module
+from harness import ROOT, System, publisher_for, read, run, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -51,11 +49,9 @@ def system():
 
 @pytest.fixture
 def publisher(system):
-    config = config_module.load(system.config_path, environ=system.env)
-    layer = layer_module.connect(config)
-    yield layer
-    layer.close()
-    layer_module.set_current(None)
+    """A connection in the test process: group_send to the rooms as any other process may."""
+    with publisher_for(system) as connection:
+        yield connection
 
 
 async def events_until(ws, done):

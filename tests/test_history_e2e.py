@@ -17,9 +17,7 @@ from urllib.parse import quote
 
 import pytest
 
-from harness import checked_system, http_request, read, run, wait_until
-from zchannels.core import config as config_module
-from zchannels.api import connection as layer_module
+from harness import checked_system, http_request, publisher_for, read, run, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -38,12 +36,9 @@ def system():
 
 @pytest.fixture
 def publisher(system):
-    """A layer in the test process: group_send to the rooms as any other process may."""
-    config = config_module.load(system.config_path, environ=system.env)
-    layer = layer_module.connect(config)
-    yield layer
-    layer.close()
-    layer_module.set_current(None)
+    """A connection in the test process: group_send to the rooms as any other process may."""
+    with publisher_for(system) as connection:
+        yield connection
 
 
 def say(layer, room, text):

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from harness import ROOT, checked_system, read, run, wait_until
+from harness import ROOT, LoadThread, checked_system, read, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -43,19 +43,15 @@ def system():
         yield running
 
 
-class SteadyLoad:
+class SteadyLoad(LoadThread):
     """Two echo clients, one on each interface, each sending PER_CLIENT messages a second
     on a fixed schedule (so the rate does not drift with the echo's latency), on a
     thread of their own, until the block ends."""
 
     def __init__(self, system):
-        self.system = system
-        self.started = threading.Event()
-        self.done = threading.Event()
+        super().__init__(system, timeout=LOAD_AT_MOST + 30)
         self.started_at = 0.0
         self.sent = 0
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self.main, daemon=True)
 
     async def clients(self):
         by_interface, extras = {}, []
@@ -69,42 +65,29 @@ class SteadyLoad:
             ws.close()
         return [sockets[0] for sockets in by_interface.values()]
 
-    def main(self):
-        async def scenario():
-            clients = await self.clients()
-            self.started_at = time.monotonic()
-            self.started.set()
+    async def scenario(self):
+        clients = await self.clients()
+        self.started_at = time.monotonic()
+        self.ready.set()
 
-            async def client(ws, offset):
-                n = 0
-                while not self.done.is_set() \
-                        and time.monotonic() - self.started_at < LOAD_AT_MOST:
-                    due = self.started_at + offset + n / PER_CLIENT
-                    await asyncio.sleep(max(0.0, due - time.monotonic()))
-                    ws.write_message(str(n))
-                    assert await read(ws) == str(n)
-                    self.sent += 1
-                    n += 1
-                ws.close()
-            await asyncio.gather(*(client(ws, i / LOAD) for i, ws in enumerate(clients)))
-        try:
-            run(scenario(), timeout=LOAD_AT_MOST + 30)
-        except BaseException as e:  # reported when the block ends
-            self.error = e
-            self.started.set()
+        async def client(ws, offset):
+            n = 0
+            while not self.done.is_set() \
+                    and time.monotonic() - self.started_at < LOAD_AT_MOST:
+                due = self.started_at + offset + n / PER_CLIENT
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                ws.write_message(str(n))
+                assert await read(ws) == str(n)
+                self.sent += 1
+                n += 1
+            ws.close()
+        await asyncio.gather(*(client(ws, i / LOAD) for i, ws in enumerate(clients)))
 
     def __enter__(self):
-        self.thread.start()
-        assert self.started.wait(30), "the load's clients did not connect"
+        super().__enter__()
+        assert self.ready.wait(30), "the load's clients did not connect"
         assert self.error is None, self.error
         return self
-
-    def __exit__(self, *exc):
-        self.done.set()
-        self.thread.join(30)
-        assert not self.thread.is_alive(), "the load's clients did not finish"
-        if self.error is not None and exc[0] is None:
-            raise self.error
 
 
 def watch_status(system, interval: float, count: int, out: list):
