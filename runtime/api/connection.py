@@ -23,7 +23,7 @@ import os
 import secrets
 import threading
 import time
-from typing import Any, overload
+from typing import Any
 
 import zmq
 
@@ -181,13 +181,6 @@ class BrokerConnection:
             counters.incr("delayed_sends")
 
     # -- membership --------------------------------------------------------
-
-    @overload
-    def group_add(self, group: str, reply_channel: Channel, *,
-                  info: Any = None, announce: bool = False) -> bool: ...
-    @overload
-    def group_add(self, group: str, reply_channel: Channel,
-                  since: str, *, info: Any = None, announce: bool = False) -> Recovery: ...
 
     def group_add(self, group: str, reply_channel: Channel,
                   since: str | None = None, *, info: Any = None,

@@ -46,12 +46,10 @@ class Sender(Replier, Protocol):
                    close: int | None = None, event: str | None = None,
                    id: str | int | None = None, delay: float | None = None) -> None: ...
 
-    @overload
-    def group_add(self, group: str, reply_channel: Channel, *, info: Any = None,
-                  announce: bool = False) -> bool: ...
-    @overload
-    def group_add(self, group: str, reply_channel: Channel, since: str, *,
-                  info: Any = None, announce: bool = False) -> Recovery: ...
+    def group_add(self, group: str, reply_channel: Channel, since: str | None = None, *,
+                  info: Any = None, announce: bool = False) -> bool | Recovery:
+        """True (or, with `since`, a `Recovery`) once the connection is a member: the
+        module function `group_add` below types the two cases."""
 
     def group_discard(self, group: str, reply_channel: Channel) -> bool: ...
 

@@ -7,7 +7,7 @@ import heapq
 import itertools
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence, overload
+from typing import Any, Callable, Sequence
 
 from zchannels.api.message import ReplyChannel
 from zchannels.api.results import Member, Recovery
@@ -149,13 +149,6 @@ class InMemoryLayer:
                               f"{self.capacity[pool]} waiting message(s)")
         self.waiting[pool] += 1
         self.work.append(([header, payload], pool))
-
-    @overload
-    def group_add(self, group: str, reply_channel: Channel, *, info: Any = None,
-                  announce: bool = False) -> bool: ...
-    @overload
-    def group_add(self, group: str, reply_channel: Channel, since: str, *,
-                  info: Any = None, announce: bool = False) -> Recovery: ...
 
     def group_add(self, group: str, reply_channel: Channel, since: str | None = None, *,
                   info: Any = None, announce: bool = False) -> bool | Recovery:
