@@ -39,7 +39,7 @@ QUIET = 2.0  # seconds without a message after which a member has had all it wil
 LOST_WITH_RELAY = r"did not finish within|presumed lost with its worker|were lost on the way"
 
 # Counters that must not move while the messages flow: anything dropped, refused,
-# timed out or lost on the way (docs/architecture.md, "Counters").
+# timed out or lost on the way (docs/reference/counters.md).
 INTERFACE_LOSSES = ("rate_limited", "outbound_overflow", "refused_pool_full",
                     "event_timeouts", "events_abandoned", "receives_dropped_on_close",
                     "dropped_to_closed", "dropped_to_closing", "replies_lost",
