@@ -523,3 +523,16 @@ def publisher_for(system: "System") -> Iterator[Any]:
     finally:
         connection.close()
         set_current(None)
+
+
+DASHBOARD_PATH = "/_zchannels/dashboard"
+
+
+def dashboard_cookie(port: int, token: str, path: str = DASHBOARD_PATH) -> str:
+    """The Cookie header that the dashboard's token, exchanged once at the page (a 303
+    to the page without it), becomes; the cookie is not the token."""
+    status, headers, _ = http_request(port, "GET", f"{path}?token={token}")
+    assert status == 303 and headers["Location"] == path, (status, headers)
+    cookies = cookies_of(headers)
+    assert set(cookies) == {"zchannels_dashboard"} and token not in cookies.values()
+    return cookie_header(cookies)

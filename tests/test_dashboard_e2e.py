@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from harness import (LoadThread, checked_system, cookie_header, cookies_of, http_request,
-                     read, wait_until)
+from harness import (LoadThread, checked_system, dashboard_cookie, http_request, read,
+                     wait_until)
 
 pytestmark = pytest.mark.e2e
 
@@ -21,15 +21,6 @@ MESSAGES = 25  # per socket
 def system():
     with checked_system(server={"dashboard_token": TOKEN}) as running:
         yield running
-
-
-def dashboard_cookie(port):
-    """The Cookie header that the token, exchanged once at the page, becomes."""
-    status, headers, _ = http_request(port, "GET", f"{PATH}?token={TOKEN}")
-    assert status == 303 and headers["Location"] == PATH, (status, headers)
-    cookies = cookies_of(headers)
-    assert set(cookies) == {"zchannels_dashboard"} and TOKEN not in cookies.values()
-    return cookie_header(cookies)
 
 
 def number(page, element_id):
@@ -122,7 +113,8 @@ def test_the_event_stream_needs_the_token_and_sends_json(system):
     assert status == 403
     conn = http.client.HTTPConnection("127.0.0.1", system.port, timeout=10)
     try:
-        conn.request("GET", f"{PATH}/events", headers={"Cookie": dashboard_cookie(system.port)})
+        conn.request("GET", f"{PATH}/events",
+                     headers={"Cookie": dashboard_cookie(system.port, TOKEN)})
         response = conn.getresponse()
         assert response.status == 200
         assert response.getheader("Content-Type").startswith("text/event-stream")
@@ -146,7 +138,8 @@ def test_an_open_stream_ends_cleanly_when_the_interface_stops():
     with checked_system(workers=1, interfaces=1,
                         server={"dashboard_token": TOKEN}) as running:
         conn = http.client.HTTPConnection("127.0.0.1", running.port, timeout=10)
-        conn.request("GET", f"{PATH}/events", headers={"Cookie": dashboard_cookie(running.port)})
+        conn.request("GET", f"{PATH}/events",
+                     headers={"Cookie": dashboard_cookie(running.port, TOKEN)})
         response = conn.getresponse()
         assert response.status == 200
         while not response.readline().startswith(b"data: "):

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from harness import ROOT, LoadThread, checked_system, read, wait_until
+from harness import ROOT, LoadThread, checked_system, dashboard_cookie, read, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -114,7 +114,8 @@ def dashboard_stream(system, seconds: float, out: list):
     """The dashboard's snapshots for `seconds`: (events/s, messages out/s) of each."""
     conn = http.client.HTTPConnection("127.0.0.1", system.port, timeout=10)
     try:
-        conn.request("GET", f"{PATH}/events?token={TOKEN}")
+        conn.request("GET", f"{PATH}/events",
+                     headers={"Cookie": dashboard_cookie(system.port, TOKEN)})
         response = conn.getresponse()
         assert response.status == 200
         end = time.monotonic() + seconds
