@@ -426,8 +426,9 @@ class Registry:
         for route in source.routes:
             if route.path is None:
                 raise ValueError(f"include({prefix!r}, ...): the route of {route.channel!r} "
-                                 f"to {_name_of(route.func)} has no path; declare it with "
-                                 "zchannels.consumer instead")
+                                 f"to {_name_of(route.func)} has no path (the prefix itself "
+                                 "is \"/\"); a named-channel consumer is declared with "
+                                 "zchannels.consumer")
             pattern = route.path.pattern
             assert pattern.startswith("^")  # templates compile so, regexes are written so
             full = _joined(prefix, route.source or "")
