@@ -1,7 +1,8 @@
 """What a consumer imports: the consumer API, re-exported by the package's top.
 
 - `message`: `Message`, `ReplyChannel`, `Session`;
-- `routing`: the `consumer` decorator and the route registry;
+- `routing`: the `consumer` decorator, the route registry, Django's path converters
+  (`register_converter`) and nested route tables (`Router`, `path`, `include`);
 - `generic`: the class-based consumers;
 - `sender`: the `Sender` protocol a consumer sends through, and the module functions
   (`send`, `group_add`, `group_send`, ...) that reach this process's sender;
@@ -19,6 +20,7 @@ from zchannels.api.generic import (HttpConsumer, JsonWebsocketConsumer, Websocke
 from zchannels.api.message import Message, ReplyChannel, Session, reply_channel
 from zchannels.api.results import Member, Recovery
 from zchannels.api.routing import consumer
+from zchannels.api.routing import Router, include, path, register_converter
 from zchannels.api.sender import (check_group_name, group_add, group_discard, group_members,
                                   group_send, group_size, send)
 from zchannels.core.exceptions import (BadMessage, ChannelFull, ConfigError, GroupError,
@@ -27,6 +29,7 @@ from zchannels.core.exceptions import (BadMessage, ChannelFull, ConfigError, Gro
 
 __all__ = [
     "consumer",
+    "Router", "path", "include", "register_converter",
     "WebsocketConsumer",
     "JsonWebsocketConsumer",
     "WebsocketDemultiplexer",

@@ -21,7 +21,8 @@ from __future__ import annotations
 import builtins
 import json
 import logging
-from typing import Any, Callable, ClassVar, Sequence
+import uuid
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 from zchannels.api import auth, routing, sender
 from zchannels.wire import frames as wire
@@ -43,12 +44,39 @@ _INSTANCE_ATTRIBUTES = frozenset({"message", "kwargs", "recoveries"})
 
 def _route_entry(cls: type[_Consumer], method: str) -> routing.Consumer:
     """The function the registry holds for one channel of `cls`: a new instance per
-    event, then its handler method."""
-    def handle(message: Message, **kwargs: str) -> None:
+    event, then its handler method. Its ``check_route`` is what the registry calls
+    with the whole path (a `routing.Router`'s routes, when it is included)."""
+    def handle(message: Message, **kwargs: Any) -> None:
         getattr(cls(message, **kwargs), method)()
     handle.__name__ = handle.__qualname__ = f"{cls.__qualname__}.{method}"
     handle.__module__ = cls.__module__
+    setattr(handle, "check_route", cls.check_route)
     return handle
+
+
+class _AnyValue:
+    """The sample of a custom converter's value, whose type is unknown here: any
+    attribute, item or format spec of it gives ``"x"``."""
+
+    def __format__(self, spec: str) -> str:
+        return "x"
+
+    def __getattr__(self, name: str) -> "_AnyValue":
+        return self
+
+    def __getitem__(self, key: Any) -> "_AnyValue":
+        return self
+
+
+def _sample(converter: routing.Converter) -> Any:
+    """A value of the type `converter` gives, to try the group templates with."""
+    if isinstance(converter, routing.IntConverter):
+        return 0
+    if isinstance(converter, routing.UUIDConverter):
+        return uuid.UUID(int=0)
+    if isinstance(converter, routing.StringConverter):
+        return "x"
+    return _AnyValue()
 
 
 class _Consumer:
@@ -58,7 +86,7 @@ class _Consumer:
     #: channel -> name of the method that handles its events: one route each.
     channel_methods: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, message: Message, /, **kwargs: str) -> None:
+    def __init__(self, message: Message, /, **kwargs: Any) -> None:
         self.message = message
         self.kwargs = kwargs
         for name, value in kwargs.items():
@@ -101,11 +129,10 @@ class _Consumer:
     @classmethod
     def register(cls, path: str, *, registry: routing.Registry | None = None) -> None:
         """Route this class's channels for `path` (a template such as
-        ``"/ws/chat/<room>"`` or a ``^regex``), in `registry` (default: the one the
-        workers dispatch from). Mistakes in the class fail here, at import."""
+        ``"/ws/chat/<int:room>"`` or a ``^regex``), in `registry` (default: the one the
+        workers dispatch from). Mistakes in the class fail here, at import (in a
+        `routing.Router`, when it is included: its paths are whole only then)."""
         registry = routing.registry if registry is None else registry
-        names = list(routing.compile_path(path).groupindex)
-        cls.check_route(path, names)
         for channel, method in cls.handled_channels().items():
             registry.add(channel, _route_entry(cls, method), path)
 
@@ -114,9 +141,10 @@ class _Consumer:
         return dict(cls.channel_methods)
 
     @classmethod
-    def check_route(cls, path: str, names: list[str]) -> None:
-        """Raise ValueError if a path placeholder would hide an attribute."""
-        for name in names:
+    def check_route(cls, path: str, parameters: Mapping[str, routing.Converter]) -> None:
+        """Raise ValueError if a path parameter (its name -> its converter) would hide
+        an attribute."""
+        for name in parameters:
             if name in _INSTANCE_ATTRIBUTES or hasattr(cls, name):
                 raise ValueError(f"path {path!r}: <{name}> would hide {cls.__qualname__}."
                                  f"{name}; rename the placeholder")
@@ -239,11 +267,12 @@ class WebsocketConsumer(_Consumer):
         self.disconnect(self.message.get("code", CLOSE_NO_STATUS))
 
     @classmethod
-    def check_route(cls, path: str, names: list[str]) -> None:
-        super().check_route(path, names)
+    def check_route(cls, path: str, parameters: Mapping[str, routing.Converter]) -> None:
+        super().check_route(path, parameters)
         if isinstance(cls.groups, str):  # a missing comma or brackets: not its characters
             raise TypeError(f"{cls.__qualname__}.groups must be a list of names, not a str")
-        sample = {name: "x" for name in names}
+        # Values of the types the converters give: "{n:03d}" fits <int:n>, not <n>.
+        sample = {name: _sample(converter) for name, converter in parameters.items()}
         for template in cls.groups:
             try:
                 wire.check_name(template.format(**sample), "group")
@@ -346,8 +375,8 @@ class WebsocketDemultiplexer(JsonWebsocketConsumer):
         super().websocket_disconnect()
 
     @classmethod
-    def check_route(cls, path: str, names: list[str]) -> None:
-        super().check_route(path, names)
+    def check_route(cls, path: str, parameters: Mapping[str, routing.Converter]) -> None:
+        super().check_route(path, parameters)
         if not cls.consumers:
             raise ValueError(f"{cls.__qualname__}.consumers is empty: map stream names to "
                              "JsonWebsocketConsumer subclasses")
@@ -356,7 +385,7 @@ class WebsocketDemultiplexer(JsonWebsocketConsumer):
                     isinstance(consumer, type) and issubclass(consumer, JsonWebsocketConsumer)):
                 raise TypeError(f"{cls.__qualname__}.consumers[{stream!r}] must be a "
                                 f"JsonWebsocketConsumer subclass, not {consumer!r}")
-            consumer.check_route(path, names)
+            consumer.check_route(path, parameters)
 
 
 class HttpConsumer(_Consumer):

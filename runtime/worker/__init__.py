@@ -4,6 +4,7 @@
 - `dispatch`: one message without sockets (`Dispatcher`: routes, 4404, the WSGI
   fallback, 404, isolation, the done), shared with `zchannels.testing`;
 - `link`: its link to the broker (`WorkerLink`: events in; replies, done, credit out);
+- `hosts`: Django's ALLOWED_HOSTS on WebSocket handshakes, when Django is set up;
 - `wsgi`: a WSGI application (Django, Flask) behind HTTP requests no consumer claims;
 - `reloader`: restarts the workers when consumer code changes (development).
 

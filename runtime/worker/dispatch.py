@@ -21,6 +21,7 @@ from zchannels.core.config import WEBSOCKET_CHANNELS
 from zchannels.core.stats import counters
 from zchannels.wire import frames as wire
 from zchannels.worker import wsgi
+from zchannels.worker import hosts
 
 log = logging.getLogger("zchannels.worker")
 
@@ -81,6 +82,8 @@ class Dispatcher:
     def dispatch(self, message: Message) -> None:
         """Run the message's consumer, or the default for its channel (raises what the
         consumer raises)."""
+        if message.channel == "websocket.connect" and hosts.refused(message, self.count):
+            return  # Django's ALLOWED_HOSTS (zchannels.worker.hosts): 403
         path = message.path
         found = self.registry.match(message.channel, path)
         if found is not None:

@@ -27,6 +27,9 @@ STATIC_ROOT = os.environ.get("DJSITE_STATIC_ROOT", "/tmp/djsite-static")
 USE_TZ = True
 LOGGING = {
     "version": 1,
+    # Keep the loggers configured before Django's setup (the worker's zchannels.*): a
+    # worker's warnings and errors must still reach its log.
+    "disable_existing_loggers": False,
     "handlers": {"stderr": {"class": "logging.StreamHandler"}},
     "loggers": {"django": {"handlers": ["stderr"], "level": "WARNING"}},
 }
