@@ -1,4 +1,5 @@
-"""Run consumers in the test process: no broker, no workers, no sockets.
+"""Test consumers: in the test process (`TestServer`), or against the real processes
+(`LiveServer`, the ``zchannels_live_server`` pytest fixture, `LiveServerTestCase`).
 
 ::
 
@@ -25,6 +26,12 @@ named channels, before it returns, one message at a time, first in first out.
 Time is a fake clock: delayed messages, long-poll timeouts and ``http_timeout``
 happen when the test advances it, with `TestServer.advance` or by waiting in a
 ``receive(timeout=...)``; nothing ever waits in real time.
+
+`LiveServer` starts the project's real processes for a test, on a free port, and stops
+them at the end; the pytest plugin (`plugin`, loaded by pytest itself) makes it the
+``zchannels_live_server`` fixture, and `LiveServerTestCase` (`djangocase`, which needs
+Django) a Django ``TransactionTestCase``, like Channels' ``ChannelsLiveServerTestCase``
+(docs/howto/test-consumers.md#against-real-processes).
 """
 # The modules, each importing only the ones below it:
 #
@@ -35,10 +42,29 @@ happen when the test advances it, with `TestServer.advance` or by waiting in a
 #   `ConsumerError`;
 # - `connections`: the in-memory sockets (`_Socket`, `_Exchange`), the clients
 #   `Clients` drives in place of Tornado's.
+#
+# and beside them, the real processes:
+#
+# - `djangocase`: `LiveServerTestCase` and `LiveServerMixin`, for Django's test runner;
+# - `plugin`: the pytest plugin, the ``zchannels_live_server`` fixture;
+# - `live`: `LiveServer`, the project's processes for a test.
+from typing import Any
+
 from zchannels.testing.handles import (HttpResponse, ServerSentEvent, WebSocketClient,
                                        WebSocketClosed)
 from zchannels.testing.layer import ConsumerError, InMemoryLayer
+from zchannels.testing.live import LiveServer, LiveServerError
 from zchannels.testing.server import TestServer
 
 __all__ = ["TestServer", "InMemoryLayer", "WebSocketClient", "HttpResponse",
-           "ServerSentEvent", "ConsumerError", "WebSocketClosed"]
+           "ServerSentEvent", "ConsumerError", "WebSocketClosed", "LiveServer",
+           "LiveServerError", "LiveServerTestCase", "LiveServerMixin"]
+
+_NEED_DJANGO = ("LiveServerTestCase", "LiveServerMixin")  # imported when first asked for
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NEED_DJANGO:  # Django is imported only by those who use it
+        from zchannels.testing import djangocase
+        return getattr(djangocase, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
