@@ -48,23 +48,37 @@ Django) a Django ``TransactionTestCase``, like Channels' ``ChannelsLiveServerTes
 # - `djangocase`: `LiveServerTestCase` and `LiveServerMixin`, for Django's test runner;
 # - `plugin`: the pytest plugin, the ``zchannels_live_server`` fixture;
 # - `live`: `LiveServer`, the project's processes for a test.
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from zchannels.testing.handles import (HttpResponse, ServerSentEvent, WebSocketClient,
-                                       WebSocketClosed)
-from zchannels.testing.layer import ConsumerError, InMemoryLayer
-from zchannels.testing.live import LiveServer, LiveServerError
-from zchannels.testing.server import TestServer
+if TYPE_CHECKING:  # the names, for type checkers; at run time __getattr__ imports them
+    from zchannels.testing.djangocase import LiveServerMixin, LiveServerTestCase
+    from zchannels.testing.handles import (HttpResponse, ServerSentEvent, WebSocketClient,
+                                           WebSocketClosed)
+    from zchannels.testing.layer import ConsumerError, InMemoryLayer
+    from zchannels.testing.live import LiveServer, LiveServerError
+    from zchannels.testing.server import TestServer
 
-__all__ = ["TestServer", "InMemoryLayer", "WebSocketClient", "HttpResponse",
-           "ServerSentEvent", "ConsumerError", "WebSocketClosed", "LiveServer",
-           "LiveServerError", "LiveServerTestCase", "LiveServerMixin"]
-
-_NEED_DJANGO = ("LiveServerTestCase", "LiveServerMixin")  # imported when first asked for
+# Each name's module, imported when the name is first asked for: pytest imports this
+# package in every session of a project with zchannels installed (for the plugin), and
+# need not pay for the in-process server, nor import Django.
+_MODULES = {
+    "TestServer": "server", "InMemoryLayer": "layer", "ConsumerError": "layer",
+    "WebSocketClient": "handles", "HttpResponse": "handles", "ServerSentEvent": "handles",
+    "WebSocketClosed": "handles", "LiveServer": "live", "LiveServerError": "live",
+    "LiveServerTestCase": "djangocase", "LiveServerMixin": "djangocase",
+}
+# (Not the Django ones: ``import *`` would import Django.)
+__all__ = [name for name, module in _MODULES.items() if module != "djangocase"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _NEED_DJANGO:  # Django is imported only by those who use it
-        from zchannels.testing import djangocase
-        return getattr(djangocase, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _MODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_MODULES[name]}"), name)
+    globals()[name] = value  # found directly next time
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_MODULES])
