@@ -1,10 +1,12 @@
 """Start a real zchannels system for a test: real processes, real ZeroMQ sockets.
 
-`System` starts the broker, workers and interfaces with
-``python -m zchannels <role>`` (the same command supervisord runs), each with its
-own log file, in a private run directory with its own config. It stops every
-process it started, by PID, and can check that no process logged an error the
-test did not expect.
+`System` is the shipped `zchannels.testing.LiveServer` (``python -m zchannels <role>``,
+the commands supervisord runs, each with its own log file, in a private run directory
+with its own config, every process stopped by its PID) as the tests here use it: the
+repository's demo and test consumers, two workers and two interfaces, counters written
+every 0.2 s. What only these tests need is added here: killing and restarting
+processes, reading the counters and the test consumers' records, and the check that
+no process logged an error the test did not expect.
 """
 from __future__ import annotations
 
@@ -14,19 +16,17 @@ import http.client
 import json
 import os
 import re
-import shutil
-import signal
 import socket
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from http.cookies import SimpleCookie
-from typing import Any, Awaitable, Callable, Iterator, TypeVar
+from typing import Any, Awaitable, Iterator, TypeVar
 
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+from zchannels.testing.live import LiveServer, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,8 +40,6 @@ def bench_env() -> dict[str, str]:
 TEST_CONSUMERS = os.path.join(ROOT, "tests", "consumers")
 DEMO_CONSUMERS = os.path.join(ROOT, "consumers")
 
-START_TIMEOUT = 20.0  # seconds for every process to announce it is ready
-STOP_TIMEOUT = 10.0  # seconds for a process to exit after SIGTERM before SIGKILL
 ERROR_LINE = re.compile(r" (ERROR|CRITICAL) |^Traceback ", re.MULTILINE)
 
 T = TypeVar("T")
@@ -52,18 +50,6 @@ def run(coro: Awaitable[T], timeout: float = 30.0) -> T:
     async def bounded() -> T:
         return await asyncio.wait_for(coro, timeout)
     return asyncio.run(bounded())
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
-               interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def reserve_port() -> socket.socket:
@@ -79,7 +65,7 @@ def reserve_port() -> socket.socket:
     return sock
 
 
-class System:
+class System(LiveServer):
     def __init__(self, *, workers: int = 2, interfaces: int = 2,
                  consumers: tuple[str, ...] = (DEMO_CONSUMERS, TEST_CONSUMERS),
                  server: dict[str, Any] | None = None,
@@ -93,90 +79,23 @@ class System:
         `env`: more environment variables for every process.
         `history`: ``[[history.groups]]`` rules, e.g. ``[{"pattern": "chat.*", "size": 500}]``."""
         pool_capacity = pool_capacity or {}
-        # IPC paths must fit in 107 bytes: keep the run directory short.
-        self.run_dir = tempfile.mkdtemp(prefix="zc", dir="/tmp")
-        self.config_path = os.path.join(self.run_dir, "zchannels.toml")
+        pools = pools or {"default": (["*"], workers)}
+        tables: dict[str, Any] = {
+            "server": {"stats_interval": 0.2, **(server or {})},
+            "pools": {name: {"channels": channels, **({"capacity": pool_capacity[name]}
+                                                      if name in pool_capacity else {})}
+                      for name, (channels, *_) in pools.items()}}
+        if history:
+            tables["history"] = {"groups": list(history)}
+        super().__init__(ROOT, config=tables, consumers=consumers, interfaces=interfaces,
+                         workers={name: count for name, (_, count, *_) in pools.items()},
+                         env=env, django=False)
         self.record_path = os.path.join(self.run_dir, "record.log")
-        settings = {"stats_interval": 0.2, **(server or {})}
-        lines = ["[server]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
-        self.pools = pools or {"default": (["*"], workers)}
-        for name, (channels, *_) in self.pools.items():
-            lines += [f"[pools.{name}]", f"channels = {json.dumps(channels)}"]
-            if name in pool_capacity:
-                lines.append(f"capacity = {pool_capacity[name]}")
-        for rule in history or ():
-            lines.append("[[history.groups]]")
-            lines += [f"{k} = {json.dumps(v)}" for k, v in rule.items()]
-        with open(self.config_path, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        self.env = dict(os.environ,
-                        ZCHANNELS_CONFIG=self.config_path,
-                        ZCHANNELS_RUN_DIR=self.run_dir,
-                        ZCHANNELS_CONSUMERS=os.pathsep.join(consumers),
-                        ZCHANNELS_TEST_RECORD=self.record_path,
-                        PYTHONUNBUFFERED="1", **(env or {}))
-        self.env.pop("ZCHANNELS_PORT", None)
-        self.interfaces = interfaces
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self.arguments: dict[str, tuple[str, ...]] = {}  # name -> `python -m zchannels` args
+        self.env.setdefault("ZCHANNELS_TEST_RECORD", self.record_path)
         self.restarts: list[tuple[str, int, int]] = []  # (name, old pid, new pid)
         self.expected_errors: list[re.Pattern[str]] = []
-        self.port = 0
 
     # -- processes ---------------------------------------------------------
-
-    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        log = open(os.path.join(self.run_dir, f"{name}.log"), "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "zchannels", *args], cwd=ROOT,
-                                env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        self.processes[name] = proc
-        self.arguments[name] = args
-        return proc
-
-    def ready_info(self, role: str, proc: subprocess.Popen[bytes]) -> dict[str, Any] | None:
-        if proc.poll() is not None:
-            raise AssertionError(f"{role} (pid {proc.pid}) exited with {proc.returncode}:\n"
-                                 + self.log_of_pid(proc.pid))
-        try:
-            with open(os.path.join(self.run_dir, "ready", f"{role}.{proc.pid}")) as f:
-                return json.load(f)
-        except (FileNotFoundError, ValueError):
-            return None
-
-    def wait_ready(self, role: str, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
-        return wait_until(lambda: self.ready_info(role, proc), START_TIMEOUT,
-                          f"{role} pid {proc.pid} to be ready")
-
-    def start(self) -> "System":
-        try:
-            started = [("broker", self.spawn("broker", "broker"))]
-            for pool, (_, workers, *_) in self.pools.items():
-                for i in range(workers):
-                    started.append((f"worker-{pool}", self.start_worker(i, pool, wait=False)))
-            for role, proc in started:
-                self.wait_ready(role, proc)
-            for i in range(self.interfaces):
-                self.start_interface(i)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def start_worker(self, index: int, pool: str = "default",
-                     wait: bool = True) -> subprocess.Popen[bytes]:
-        proc = self.spawn(f"worker-{pool}-{index}", "worker", "--pool", pool)
-        if wait:
-            self.wait_ready(f"worker-{pool}", proc)
-        return proc
-
-    def start_interface(self, index: int) -> subprocess.Popen[bytes]:
-        # The first interface picks a free port; the others share it (SO_REUSEPORT).
-        proc = self.spawn(f"interface-{index}", "interface", "--port", str(self.port))
-        info = self.wait_ready("interface", proc)
-        self.port = info["port"]
-        self.arguments[f"interface-{index}"] = ("interface", "--port", str(self.port))
-        return proc
 
     def kill(self, name: str) -> None:
         """SIGKILL one process, as a crash would."""
@@ -246,53 +165,20 @@ class System:
             if name.startswith(prefix):
                 self.wait_ready(self.role_of(name), proc)
 
-    def stop(self) -> None:
-        """SIGTERM every process, interfaces first; SIGKILL any still there after the timeout."""
-        for name in sorted(self.processes, key=lambda n: not n.startswith("interface")):
-            proc = self.processes[name]
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        for proc in self.processes.values():
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.run_dir, ignore_errors=True)
-
-    def __enter__(self) -> "System":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
+    cleanup = LiveServer.close  # the name the tests here use
 
     # -- observing -----------------------------------------------------------
 
-    def url(self, path: str) -> str:
-        return f"ws://127.0.0.1:{self.port}{path}"
+    # Before LiveServer had its base URLs (`url`, `ws_url`), the tests here had this:
+    # a WebSocket URL of `path`.
+    def url(self, path: str) -> str:  # type: ignore[override]
+        return self.ws_url + path
 
     async def connect(self, path: str, **kwargs: Any) -> WebSocketClientConnection:
         return await websocket_connect(self.url(path), **kwargs)
 
-    def logs(self) -> dict[str, str]:
-        result = {}
-        for name in self.processes:
-            with open(os.path.join(self.run_dir, f"{name}.log"), errors="replace") as f:
-                result[name] = f.read()
-        return result
-
     def all_logs(self) -> str:
         return "\n".join(self.logs().values())
-
-    def log_of_pid(self, pid: int) -> str:
-        for name, proc in self.processes.items():
-            if proc.pid == pid:
-                return self.logs()[name]
-        return ""
 
     def expect_error(self, pattern: str) -> None:
         """Declare an ERROR line (or traceback) a test provokes on purpose."""
@@ -350,6 +236,22 @@ class System:
                 return [line.split() for line in f.read().splitlines() if line]
         except FileNotFoundError:
             return []
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def assert_nothing_left(recorded: dict[str, Any]) -> None:
+    """What a live server's test recorded ({"pids": [...], "run_dir": ...}): none of its
+    processes is alive, its run directory is gone."""
+    assert len(recorded["pids"]) >= 3  # a broker, a worker, an interface at least
+    assert not [pid for pid in recorded["pids"] if alive(pid)]
+    assert not os.path.exists(recorded["run_dir"])
 
 
 @contextlib.contextmanager

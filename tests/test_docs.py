@@ -797,8 +797,10 @@ def test_python_example(block, projects, tmp_path, run_dir, monkeypatch):
 MAX_MARKED = 12  # blocks that cannot run alone: keep them few
 
 # Every block marked not-run, by (doc, its first line), with the reason it gives: the
-# signatures of consumers.md, which are not code (`-> Recovery` after a call). Marking
-# another block, or changing one of these, means changing this list too.
+# signatures of consumers.md, which are not code (`-> Recovery` after a call), and the
+# Django LiveServerTestCase of test-consumers.md, which Django's test runner runs in a
+# new project (tests/test_live_server_django.py). Marking another block, or changing one
+# of these, means changing this list too.
 MARKED = {
     ("docs/consumers.md", "consumer(channel: str, path: str | None = None)"): "a signature",
     ("docs/consumers.md", "group_add(group: str, reply_channel: ReplyChannel | str, *, "
@@ -807,6 +809,8 @@ MARKED = {
         "a signature",
     ("docs/consumers.md", 'send(channel: str, content: dict | None = None, payload: bytes = '
                           'b"") -> None'): "a signature",
+    ("docs/howto/test-consumers.md", "# mysite/tests.py"):
+        "Django's test runner runs it (tests/test_live_server_django.py)",
 }
 
 

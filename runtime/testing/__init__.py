@@ -1,4 +1,5 @@
-"""Run consumers in the test process: no broker, no workers, no sockets.
+"""Test consumers: in the test process (`TestServer`), or against the real processes
+(`LiveServer`, the ``zchannels_live_server`` pytest fixture, `LiveServerTestCase`).
 
 ::
 
@@ -25,6 +26,12 @@ named channels, before it returns, one message at a time, first in first out.
 Time is a fake clock: delayed messages, long-poll timeouts and ``http_timeout``
 happen when the test advances it, with `TestServer.advance` or by waiting in a
 ``receive(timeout=...)``; nothing ever waits in real time.
+
+`LiveServer` starts the project's real processes for a test, on a free port, and stops
+them at the end; the pytest plugin (`plugin`, loaded by pytest itself) makes it the
+``zchannels_live_server`` fixture, and `LiveServerTestCase` (`djangocase`, which needs
+Django) a Django ``TransactionTestCase``, like Channels' ``ChannelsLiveServerTestCase``
+(docs/howto/test-consumers.md#against-real-processes).
 """
 # The modules, each importing only the ones below it:
 #
@@ -35,10 +42,43 @@ happen when the test advances it, with `TestServer.advance` or by waiting in a
 #   `ConsumerError`;
 # - `connections`: the in-memory sockets (`_Socket`, `_Exchange`), the clients
 #   `Clients` drives in place of Tornado's.
-from zchannels.testing.handles import (HttpResponse, ServerSentEvent, WebSocketClient,
-                                       WebSocketClosed)
-from zchannels.testing.layer import ConsumerError, InMemoryLayer
-from zchannels.testing.server import TestServer
+#
+# and beside them, the real processes:
+#
+# - `djangocase`: `LiveServerTestCase` and `LiveServerMixin`, for Django's test runner;
+# - `plugin`: the pytest plugin, the ``zchannels_live_server`` fixture;
+# - `live`: `LiveServer`, the project's processes for a test.
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["TestServer", "InMemoryLayer", "WebSocketClient", "HttpResponse",
-           "ServerSentEvent", "ConsumerError", "WebSocketClosed"]
+if TYPE_CHECKING:  # the names, for type checkers; at run time __getattr__ imports them
+    from zchannels.testing.djangocase import LiveServerMixin, LiveServerTestCase
+    from zchannels.testing.handles import (HttpResponse, ServerSentEvent, WebSocketClient,
+                                           WebSocketClosed)
+    from zchannels.testing.layer import ConsumerError, InMemoryLayer
+    from zchannels.testing.live import LiveServer, LiveServerError
+    from zchannels.testing.server import TestServer
+
+# Each name's module, imported when the name is first asked for: pytest imports this
+# package in every session of a project with zchannels installed (for the plugin), and
+# need not pay for the in-process server, nor import Django.
+_MODULES = {
+    "TestServer": "server", "InMemoryLayer": "layer", "ConsumerError": "layer",
+    "WebSocketClient": "handles", "HttpResponse": "handles", "ServerSentEvent": "handles",
+    "WebSocketClosed": "handles", "LiveServer": "live", "LiveServerError": "live",
+    "LiveServerTestCase": "djangocase", "LiveServerMixin": "djangocase",
+}
+# (Not the Django ones: ``import *`` would import Django.)
+__all__ = [name for name, module in _MODULES.items() if module != "djangocase"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_MODULES[name]}"), name)
+    globals()[name] = value  # found directly next time
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_MODULES])
