@@ -59,7 +59,7 @@ def test_hosts_and_origins_are_checked_against_allowed_hosts_once_django_is_set_
             # No Django: nothing is checked, nothing of Django imported.
             handshakes(server, [{"Host": "evil.example"}])
             assert "django" not in sys.modules, "imported Django"
-            assert "refused_host" not in server.layer.counters
+            assert "disallowed_host" not in server.layer.counters
 
             from django.conf import settings
             settings.configure(ALLOWED_HOSTS=["example.com", ".example.org"])
@@ -75,7 +75,7 @@ def test_hosts_and_origins_are_checked_against_allowed_hosts_once_django_is_set_
                 {"Host": "example.com", "Origin": "http://evil.example"},
                 {"Host": "example.com", "Origin": "null"},
             ])
-            print("COUNT", server.layer.counters["refused_host"])
+            print("COUNT", server.layer.counters["disallowed_host"])
             print("CONNECTS", connects)
             print("RECEIVES", len(receives))
     """)
@@ -123,7 +123,7 @@ def test_debug_localhost_wildcard_and_forwarded_host_as_django_reads_them():
             with override_settings(ALLOWED_HOSTS=["example.com"], USE_X_FORWARDED_HOST=True):
                 handshakes(server, [{"Host": "example.com", "X-Forwarded-Host": "evil.example"},
                                     {"Host": "evil.example", "X-Forwarded-Host": "example.com"}])
-            print("COUNT", server.layer.counters["refused_host"])
+            print("COUNT", server.layer.counters["disallowed_host"])
     """)
     assert statuses(found) == [
         ("localhost:8000", None, 101), ("app.localhost", None, 101), ("127.0.0.1", None, 101),

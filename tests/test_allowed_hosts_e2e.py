@@ -29,7 +29,7 @@ def request(site, **headers):
 
 def test_a_host_not_in_allowed_hosts_is_refused_with_403_and_one_in_it_is_accepted(site):
     port = site.port
-    before = site.settled_counters("worker").get("refused_host", 0)
+    before = site.settled_counters("worker").get("disallowed_host", 0)
 
     async def scenario():
         assert await echo_once(request(site), "plain") == "plain"  # Host: 127.0.0.1:port
@@ -42,7 +42,7 @@ def test_a_host_not_in_allowed_hosts_is_refused_with_403_and_one_in_it_is_accept
 
     run(scenario())
     counts = site.settled_counters("worker")
-    assert counts.get("refused_host", 0) - before == 3
+    assert counts.get("disallowed_host", 0) - before == 3
     logs = "\n".join(text for name, text in site.logs().items() if name.startswith("worker"))
     assert "Host 'evil.example' is not in ALLOWED_HOSTS; answering 403" in logs
     assert f"Host 'evil.example:{port}' is not in ALLOWED_HOSTS; answering 403" in logs

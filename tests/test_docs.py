@@ -425,6 +425,8 @@ def counted_names() -> dict[str, set[str]]:
                 func = node.func
                 attr = func.attr if isinstance(func, ast.Attribute) else None
                 owner = func.value if isinstance(func, ast.Attribute) else None
+                if isinstance(func, ast.Name) and func.id in ("incr", "count"):
+                    attr = func.id  # a counting function passed in: count("name")
                 if attr in ("incr", "count") and node.args:
                     add(named(node.args[0]), "counter")
                 elif attr == "setdefault" and isinstance(owner, ast.Name) \

@@ -368,10 +368,12 @@ class FourDigitYear:
         return "%04d" % value
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def converters():
-    """Converters registered by a test are gone after it."""
+    """Each test starts with the built-in converters only (another test file may have
+    loaded a consumer module that registers one), and what it registers is gone after."""
     saved = dict(routing._REGISTERED)
+    routing._REGISTERED.clear()
     yield routing.register_converter
     routing._REGISTERED.clear()
     routing._REGISTERED.update(saved)

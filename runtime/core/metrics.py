@@ -41,6 +41,8 @@ REFUSALS = {
     "refused_http": "http_pool_full",  # interface: HTTP 503 for a full pool
     "refused_max_connections": "max_connections",  # interface: 503 at max_connections
     "refused_origin": "origin",  # interface: 403 for the WebSocket Origin
+    "refused_host": "operator_host",  # interface: 421 for a metrics/dashboard Host
+    "disallowed_host": "allowed_hosts",  # worker: 403, Host/Origin not in ALLOWED_HOSTS
     "refused_body_too_large": "body_too_large",  # interface: 413
     "rate_limited": "rate_limited",  # interface: close 1008
     "publish_refused": "publish",  # interface: the publish API's 503

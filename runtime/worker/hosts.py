@@ -5,7 +5,7 @@ Django answers a request whose ``Host`` is not in ``ALLOWED_HOSTS`` with 400
 ``AllowedHostsOriginValidator`` refuses a handshake whose ``Origin`` is not in it.
 The interface does not import Django, so the worker checks both, before routing
 the ``websocket.connect``: a handshake either fails is refused with 403, logged at
-WARNING and counted (``refused_host``); no consumer of the connect runs (its
+WARNING and counted (``disallowed_host``); no consumer of the connect runs (its
 disconnect still comes, with 1006, as after any refusal). This is on top of the
 interface's own ``allowed_origins`` check, which runs first.
 
@@ -41,7 +41,7 @@ def refused(message: Message, count: Callable[[str], None]) -> bool:
     problem = disallowed(message.headers, settings)
     if problem is None:
         return False
-    count("refused_host")
+    count("disallowed_host")
     client = message.get("client") or ["?"]
     log.warning("refused WebSocket handshake to %s from %s: %s; answering 403",
                 message.path, client[0], problem)
