@@ -38,6 +38,8 @@ class Replier(Protocol):
 
 
 class Sender(Replier, Protocol):
+    """Everything a consumer may send: to its connections, to named channels, to groups,
+    and its questions about groups."""
 
     def send(self, channel: str, content: dict[str, Any] | None = None,
              payload: bytes = b"", delay: float | None = None) -> None: ...
