@@ -11,7 +11,9 @@
             assert ws.receive() == "hi"
 
 `TestServer` loads consumers through the normal registry and runs them with the
-worker's own `Dispatcher` (routes, 4404, the WSGI fallback, 404, its done).
+worker's own `Dispatcher` (routes, 4404, the WSGI fallback, 404, its done), after
+setting Django up as a worker does; it refuses (`SetupMismatch`) a Django setup the
+workers would not have.
 `InMemoryLayer` is the channel layer they reach through ``zchannels.send``,
 ``group_*`` and their reply channels. A client's events, acknowledgements and group
 memberships are the interface's own `Clients` (its `Pipeline` and `GroupTable`), and
@@ -39,6 +41,7 @@ from zchannels.testing.handles import (HttpResponse, ServerSentEvent, WebSocketC
                                        WebSocketClosed)
 from zchannels.testing.layer import ConsumerError, InMemoryLayer
 from zchannels.testing.server import TestServer
+from zchannels.worker.app import SetupMismatch
 
 __all__ = ["TestServer", "InMemoryLayer", "WebSocketClient", "HttpResponse",
-           "ServerSentEvent", "ConsumerError", "WebSocketClosed"]
+           "ServerSentEvent", "ConsumerError", "WebSocketClosed", "SetupMismatch"]
