@@ -1,5 +1,5 @@
 """The application of a process (runtime/worker/app.py): Django set up from the
-configured settings module before the WSGI application and the consumers; a failure to
+configured settings module before the consumers and the WSGI application; a failure to
 import told with its file and line; the dispatcher it gets; what `zchannels.testing`
 refuses. Whatever sets Django up runs in a fresh interpreter (a child process), so this
 test process stays as it was."""

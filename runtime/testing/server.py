@@ -93,8 +93,8 @@ class TestServer:
     (default: the config's ``wsgi_app``; none: 404). `settings`: the Django settings
     module to run with (default: the workers', as `zchannels.worker.app` finds it).
 
-    As a worker, it sets Django up before it imports the WSGI application and the
-    consumers; it refuses (`SetupMismatch`) to run with Django set up otherwise than
+    As a worker, it sets Django up before it imports the consumers and the WSGI
+    application; it refuses (`SetupMismatch`) to run with Django set up otherwise than
     the workers set it up.
 
     Used as a context manager it installs its layer as the process's current one
@@ -120,14 +120,14 @@ class TestServer:
         else:
             directories = list(consumers)
         # As a worker does (zchannels.worker.app): Django set up -- or a refusal, if it is
-        # set up otherwise than a worker would --, then the WSGI application, then the
-        # consumers.
+        # set up otherwise than a worker would --, then the consumers, then the WSGI
+        # application.
         app.setup_for_tests(directories, _configured_wsgi_app(config, wsgi_app), settings,
                             preloaded)
-        if isinstance(wsgi_app, str):
-            wsgi_app = _with_hint(wsgi.load_app, wsgi_app)
         self.registry = preloaded if preloaded is not None \
             else _with_hint(load_registry, directories)
+        if isinstance(wsgi_app, str):
+            wsgi_app = _with_hint(wsgi.load_app, wsgi_app)
         self.layer = InMemoryLayer(self.config, capacity)
         self.dispatcher = app.Application(self.registry, wsgi_app, app.django_configured()) \
             .dispatcher(count=self.layer.count, on_error=self._failed, in_tests=True)

@@ -1,5 +1,5 @@
-"""The application of this process: Django set up, then the WSGI application, then the
-consumers -- in that order, in every process that runs application code (a worker, the
+"""The application of this process: Django set up, then the consumers, then the WSGI
+application -- in that order, in every process that runs application code (a worker, the
 reloader's import check, `zchannels.testing`).
 
 Django is set up from the configured settings module: ``DJANGO_SETTINGS_MODULE``, or the
@@ -183,17 +183,18 @@ def add_to_path(directories: Iterable[str]) -> None:
 
 def load(config: Config, http: bool) -> Application:
     """Import the application into the global registry, as every worker does: Django
-    set up from the configured settings module, then the WSGI application (if `http`:
-    the pool serves ``http.request``), then the consumer modules. Raises what the
-    import raises."""
+    set up from the configured settings module, then the consumer modules (the first
+    error names the consumer, as before Django was set up here), then the WSGI
+    application (if `http`: the pool serves ``http.request``). Raises what the import
+    raises."""
     # Run from the project as `python -m zchannels` is: its modules importable, also
     # under the `zchannels` console script (whose sys.path starts with its bin/).
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     add_to_path(config.consumers)
     setup_django(settings_module(config.wsgi_app))
-    wsgi_app = wsgi.load_app(config.wsgi_app) if config.wsgi_app and http else None
     routing.load_consumers(config.consumers)
+    wsgi_app = wsgi.load_app(config.wsgi_app) if config.wsgi_app and http else None
     return Application(routing.registry, wsgi_app, django_configured())
 
 

@@ -4,7 +4,7 @@ It polls the modification times of every ``*.py`` under the ``consumers``
 directories and of the WSGI application's module (plus every other project module
 the application imported), four times a second. When something changed, it first
 imports the new code in a short-lived ``zchannels reloader --check`` process, the
-way a worker does (`app.load`: Django, the WSGI application, the consumers). Only if that
+way a worker does (`app.load`: Django, the consumers, the WSGI application). Only if that
 succeeds does it ask supervisord, over its XML-RPC socket, to restart every
 ``worker-*`` program. The interfaces and the broker keep running, so open
 WebSockets stay open and the broker hands queued events to the new workers. A
@@ -133,7 +133,7 @@ def _is_library(path: str) -> bool:
 
 def check_imports(config: Config) -> int:
     """Import the application as a worker does (`app.load`: Django set up, then the
-    WSGI application, then the consumer modules), and print one line: `REPORT_MARK`
+    consumer modules, then the WSGI application), and print one line: `REPORT_MARK`
     and JSON, with the project files that were imported (``ok``) or where the import
     failed (``error``, ``traceback``). 0 if it worked."""
     from zchannels.worker import worker  # noqa: F401 -- what a worker has imported before its consumers

@@ -10,7 +10,7 @@ the broker (it is free again), and carries the consumer's last message to its ow
 connection when there is one: one ZeroMQ message for all three.
 
 The application is imported when the worker starts (`app.load_or_fail`: Django set up,
-then the WSGI application, then the consumers). One that does not import leaves the
+then the consumers, then the WSGI application). One that does not import leaves the
 worker up, answering every event at once (HTTP 503, WebSocket close 1011): said once,
 on the terminal and in the log, rather than a restart loop into supervisord's FATAL.
 """
@@ -49,9 +49,9 @@ class Worker(Service):
     def __init__(self, config: Config, pool_name: str) -> None:
         self.pool = config.pool(pool_name)
         super().__init__(config, f"worker-{self.pool.name}")
-        # The application, before any socket: Django set up, then the WSGI application
-        # (for the HTTP requests no consumer claims, if this pool serves them), then
-        # the consumers. One that does not import is said once, and answered 503/1011.
+        # The application, before any socket: Django set up, then the consumers, then
+        # the WSGI application (for the HTTP requests no consumer claims, if this pool
+        # serves them). One that does not import is said once, and answered 503/1011.
         self.application = app.load_or_fail(config, self.pool.serves("http.request"))
         if self.application.failure is not None:
             app.report_failure(self.application.failure, config, self.role)
