@@ -171,6 +171,24 @@ class Client:
         return run(ask(), timeout=60)
 
 
+    def attempts(self, count: int) -> list[int | None]:
+        """`count` events, each the backend pid of its query or None where the consumer
+        failed (its socket closed with 1011: the next event goes on a new socket)."""
+        async def ask():
+            ws = await websocket_connect(self.url)
+            answers: list[int | None] = []
+            for _ in range(count):
+                ws.write_message("?")
+                answer = await read(ws, timeout=10)
+                if answer is None:
+                    assert ws.close_code == 1011, ws.close_code
+                    ws = await websocket_connect(self.url)
+                answers.append(None if answer is None else int(answer))
+            ws.close()
+            return answers
+        return run(ask(), timeout=60)
+
+
 EVENTS = 6  # per round: both workers get some
 
 
@@ -202,6 +220,27 @@ def test_persistent_connections_are_kept_and_a_terminated_one_is_replaced(postgr
             after = client.backends(EVENTS)
             assert not set(after) & set(first), (first, after)
             assert len(set(after)) <= 2, after
+    finally:
+        shutil.rmtree(project, ignore_errors=True)
+
+
+def test_without_health_checks_only_the_first_query_on_a_dropped_connection_fails(postgres):
+    """As in Django: the query fails, the event with it (1011), the broken connection is
+    closed at the end of that event, and the worker's next event works."""
+    project, server = django_site(postgres, conn_max_age=600, health_checks=False)
+    try:
+        with server:
+            client = Client(server.port)
+            first = client.backends(EVENTS)
+            kept = set(first)
+            assert len(kept) <= 2, first
+            assert postgres.terminate_others() == len(kept)
+            after = client.attempts(3 * EVENTS)
+            failed = after.count(None)
+            assert failed <= len(kept), after  # once per worker at most
+            worked = [pid for pid in after if pid is not None]
+            assert len(worked) >= 3 * EVENTS - len(kept) and not set(worked) & kept, after
+            assert None not in after[-EVENTS:], after  # from then on, every event works
     finally:
         shutil.rmtree(project, ignore_errors=True)
 
