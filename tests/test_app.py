@@ -141,6 +141,9 @@ def test_a_project_without_django_gets_the_plain_dispatcher(tmp_path):
      "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'mysite.settings')\n"
      "raise RuntimeError('the WSGI module is broken')\n", 3,
      "RuntimeError: the WSGI module is broken"),
+    ("mysite/settings.py", "from django.core.exceptions import ImproperlyConfigured\n"
+     "raise ImproperlyConfigured('SECRET_KEY is missing')\n", 2,
+     "ImproperlyConfigured: SECRET_KEY is missing"),
 ])
 def test_an_application_that_does_not_import_is_a_failure_with_its_file_and_line(
         site, where, source, line, error):
@@ -149,6 +152,7 @@ def test_an_application_that_does_not_import_is_a_failure_with_its_file_and_line
         f.write(source)
     loaded = load_in(site)
     assert loaded["failure"].startswith(f"{path}, line {line}: {error}"), loaded["failure"]
+    assert "Django is not set up" not in loaded["failure"]  # its settings were named
     assert path in loaded["traceback"] and "runtime/worker" not in loaded["traceback"]
     assert loaded["routes"] == [] and loaded["dispatcher"] == "UnavailableDispatcher"
 

@@ -205,8 +205,10 @@ def load_or_fail(config: Config, http: bool) -> Application:
         return load(config, http)
     except (Exception, SystemExit) as error:  # SystemExit: a module that calls exit()
         routing.registry.clear()  # half an application serves nothing
+        unnamed = settings_module(config.wsgi_app) is None
         return Application(routing.registry, failure=Failure(
-            describe_error(error) + hint(error), project_traceback(error)))
+            describe_error(error) + (hint(error) if unnamed else ""),
+            project_traceback(error)))
 
 
 def describe_error(error: BaseException) -> str:
@@ -232,7 +234,8 @@ def project_traceback(error: BaseException) -> str:
 
 
 def hint(error: BaseException) -> str:
-    """What to do about an import error that says Django is not set up ("" for others)."""
+    """What to do about an import error that says Django is not set up, when nothing
+    named its settings ("" for other errors)."""
     if type(error).__name__ in ("ImproperlyConfigured", "AppRegistryNotReady") \
             and not django_ready():
         return (f" (Django is not set up: set {SETTINGS_VARIABLE}, or mount the project "
