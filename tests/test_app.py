@@ -313,3 +313,37 @@ def test_the_test_server_refuses_consumers_that_used_django_before_it_was_set_up
     assert f"refused: the consumer module early ({site}/early.py) uses Django and was " \
            "imported before Django was set up" in output, output
     assert output.rstrip().endswith("after: ok"), output
+
+
+# -- the terminal: what supervisord does with a worker's output ---------------------
+
+def test_workers_print_to_the_terminal_unless_it_is_a_socket(tmp_path):
+    from zchannels.core import config as config_module
+    from zchannels.ops import project
+    config = config_module.parse({"pools": {"default": {"channels": ["*"]},
+                                            "tasks": {"channels": ["tasks.*"]}}})
+    text = project.supervisord_config(config, "/venv/bin/python", "/p")
+    assert text.count("stdout_logfile = /dev/stdout\n") == 2  # a worker program per pool
+    in_log = project.workers_print_to_log(text)
+    assert "stdout_logfile = /dev/stdout" not in in_log
+    to_log = "stdout_logfile = logs/%(program_name)s-%(process_num)s.log\nredirect_stderr = true\n"
+    assert in_log.count(to_log) == text.count(to_log) + 2  # the interfaces' are as they were
+    probe = "from zchannels.ops import project; import sys; " \
+            "sys.stderr.write(str(project.output_reopens()))"
+    left, right = __import__("socket").socketpair()
+    with left, right, open(tmp_path / "out", "w") as file:
+        for stdout, expected in ((right, "False"), (file, "True"), (subprocess.PIPE, "True")):
+            result = subprocess.run([sys.executable, "-c", probe], stdout=stdout,
+                                    stderr=subprocess.PIPE, text=True, timeout=CHILD_TIMEOUT)
+            assert result.stderr == expected, (stdout, result.stderr)
+
+
+def test_zchannels_run_makes_a_file_output_append(tmp_path):
+    out = tmp_path / "out"
+    with open(out, "w") as file:  # as a shell's `>` opens it
+        result = subprocess.run(
+            [sys.executable, "-c", "import fcntl, os; from zchannels.ops import project; "
+             "project.append_to_output(); "
+             "print(bool(fcntl.fcntl(1, fcntl.F_GETFL) & os.O_APPEND), flush=True)"],
+            stdout=file, timeout=CHILD_TIMEOUT)
+    assert result.returncode == 0 and out.read_text() == "True\n"
