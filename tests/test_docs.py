@@ -743,6 +743,24 @@ def drive_consumers(block: Block, code: str, directory: str) -> None:
     assert not broken, f"{block.name}:\n" + "\n".join(e.text for e in broken)
 
 
+def drive_in_django_project(block: Block, project: str, run_dir: str) -> None:
+    """`drive_consumers` for a consumer module of a doc's Django project: in a child
+    process in the project, where `TestServer` sets Django up from the project's
+    configuration as the workers do (so the module may import models at the top), and
+    this process's Django stays as it was."""
+    module = os.path.join(project, block.markers.get("file") or block.markers["append"])
+    script = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); "
+              "import tempfile, test_docs; "
+              f"[block] = [b for b in test_docs.blocks({block.path!r}) "
+              f"if b.line == {block.line}]; "
+              f"test_docs.drive_consumers(block, test_docs.read({module!r}), "
+              f"tempfile.mkdtemp(dir={run_dir!r}))")
+    result = subprocess.run([sys.executable, "-c", script], cwd=project,
+                            env=script_env(run_dir), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, f"{block.name}:\n{result.stdout[-2000:]}{result.stderr[-4000:]}"
+
+
 def import_part(block: Block, project: str, run_dir: str) -> None:
     """A module of a doc's project (a Django view, a URLconf, settings): imported there,
     after ``django.setup()`` in a Django project."""
@@ -788,7 +806,11 @@ def test_python_example(block, projects, tmp_path, run_dir, monkeypatch):
         code = block.code
         target = block.markers.get("file") or block.markers.get("append")
         if target:  # the module as the doc's project assembles it from its blocks
-            code = read(os.path.join(projects(block.path), target))
+            project = projects(block.path)
+            code = read(os.path.join(project, target))
+            if os.path.exists(os.path.join(project, "manage.py")):
+                drive_in_django_project(block, project, run_dir)
+                return
         drive_consumers(block, code, str(tmp_path))
     elif kind == "part":
         import_part(block, projects(block.path), run_dir)

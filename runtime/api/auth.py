@@ -242,7 +242,8 @@ def _verified_user(login: list[Any] | None) -> Any:
         user_id = get_user_model()._meta.pk.to_python(user_id)
     except ValidationError:
         return AnonymousUser()
-    _close_old_connections()
+    # The database connection is looked after around every event by the worker, as
+    # Django's handlers do per request (zchannels.worker.dispatch.DjangoDispatcher).
     user = load_backend(backend_path).get_user(user_id)
     if user is None:
         return AnonymousUser()
@@ -253,15 +254,6 @@ def _verified_user(login: list[Any] | None) -> Any:
                 for valid in (user.get_session_auth_hash(), *fallbacks())):
             return AnonymousUser()  # the password changed since this login
     return user
-
-
-def _close_old_connections() -> None:
-    """What Django does at the start of each request: drop connections that are
-    broken or past ``CONN_MAX_AGE``, so a worker does not query through a connection
-    the database closed long ago. Not inside a transaction the consumer holds open."""
-    from django.db import close_old_connections, connections
-    if not any(conn.in_atomic_block for conn in connections.all(initialized_only=True)):
-        close_old_connections()
 
 
 def require_login(message: Message) -> bool:

@@ -122,11 +122,9 @@ def run_role(args: argparse.Namespace) -> int:
         from zchannels.interface import main as interface_main
         interface_main(config, args.port)
     elif args.role == "worker":
-        from zchannels.api.routing import load_consumers
         from zchannels.worker.worker import Worker
         config.pool(args.pool)  # an unknown pool name is a configuration error
-        load_consumers(config.consumers)
-        Worker(config, args.pool).run()
+        Worker(config, args.pool).run()  # it imports the application (worker/app.py)
     elif args.role == "broker":
         from zchannels.broker.broker import run as broker_run
         broker_run(config)

@@ -16,9 +16,11 @@ the ``consumers`` directories, ``run_dir`` and the WSGI application's module.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shlex
+import stat
 import string
 import sys
 import sysconfig
@@ -157,6 +159,42 @@ def supervisord_config(config: config_module.Config, python: str, project: str) 
     return text
 
 
+# A worker prints to supervisord's output (the terminal). supervisord opens it by path,
+# /dev/stdout, which fails (ENXIO) when that output is a socket -- systemd's journal --
+# and then no worker would start: there, what workers print goes to their log file.
+_WORKER_STDOUT = ("stdout_logfile = /dev/stdout\nstdout_logfile_maxbytes = 0\n"
+                  "stderr_logfile = logs/%(program_name)s-%(process_num)s.log\n")
+_WORKER_STDOUT_IN_LOG = ("stdout_logfile = logs/%(program_name)s-%(process_num)s.log\n"
+                         "redirect_stderr = true\n")
+
+
+def output_reopens() -> bool:
+    """Can supervisord open its own output, which it inherits from this process, as
+    /dev/stdout? (A terminal, a pipe or a file: yes; a socket: no.)"""
+    try:
+        os.close(os.open("/dev/stdout", os.O_WRONLY | os.O_APPEND))
+    except OSError:
+        return False
+    return True
+
+
+def append_to_output() -> None:
+    """When this process's output (supervisord's, once it replaces this process) is a
+    file, make its writes appends. The workers' output is opened again as /dev/stdout,
+    appending; supervisord's own writes through the inherited descriptor would otherwise
+    go at its own offset, over what the workers wrote (``zchannels run > run.log``)."""
+    try:
+        if stat.S_ISREG(os.fstat(1).st_mode):
+            fcntl.fcntl(1, fcntl.F_SETFL, fcntl.fcntl(1, fcntl.F_GETFL) | os.O_APPEND)
+    except OSError:
+        pass
+
+
+def workers_print_to_log(text: str) -> str:
+    """`text` (a rendered supervisord.conf) with the workers' stdout in their log file."""
+    return text.replace(_WORKER_STDOUT, _WORKER_STDOUT_IN_LOG)
+
+
 def _without_section(text: str, name: str) -> str:
     """`text` without the ``[name]`` section (up to the next section or the end)."""
     start = text.index(f"\n[{name}]\n") + 1
@@ -186,7 +224,8 @@ def prepare(config_path: str | None, reload: bool,
         os.environ["ZCHANNELS_CONFIG"] = os.path.abspath(config_path)
     python = sys.executable
     conf = os.path.join(run_dir, SUPERVISORD_TEMPLATE)
-    _write(conf, supervisord_config(config, python, project))
+    text = supervisord_config(config, python, project)
+    _write(conf, text if output_reopens() else workers_print_to_log(text))
     if reload:
         conf = os.path.join(run_dir, RELOAD_TEMPLATE)
         _write(conf, render(RELOAD_TEMPLATE, python, project))
@@ -211,6 +250,7 @@ def run(config_path: str | None, reload: bool, log_level: str) -> int:
           f"zchannels: control it with: {supervisorctl_command(run_dir)} status",
           file=sys.stderr, flush=True)
     os.chdir(run_dir)  # supervisord's socket, pid file and logs go there
+    append_to_output()
     os.execv(argv[0], argv)
 
 

@@ -12,7 +12,9 @@
             assert ws.receive() == "hi"
 
 `TestServer` loads consumers through the normal registry and runs them with the
-worker's own `Dispatcher` (routes, 4404, the WSGI fallback, 404, its done).
+worker's own `Dispatcher` (routes, 4404, the WSGI fallback, 404, its done), after
+setting Django up as a worker does; it refuses (`SetupMismatch`) a Django setup the
+workers would not have.
 `InMemoryLayer` is the channel layer they reach through ``zchannels.send``,
 ``group_*`` and their reply channels. A client's events, acknowledgements and group
 memberships are the interface's own `Clients` (its `Pipeline` and `GroupTable`), and
@@ -58,6 +60,7 @@ if TYPE_CHECKING:  # the names, for type checkers; at run time __getattr__ impor
     from zchannels.testing.layer import ConsumerError, InMemoryLayer
     from zchannels.testing.live import LiveServer, LiveServerError
     from zchannels.testing.server import TestServer
+    from zchannels.worker.app import SetupMismatch
 
 # Each name's module, imported when the name is first asked for: pytest imports this
 # package in every session of a project with zchannels installed (for the plugin), and
@@ -67,6 +70,7 @@ _MODULES = {
     "WebSocketClient": "handles", "HttpResponse": "handles", "ServerSentEvent": "handles",
     "WebSocketClosed": "handles", "LiveServer": "live", "LiveServerError": "live",
     "LiveServerTestCase": "djangocase", "LiveServerMixin": "djangocase",
+    "SetupMismatch": "zchannels.worker.app",
 }
 # (Not the Django ones: ``import *`` would import Django.)
 __all__ = [name for name, module in _MODULES.items() if module != "djangocase"]
@@ -75,7 +79,9 @@ __all__ = [name for name, module in _MODULES.items() if module != "djangocase"]
 def __getattr__(name: str) -> Any:
     if name not in _MODULES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_MODULES[name]}"), name)
+    module = _MODULES[name]
+    value = getattr(importlib.import_module(module if "." in module else f"{__name__}.{module}"),
+                    name)
     globals()[name] = value  # found directly next time
     return value
 

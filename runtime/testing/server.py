@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import heapq
 import re
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 from urllib.parse import urlsplit
 
 from zchannels.api import routing
@@ -13,18 +13,19 @@ from zchannels.api.message import Message
 from zchannels.api.sender import Sender, current, set_current
 from zchannels.core import config as config_module
 from zchannels.core.config import Config
-from zchannels.core.exceptions import NotInConsumer
+from zchannels.core.exceptions import ConfigError, NotInConsumer
 from zchannels.interface.websocket import origin_allowed
 from zchannels.testing.connections import _Exchange, _Socket
 from zchannels.testing.handles import HttpResponse, WebSocketClient
 from zchannels.testing.layer import ConsumerError, InMemoryLayer
 from zchannels.wire import frames as wire
-from zchannels.worker import wsgi
-from zchannels.worker.dispatch import Dispatcher
+from zchannels.worker import app, wsgi
 
 CLIENT_IP = "127.0.0.1"
 HOST = "testserver"
 MAX_STEPS = 100_000  # consumer calls in one run: more means consumers feed each other forever
+
+T = TypeVar("T")
 
 
 def load_registry(directories: Iterable[str]) -> routing.Registry:
@@ -40,6 +41,34 @@ def load_registry(directories: Iterable[str]) -> routing.Registry:
     finally:
         shared.routes[:] = saved
     return registry
+
+
+def _configured_wsgi_app(config: Config | None, wsgi_app: Any) -> str:
+    """The WSGI application whose module names the workers' Django settings: the one the
+    test gives, else its config's, else the project's configuration's (as the workers
+    read it: ``ZCHANNELS_CONFIG`` or ``conf/zchannels.toml``)."""
+    if isinstance(wsgi_app, str):
+        return wsgi_app
+    if wsgi_app is not None:  # a callable: no module to read
+        return ""
+    if config is not None:
+        return config.wsgi_app
+    try:
+        return config_module.load().wsgi_app
+    except ConfigError:  # not this test's business: it runs with the defaults
+        return ""
+
+
+def _with_hint(load: Callable[[Any], T], what: Any) -> T:
+    """`load(what)`; an import error that says Django is not set up gets a note on how
+    the workers find its settings."""
+    try:
+        return load(what)
+    except Exception as e:
+        hint = app.hint(e)
+        if hint:
+            e.add_note(f"zchannels.testing:{hint}")
+        raise
 
 
 def _installed_layer() -> Sender | None:
@@ -61,7 +90,12 @@ class TestServer:
     (default: the documented defaults, one pool). `capacity`: waiting messages per pool
     before `send` raises ChannelFull (default: each pool's ``capacity``). `wsgi_app`:
     a WSGI callable or ``"module:callable"`` for HTTP paths no consumer claims
-    (default: the config's ``wsgi_app``; none: 404).
+    (default: the config's ``wsgi_app``; none: 404). `settings`: the Django settings
+    module to run with (default: the workers', as `zchannels.worker.app` finds it).
+
+    As a worker, it sets Django up before it imports the consumers and the WSGI
+    application; it refuses (`SetupMismatch`) to run with Django set up otherwise than
+    the workers set it up.
 
     Used as a context manager it installs its layer as the process's current one
     (``zchannels.send`` and friends work in the test itself), and at the end fails if a
@@ -72,21 +106,31 @@ class TestServer:
 
     def __init__(self, consumers: Sequence[str] | routing.Registry | None = None, *,
                  config: Config | None = None, capacity: int | None = None,
-                 wsgi_app: wsgi.WSGIApp | str | None = None) -> None:
+                 wsgi_app: wsgi.WSGIApp | str | None = None,
+                 settings: str | None = None) -> None:
         self.config = config or config_module.parse({})
-        if isinstance(consumers, routing.Registry):
-            self.registry = consumers
-        elif consumers is None:
-            self.registry = routing.registry
-        else:
-            self.registry = load_registry(consumers)
         if wsgi_app is None and self.config.wsgi_app:
             wsgi_app = self.config.wsgi_app
+        preloaded: routing.Registry | None = None
+        directories: list[str] = []
+        if isinstance(consumers, routing.Registry):
+            preloaded = consumers
+        elif consumers is None:
+            preloaded = routing.registry
+        else:
+            directories = list(consumers)
+        # As a worker does (zchannels.worker.app): Django set up -- or a refusal, if it is
+        # set up otherwise than a worker would --, then the consumers, then the WSGI
+        # application.
+        app.setup_for_tests(directories, _configured_wsgi_app(config, wsgi_app), settings,
+                            preloaded)
+        self.registry = preloaded if preloaded is not None \
+            else _with_hint(load_registry, directories)
         if isinstance(wsgi_app, str):
-            wsgi_app = wsgi.load_app(wsgi_app)
+            wsgi_app = _with_hint(wsgi.load_app, wsgi_app)
         self.layer = InMemoryLayer(self.config, capacity)
-        self.dispatcher = Dispatcher(self.registry, wsgi_app, count=self.layer.count,
-                                     on_error=self._failed)
+        self.dispatcher = app.Application(self.registry, wsgi_app, app.django_configured()) \
+            .dispatcher(count=self.layer.count, on_error=self._failed, in_tests=True)
         self.expected_errors: list[re.Pattern[str]] = []
         self._running = False
         self._previous: Sender | None = None

@@ -7,6 +7,11 @@ WSGI application or 404 for an HTTP request, nothing for a disconnect, and a cou
 writes the event's done. The worker process (`worker.Worker`) puts its sockets
 around it; the in-memory test server (`zchannels.testing`) its run queue, so that
 tests and production decide the same way.
+
+Two variants, chosen once when the application is loaded (`app.Application`), so that
+the plain one does nothing more per event: `DjangoDispatcher` looks after Django's
+database connections around every event, and `UnavailableDispatcher` answers every
+event at once when the application failed to import.
 """
 from __future__ import annotations
 
@@ -27,6 +32,13 @@ log = logging.getLogger("zchannels.worker")
 
 CLOSE_NO_CONSUMER = 4404  # WebSocket close code: nothing handles this path
 NOT_FOUND_BODY = "404 Not Found: no consumer for this path\n"
+# The application failed to import (UnavailableDispatcher): 1011, as for a consumer that
+# raised -- the server's code failed, not the pool's capacity (that is 1013).
+CLOSE_APP_UNAVAILABLE = 1011
+APP_UNAVAILABLE_REASON = "application failed to import"
+APP_UNAVAILABLE_BODY = ("503 Service Unavailable: the application failed to import. The "
+                        "error is in the worker logs (logs/worker-*.log in the run "
+                        "directory) and on the terminal of zchannels run.\n")
 
 # Told of each failure a worker logs at ERROR, with the message it concerns and the
 # traceback or logged text: a consumer that raised, a session that cannot be stored.
@@ -146,3 +158,59 @@ class Dispatcher:
             header.pop("session")
             header["error"] = True
             return wire.encode(header)
+
+
+class DjangoDispatcher(Dispatcher):
+    """A `Dispatcher` for a process where Django is set up: every event is a request to
+    Django's database connections. Before and after each one, what Django's handlers do
+    on ``request_started`` and ``request_finished``: ``close_old_connections`` (a
+    connection past its ``CONN_MAX_AGE``, broken, or left in a transaction is closed;
+    with ``CONN_HEALTH_CHECKS`` the next use checks it first), and the queries ``DEBUG``
+    records start afresh. So a worker that runs for days does not query through a
+    connection the database closed (its idle timeout, a restart, ``pg_terminate_backend``).
+
+    `in_tests` (`zchannels.testing`): leave alone a connection inside a transaction, as
+    Django's test client does -- a ``TestCase`` runs each test in one."""
+
+    def __init__(self, registry: routing.Registry, wsgi_app: wsgi.WSGIApp | None,
+                 count: Callable[[str], None] = counters.incr,
+                 on_error: OnError | None = None, in_tests: bool = False) -> None:
+        super().__init__(registry, wsgi_app, count, on_error)
+        from django.db import close_old_connections, connections, reset_queries
+        self.connections = connections
+        self.close_old_connections = close_old_connections
+        self.reset_queries = reset_queries
+        self.in_tests = in_tests
+
+    def dispatch(self, message: Message) -> None:
+        # Inside `call`'s isolation: an error here is the event's, never the worker's.
+        self.reset_queries()
+        self.close_old()
+        try:
+            super().dispatch(message)
+        finally:
+            self.close_old()
+
+    def close_old(self) -> None:
+        if self.in_tests and any(connection.in_atomic_block for connection
+                                 in self.connections.all(initialized_only=True)):
+            return
+        self.close_old_connections()
+
+
+class UnavailableDispatcher(Dispatcher):
+    """The application failed to import: every event is answered at once, without a
+    consumer -- an HTTP request with 503, a WebSocket's connect or message with close
+    1011 -- and counted (``app_unavailable``), as are the disconnects and named
+    channels' messages no consumer can run. The failure itself is logged once, when the
+    worker starts (`app.report_failure`), not for every event."""
+
+    def dispatch(self, message: Message) -> None:
+        self.count("app_unavailable")
+        reply_channel = message.reply_channel
+        if reply_channel is None or not message.content.get("ack"):
+            return
+        if message.channel == "http.request":
+            reply_channel.respond(APP_UNAVAILABLE_BODY, status=503)
+        elif message.channel in ("websocket.connect", "websocket.receive"):
+            reply_channel.close(CLOSE_APP_UNAVAILABLE, APP_UNAVAILABLE_REASON)

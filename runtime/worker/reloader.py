@@ -4,7 +4,7 @@ It polls the modification times of every ``*.py`` under the ``consumers``
 directories and of the WSGI application's module (plus every other project module
 the application imported), four times a second. When something changed, it first
 imports the new code in a short-lived ``zchannels reloader --check`` process, the
-way a worker does (`routing.load_consumers`, then `wsgi.load_app`). Only if that
+way a worker does (`app.load`: Django, the consumers, the WSGI application). Only if that
 succeeds does it ask supervisord, over its XML-RPC socket, to restart every
 ``worker-*`` program. The interfaces and the broker keep running, so open
 WebSockets stay open and the broker hands queued events to the new workers. A
@@ -132,19 +132,17 @@ def _is_library(path: str) -> bool:
 # -- the import check (``zchannels reloader --check``, a process of its own) --------
 
 def check_imports(config: Config) -> int:
-    """Import the consumer modules and the WSGI application as a worker does, and
-    print one line: `REPORT_MARK` and JSON, with the project files that were imported
-    (``ok``) or where the import failed (``error``, ``traceback``). 0 if it worked."""
+    """Import the application as a worker does (`app.load`: Django set up, then the
+    consumer modules, then the WSGI application), and print one line: `REPORT_MARK`
+    and JSON, with the project files that were imported (``ok``) or where the import
+    failed (``error``, ``traceback``). 0 if it worked."""
     from zchannels.worker import worker  # noqa: F401 -- what a worker has imported before its consumers
-    from zchannels.api.routing import load_consumers
-    from zchannels.worker.wsgi import load_app
+    from zchannels.worker import app
     before = set(sys.modules)
     try:
-        load_consumers(config.consumers)
-        if config.wsgi_app and any(pool.serves("http.request") for pool in config.pools):
-            load_app(config.wsgi_app)
+        app.load(config, http=any(pool.serves("http.request") for pool in config.pools))
     except BaseException as error:  # SystemExit at import would stop a worker too
-        report: dict[str, Any] = {"ok": False, "error": describe_error(error),
+        report: dict[str, Any] = {"ok": False, "error": app.describe_error(error),
                                   "traceback": traceback.format_exc()}
         print("\n" + REPORT_MARK + json.dumps(report), flush=True)
         return 1
@@ -158,15 +156,10 @@ def check_imports(config: Config) -> int:
 
 
 def describe_error(error: BaseException) -> str:
-    """``/x/chat.py, line 12: SyntaxError: invalid syntax``: the project's file and line
-    where the import failed (the deepest frame outside zchannels and libraries)."""
-    name = type(error).__name__
-    if isinstance(error, SyntaxError) and error.filename:
-        return f"{error.filename}, line {error.lineno}: {name}: {error.msg}"
-    frames = [frame for frame in traceback.extract_tb(error.__traceback__)
-              if not frame.filename.startswith("<") and not _is_library(frame.filename)]
-    where = f"{frames[-1].filename}, line {frames[-1].lineno}: " if frames else ""
-    return f"{where}{name}: {error}"
+    """``/x/chat.py, line 12: SyntaxError: invalid syntax`` (`app.describe_error`, what
+    a worker logs and tells the terminal too)."""
+    from zchannels.worker.app import describe_error as describe
+    return describe(error)
 
 
 @dataclass

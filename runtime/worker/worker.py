@@ -8,20 +8,25 @@ interface releases the connection's next event only then, which is what keeps
 per-connection order across workers. The done is also the worker's credit with
 the broker (it is free again), and carries the consumer's last message to its own
 connection when there is one: one ZeroMQ message for all three.
+
+The application is imported when the worker starts (`app.load_or_fail`: Django set up,
+then the consumers, then the WSGI application). One that does not import leaves the
+worker up, answering every event at once (HTTP 503, WebSocket close 1011): said once,
+on the terminal and in the log, rather than a restart loop into supervisord's FATAL.
 """
 from __future__ import annotations
 
+import io
 import logging
+import sys
 import time
 
 import zmq
 
-from zchannels.api import routing
 from zchannels.wire import frames as wire
-from zchannels.worker import wsgi
+from zchannels.worker import app
 from zchannels.core.config import Config
 from zchannels.core.exceptions import ZChannelsError
-from zchannels.worker.dispatch import Dispatcher
 from zchannels.worker.link import WorkerLink
 from zchannels.api.sender import set_current
 from zchannels.api.message import Message
@@ -41,20 +46,23 @@ BYE_LINGER_MS = 500  # how long a stopped worker's BYE may wait to reach the bro
 
 
 class Worker(Service):
-    def __init__(self, config: Config, pool_name: str,
-                 registry: routing.Registry = routing.registry) -> None:
+    def __init__(self, config: Config, pool_name: str) -> None:
         self.pool = config.pool(pool_name)
         super().__init__(config, f"worker-{self.pool.name}")
-        self.registry = registry
+        # The application, before any socket: Django set up, then the consumers, then
+        # the WSGI application (for the HTTP requests no consumer claims, if this pool
+        # serves them). One that does not import is said once, and answered 503/1011.
+        self.application = app.load_or_fail(config, self.pool.serves("http.request"))
+        if self.application.failure is not None:
+            app.report_failure(self.application.failure, config, self.role)
+        else:
+            app.forget_failure(config.run_dir)
+        self.registry = self.application.registry
+        self.dispatcher = self.application.dispatcher()
         # One DEALER to the broker for everything: events in; replies, group sends,
         # membership requests and credit out. Credit-based dispatch: the broker sends
         # one event per READY (or done).
         self.layer = WorkerLink(config, self.context, endpoint=self.pool.endpoint_out)
-        # The WSGI application answers the HTTP requests no consumer claims; it is
-        # loaded now so that a broken one stops the worker at start, loudly.
-        wsgi_app = (wsgi.load_app(config.wsgi_app)
-                    if config.wsgi_app and self.pool.serves("http.request") else None)
-        self.dispatcher = Dispatcher(registry, wsgi_app)
         self.poller.register(self.layer.broker, zmq.POLLIN)
         self.last_ready = 0.0
         self.handled = 0  # messages received from the broker, told to it with each credit
@@ -64,15 +72,29 @@ class Worker(Service):
 
     def run(self) -> None:
         set_current(self.layer)
-        log.info("worker %s serving pool %s (%s) with %d route(s)",
-                 self.layer.identity.decode(), self.pool.name, ", ".join(self.pool.channels),
-                 len(self.registry.routes))
+        # What consumers print goes to the terminal (supervisord's output) as it happens.
+        if isinstance(sys.stdout, io.TextIOWrapper):
+            sys.stdout.reconfigure(line_buffering=True)
+        if self.application.failure is not None:
+            log.warning("worker %s serving pool %s (%s) WITHOUT its application, which "
+                        "failed to import: every event is answered at once (HTTP 503, "
+                        "WebSocket close 1011) until the workers are restarted",
+                        self.layer.identity.decode(), self.pool.name,
+                        ", ".join(self.pool.channels))
+        else:
+            log.info("worker %s serving pool %s (%s) with %d route(s)%s",
+                     self.layer.identity.decode(), self.pool.name,
+                     ", ".join(self.pool.channels), len(self.registry.routes),
+                     ", Django set up" if self.application.django else "")
         self.layer.start_flusher()
         self.ask_for_work()
         # A gauge makes the worker write its stats every stats_interval, like the other
         # roles, so a reader can tell "nothing changed" from "not written yet".
         counters.gauges["handled"] = lambda: self.handled
-        self.serve(identity=self.layer.identity.decode(), routes=len(self.registry.routes))
+        application = {"application": "failed to import"} \
+            if self.application.failure is not None else {}
+        self.serve(identity=self.layer.identity.decode(), routes=len(self.registry.routes),
+                   **application)
 
     def stop(self) -> None:
         """Finish the queued work that is there now, then stop (see STOP_DRAIN)."""
