@@ -22,7 +22,6 @@ from zchannels.wire import frames as wire
 from zchannels.worker import app, wsgi
 
 CLIENT_IP = "127.0.0.1"
-HOST = "testserver"
 MAX_STEPS = 100_000  # consumer calls in one run: more means consumers feed each other forever
 
 T = TypeVar("T")

@@ -310,6 +310,8 @@ def forget_failure(run_dir: str) -> None:
 
 # -- zchannels.testing ----------------------------------------------------------------
 
+TEST_HOST = "testserver"  # the Host of zchannels.testing's clients (testing/server.py)
+
 def setup_for_tests(directories: Iterable[str], wsgi_app: str, settings: str | None,
                     preloaded: routing.Registry | None) -> bool:
     """What `zchannels.testing.TestServer` does before it loads anything: refuse a
@@ -340,8 +342,21 @@ def setup_for_tests(directories: Iterable[str], wsgi_app: str, settings: str | N
     if ready:
         if preloaded is not None:
             _check_imported_after_django(preloaded)
-        return True
-    return setup_django(expected)
+    elif not setup_django(expected):
+        return False
+    _allow_test_host()
+    return True
+
+
+def _allow_test_host() -> None:
+    """The in-process clients' ``Host`` is ``testserver``, which Django's own test
+    environment allows (``setup_test_environment``, run by its test runner and by
+    pytest-django); a TestServer that set Django up itself allows it the same way, so
+    the ALLOWED_HOSTS check of handshakes (zchannels.worker.hosts) sees what a Django
+    test would."""
+    from django.conf import settings
+    if TEST_HOST not in settings.ALLOWED_HOSTS:
+        settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, TEST_HOST]
 
 
 def _check_imported_after_django(registry: routing.Registry) -> None:
