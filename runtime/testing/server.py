@@ -20,6 +20,7 @@ from zchannels.testing.handles import HttpResponse, WebSocketClient
 from zchannels.testing.layer import ConsumerError, InMemoryLayer
 from zchannels.wire import frames as wire
 from zchannels.worker import app, wsgi
+from zchannels.worker.app import TEST_HOST as HOST  # the Host of its clients
 
 CLIENT_IP = "127.0.0.1"
 MAX_STEPS = 100_000  # consumer calls in one run: more means consumers feed each other forever
