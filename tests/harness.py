@@ -21,7 +21,7 @@ import subprocess
 import threading
 import time
 from http.cookies import SimpleCookie
-from typing import Any, Awaitable, Iterator, TypeVar
+from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
@@ -438,3 +438,27 @@ def dashboard_cookie(port: int, token: str, path: str = DASHBOARD_PATH) -> str:
     cookies = cookies_of(headers)
     assert set(cookies) == {"zchannels_dashboard"} and token not in cookies.values()
     return cookie_header(cookies)
+
+
+async def json_events_until(ws: WebSocketClientConnection, done: Callable[[list[Any]], Any],
+                            timeout: float = 10.0) -> list[Any]:
+    """The JSON messages `ws` receives (parsed), as they come, until done(events); each
+    read waits `timeout` seconds at most, and a close fails the test."""
+    events: list[Any] = []
+    while not done(events):
+        message = await read(ws, timeout)
+        assert message is not None, f"closed ({ws.close_code}) after {len(events)} events"
+        events.append(json.loads(message))
+    return events
+
+
+def dashboard_events(system: "System", token: str,
+                     path: str = DASHBOARD_PATH) -> tuple[http.client.HTTPConnection, Any]:
+    """The dashboard's event stream, opened with the cookie its token becomes: (the
+    connection, its 200 response); the caller closes the connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", system.port, timeout=10)
+    conn.request("GET", f"{path}/events",
+                 headers={"Cookie": dashboard_cookie(system.port, token, path)})
+    response = conn.getresponse()
+    assert response.status == 200, response.status
+    return conn, response

@@ -1,13 +1,12 @@
 """The live dashboard in a real headless Chromium: it opens with its token, its
 numbers move while load runs, and without the token it is a 403."""
 import asyncio
-import http.client
 import json
 
 import pytest
 
-from harness import (LoadThread, checked_system, dashboard_cookie, http_request, read,
-                     wait_until)
+from harness import (LoadThread, checked_system, dashboard_events,
+                     http_request, read, wait_until)
 
 pytestmark = pytest.mark.e2e
 
@@ -111,12 +110,8 @@ def test_without_the_token_the_page_is_403(system, browser):
 def test_the_event_stream_needs_the_token_and_sends_json(system):
     status, _, _ = http_request(system.port, "GET", f"{PATH}/events")
     assert status == 403
-    conn = http.client.HTTPConnection("127.0.0.1", system.port, timeout=10)
+    conn, response = dashboard_events(system, TOKEN)
     try:
-        conn.request("GET", f"{PATH}/events",
-                     headers={"Cookie": dashboard_cookie(system.port, TOKEN)})
-        response = conn.getresponse()
-        assert response.status == 200
         assert response.getheader("Content-Type").startswith("text/event-stream")
         line = b""
         while not line.startswith(b"data: "):
@@ -137,11 +132,7 @@ def test_an_open_stream_ends_cleanly_when_the_interface_stops():
     checked_system fails on one) and still exits within its stop timeout."""
     with checked_system(workers=1, interfaces=1,
                         server={"dashboard_token": TOKEN}) as running:
-        conn = http.client.HTTPConnection("127.0.0.1", running.port, timeout=10)
-        conn.request("GET", f"{PATH}/events",
-                     headers={"Cookie": dashboard_cookie(running.port, TOKEN)})
-        response = conn.getresponse()
-        assert response.status == 200
+        conn, response = dashboard_events(running, TOKEN)
         while not response.readline().startswith(b"data: "):
             pass
         interface = running.processes["interface-0"]

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import pytest
 
-from harness import ROOT, System, publisher_for, read, run, wait_until
+from harness import ROOT, System, json_events_until, publisher_for, read, run, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -30,6 +30,11 @@ FLOOD_BYTES = 40_000  # under the default message_max_bytes (64 KiB)
 TOO_LARGE_BYTES = 100_000  # over it: one per attacker, first
 MISSED = 3  # messages sent to the victim room while its member is away
 READ_TIMEOUT = 10.0  # seconds any client waits for its next message
+
+
+def events_until(ws, done):
+    """Chat events (parsed) as they come, until done(events)."""
+    return json_events_until(ws, done, READ_TIMEOUT)
 
 
 @pytest.fixture(scope="module")
@@ -52,15 +57,6 @@ def publisher(system):
     """A connection in the test process: group_send to the rooms as any other process may."""
     with publisher_for(system) as connection:
         yield connection
-
-
-async def events_until(ws, done):
-    events = []
-    while not done(events):
-        message = await read(ws, READ_TIMEOUT)
-        assert message is not None, f"closed ({ws.close_code}) after {len(events)} events"
-        events.append(json.loads(message))
-    return events
 
 
 async def flood(system, index):

@@ -17,7 +17,8 @@ from urllib.parse import quote
 
 import pytest
 
-from harness import checked_system, http_request, publisher_for, read, run, wait_until
+from harness import (checked_system, http_request, json_events_until, publisher_for, run,
+                     wait_until)
 
 pytestmark = pytest.mark.e2e
 
@@ -26,6 +27,11 @@ MISSED = 200  # messages sent to the room while the client is away
 DROP = 2.0  # seconds it is away
 LIVE = 5  # messages after it came back
 READ_TIMEOUT = 10.0  # seconds any client waits for its next message
+
+
+def ws_events_until(ws, done):
+    """Chat events (parsed) as they come, until done(events)."""
+    return json_events_until(ws, done, READ_TIMEOUT)
 
 
 @pytest.fixture(scope="module")
@@ -83,16 +89,6 @@ def restart_broker(system):
 
 
 # -- WebSocket ------------------------------------------------------------------------------
-
-async def ws_events_until(ws, done):
-    """Events (parsed) as they come, until done(events)."""
-    events = []
-    while not done(events):
-        message = await read(ws, READ_TIMEOUT)
-        assert message is not None, f"closed ({ws.close_code}) after {len(events)} events"
-        events.append(json.loads(message))
-    return events
-
 
 def test_a_websocket_client_gets_what_it_missed_in_order_then_live_or_is_told(system,
                                                                               publisher):

@@ -7,7 +7,6 @@ counters and another's time (the newest file's) jumped between 0 and twice the l
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import os
 import re
@@ -18,7 +17,7 @@ import time
 
 import pytest
 
-from harness import ROOT, LoadThread, checked_system, dashboard_cookie, read, wait_until
+from harness import ROOT, LoadThread, checked_system, dashboard_events, read, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -112,12 +111,8 @@ def watch_status(system, interval: float, count: int, out: list):
 
 def dashboard_stream(system, seconds: float, out: list):
     """The dashboard's snapshots for `seconds`: (events/s, messages out/s) of each."""
-    conn = http.client.HTTPConnection("127.0.0.1", system.port, timeout=10)
+    conn, response = dashboard_events(system, TOKEN)
     try:
-        conn.request("GET", f"{PATH}/events",
-                     headers={"Cookie": dashboard_cookie(system.port, TOKEN)})
-        response = conn.getresponse()
-        assert response.status == 200
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             line = response.readline()
