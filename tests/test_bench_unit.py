@@ -300,6 +300,57 @@ def test_server_cpu_per_operation():
     assert accounting.cpu_per_op({}, {}, 10) is None
 
 
+def status_text(voluntary, involuntary, name="python"):
+    """A thread's /proc/PID/task/TID/status as Linux writes it (the lines that matter)."""
+    return (f"Name:\t{name}\nState:\tS (sleeping)\nVmRSS:\t  20000 kB\n"
+            f"voluntary_ctxt_switches:\t{voluntary}\n"
+            f"nonvoluntary_ctxt_switches:\t{involuntary}\n")
+
+
+def test_context_switches_are_read_per_thread_of_each_process():
+    tasks = {100: {100: status_text(40, 2), 101: status_text(7, 1)},
+             200: {200: status_text(5, 0), 201: "Name:\tbroken\n"}}  # no counts: left out
+    read = tasks.get
+    assert servers.parse_switches(status_text(12, 3)) == 15
+    assert servers.parse_switches("voluntary_ctxt_switches:\t12\n") is None
+    assert servers.switches_by_thread(100, read) == {100: 42, 101: 8}
+    assert servers.switches_by_pid([100, 200], lambda pid: tasks.get(pid, {})) == {
+        100: {100: 42, 101: 8}, 200: {200: 5}}
+    # The real reader: this very process has at least its main thread.
+    assert servers.switches_by_thread(os.getpid()).get(os.getpid(), -1) >= 0
+
+
+def test_context_switches_per_operation():
+    before = {1: {1: 100, 11: 50}, 2: {2: 10}, 3: {3: 7}}
+    # 12 started in between (counts from 0), 11 ended (its count is lost), 3 has gone.
+    after = {1: {1: 160, 12: 30}, 2: {2: 20}}
+    assert accounting.switches_per_op(before, after, 10) == pytest.approx(10.0)
+    assert accounting.switches_per_op(before, after, 0) is None
+    assert accounting.switches_per_op({}, {}, 10) is None
+    # A process not read before (it appeared during the load) is not counted, as for CPU.
+    assert accounting.switches_per_op(before, {**after, 4: {4: 99}}, 10) == pytest.approx(10.0)
+
+
+def test_context_switches_row_ratio_and_comparison():
+    project = run_of("zchannels", "project", 0, rate=500.0, ctx_per_op=6.0)
+    base = run_of("raw Tornado", "baseline", 0, rate=1000.0, ctx_per_op=1.5)
+    rows = summary.comparisons("echo", [project, base])
+    by_metric = {row["metric"]: row for row in rows}
+    assert by_metric["ctx_per_op"]["ratio"] == pytest.approx(4.0)
+    assert by_metric["ctx_per_op"]["higher_is_better"] is False
+    assert by_metric["ctx_per_op"]["label"] == "context switches per round trip"
+    lines = report.table("echo", summary.columns("echo", [project, base]), rows).splitlines()
+    assert any(line.split() == ["context", "switches", "per", "round", "trip", "6.00", "1.50"]
+               for line in lines)
+    # The ratio sits in its own column, after the CPU's (rate, p50, p99, 1-conn p50/p99, CPU).
+    assert any("ctx switches/op" in line for line in lines)
+    ratios = next(line for line in lines if line.startswith("zchannels vs raw Tornado"))
+    assert ratios.split()[4:] == ["0.50x", "-", "-", "-", "-", "-", "4.00x"]
+    for mode, op in (("broadcast", "delivery"), ("http", "request")):
+        assert ("ctx_per_op", f"context switches per {op}", "{:.2f}", False) in report.rows(mode)
+        assert "ctx_per_op" in dict(report.RATIOS[mode])
+
+
 def test_stats_files_are_read_fresh_from_live_processes(tmp_path):
     stats_dir = tmp_path / "stats"
     stats_dir.mkdir()

@@ -1,5 +1,5 @@
-"""What the server spent per operation (round trip, request, delivery): CPU time from
-/proc, and ZeroMQ messages from the processes' own counters.
+"""What the server spent per operation (round trip, request, delivery): CPU time and
+context switches from /proc, and ZeroMQ messages from the processes' own counters.
 
 Every zchannels server process keeps a counter ``zmq_sent`` (ZeroMQ messages it sent) in
 ``<run_dir>/stats/<role>.<pid>.json`` (runtime/core/stats.py), rewritten every
@@ -125,4 +125,20 @@ def cpu_per_op(before: dict[int, float], after: dict[int, float], ops: int) -> f
     if ops <= 0 or not before:
         return None
     used = sum(max(0.0, after.get(pid, 0.0) - start) for pid, start in before.items())
+    return used / ops
+
+
+def switches_per_op(before: dict[int, dict[int, int]], after: dict[int, dict[int, int]],
+                    ops: int) -> float | None:
+    """Server context switches (voluntary + involuntary, summed over every thread of every
+    process read before) per operation; the readings are pid -> thread id -> count
+    (servers.switches_by_pid). A thread that started in between counts from 0; one that
+    ended before "after" was read, or a process that is gone, counts nothing: Linux
+    shows no other process the switches of its ended threads (servers.switches_by_thread)."""
+    if ops <= 0 or not before:
+        return None
+    used = 0
+    for pid, threads in before.items():
+        for tid, count in after.get(pid, {}).items():
+            used += max(0, count - threads.get(tid, 0))
     return used / ops

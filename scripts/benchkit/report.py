@@ -41,12 +41,13 @@ RATIOS: dict[str, list[tuple[str, str]]] = {
     "echo": [("rate", "round trips/s"), ("latency.p50", "RTT p50"),
              ("latency.p99", "RTT p99"), ("single.latency.p50", "1-conn p50"),
              ("single.latency.p99", "1-conn p99"), ("cpu_per_op", "server CPU/op"),
-             ("bytes_in_per_op", "bytes in/op")],
+             ("ctx_per_op", "ctx switches/op"), ("bytes_in_per_op", "bytes in/op")],
     "http": [("rate", "requests/s"), ("latency.p50", "p50"), ("latency.p99", "p99"),
              ("single.latency.p50", "1-conn p50"), ("single.latency.p99", "1-conn p99"),
-             ("cpu_per_op", "server CPU/op")],
+             ("cpu_per_op", "server CPU/op"), ("ctx_per_op", "ctx switches/op")],
     "broadcast": [("rate", "deliveries/s"), ("latency.p50", "p50"), ("latency.p99", "p99"),
-                  ("cpu_per_op", "server CPU/op"), ("bytes_in_per_op", "bytes in/op")],
+                  ("cpu_per_op", "server CPU/op"), ("ctx_per_op", "ctx switches/op"),
+                  ("bytes_in_per_op", "bytes in/op")],
     "idle": [("rss_per_connection", "RSS/connection")],
 }
 EACH_ROUND = ("rate", "single.latency.p50", "cpu_per_op", "rss_per_connection")
@@ -66,6 +67,7 @@ def rows(mode: str) -> list[tuple[str, str, str, bool]]:
     if mode in OPERATION:
         op = OPERATION[mode]
         found += [("cpu_per_op", f"server CPU per {op} (µs)", "us", False),
+                  ("ctx_per_op", f"context switches per {op}", "{:.2f}", False),
                   ("zmq_per_op", f"ZeroMQ messages per {op}", "{:.2f}", False)]
     if mode in ("echo", "broadcast"):
         found += [("bytes_in_per_op", f"bytes received per {OPERATION[mode]}", "{:,.1f}",

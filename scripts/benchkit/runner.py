@@ -165,6 +165,7 @@ def run_load(mode: str, spec: dict[str, Any], server_pids: Callable[[], list[int
             stats_before = accounting.wait_for_fresh(stats.run_dir, pids, quiet_since,
                                                      stats.timeout)
         cpu_before = servers.cpu_by_pid(pids)
+        switches_before = servers.switches_by_pid(pids)
         start = time.monotonic() + START_DELAY
         deadline = start + spec["duration"]
         clients.send_all(("go", start, deadline))
@@ -180,6 +181,7 @@ def run_load(mode: str, spec: dict[str, Any], server_pids: Callable[[], list[int
                                  while_waiting)
         # Every answer counted is in: the CPU per operation covers the drain too.
         cpu_end = servers.cpu_by_pid(pids)
+        switches_end = servers.switches_by_pid(pids)
         progress.update(final=True)
         if not at_deadline:
             at_deadline.update(cpu=servers.cpu_by_pid(pids), time=time.monotonic())
@@ -219,6 +221,8 @@ def run_load(mode: str, spec: dict[str, Any], server_pids: Callable[[], list[int
         figures["server_processes"] = len(pids)
         figures["cpu_per_op"] = accounting.cpu_per_op(cpu_before, cpu_end,
                                                       figures["received"])
+        figures["ctx_per_op"] = accounting.switches_per_op(switches_before, switches_end,
+                                                           figures["received"])
     if counted:
         figures["zmq_per_op"], why_not = accounting.messages_per_op(
             stats_before, stats_after, figures["received"], quiet_since, answered_by, pids)

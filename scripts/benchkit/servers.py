@@ -1,7 +1,12 @@
-"""The server processes being measured: which they are, their memory and CPU (from /proc)."""
+"""The server processes being measured: which they are, their memory, CPU and context
+switches (from /proc)."""
 from __future__ import annotations
 
 import os
+from typing import Callable
+
+# The two lines of /proc/PID/task/TID/status that count a thread's context switches.
+SWITCH_FIELDS = ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")
 
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -107,3 +112,51 @@ def total_rss(pids: list[int]) -> int:
 
 def cpu_by_pid(pids: list[int]) -> dict[int, float]:
     return {pid: cpu_seconds(pid) for pid in pids}
+
+
+def task_statuses(pid: int) -> dict[int, str]:
+    """The text of ``/proc/PID/task/TID/status`` of every thread of a process, by thread
+    id; {} once it has gone. A thread that ends while they are read is left out."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except (FileNotFoundError, ProcessLookupError):
+        return {}
+    found = {}
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                found[int(tid)] = f.read()
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return found
+
+
+def parse_switches(status: str) -> int | None:
+    """Voluntary + involuntary context switches from one status text; None without them."""
+    counts = {}
+    for line in status.splitlines():
+        name, _, value = line.partition(":")
+        if name in SWITCH_FIELDS and value.strip().isdigit():
+            counts[name] = int(value)
+    return sum(counts.values()) if len(counts) == len(SWITCH_FIELDS) else None
+
+
+def switches_by_thread(pid: int, read: Callable[[int], dict[int, str]] = task_statuses
+                       ) -> dict[int, int]:
+    """Context switches so far of every live thread of a process, by thread id.
+
+    Per thread, not ``/proc/PID/status``: that file counts the main thread only (Linux's
+    fs/proc/array.c prints the leader's own nvcsw/nivcsw), and the counts of threads that
+    ended are kept only where getrusage(RUSAGE_SELF) sees them, which no other process
+    can read. So a thread that ends between two readings takes its count with it."""
+    found = {}
+    for tid, status in read(pid).items():
+        count = parse_switches(status)
+        if count is not None:
+            found[tid] = count
+    return found
+
+
+def switches_by_pid(pids: list[int], read: Callable[[int], dict[int, str]] = task_statuses
+                    ) -> dict[int, dict[int, int]]:
+    return {pid: switches_by_thread(pid, read) for pid in pids}
