@@ -50,6 +50,7 @@ def test_echo_with_baseline_every_echo_matched(system, tmp_path):
             assert f["latency"]["count"] == f["received"]
             assert 0 < f["latency"]["p50"] <= f["latency"]["p99"] <= f["latency"]["max"]
             assert f["cpu_per_op"] > 0
+            assert f["ctx_per_op"] > 0  # every thread of every server process, from /proc
         assert run["figures"]["client_processes"] == 2
         assert run["figures"]["single"]["client_processes"] == 1
     project, base = runs[0]["figures"], runs[1]["figures"]
@@ -68,9 +69,12 @@ def test_echo_with_baseline_every_echo_matched(system, tmp_path):
     assert rate["rounds"] == [pytest.approx(runs[i]["figures"]["rate"]
                                             / runs[i + 1]["figures"]["rate"]) for i in (0, 2)]
     assert rate["ratio"] == pytest.approx(sum(rate["rounds"]) / 2)
+    switches = [c for c in document["comparisons"] if c["metric"] == "ctx_per_op"][0]
+    assert switches["ratio"] > 0 and not switches["higher_is_better"]
     assert "round trips/s" in done.stdout and "raw Tornado" in done.stdout
     header = done.stdout.splitlines()
-    for label in ("server CPU per round trip (µs)", "ZeroMQ messages per round trip",
+    for label in ("server CPU per round trip (µs)", "context switches per round trip",
+                  "ZeroMQ messages per round trip",
                   "1 connection: RTT p50 (ms)", "1 connection: RTT p99 (ms)"):
         [row] = [line for line in header if line.startswith(label)]
         cells = row[len(label):].split()
@@ -136,6 +140,7 @@ def test_broadcast_every_member_gets_every_message(system, tmp_path, rate):
     assert f["lost"] == 0 and f["members_with_loss"] == 0
     assert f["duplicated_or_reordered"] == 0
     assert f["latency"]["count"] == f["received"]
+    assert f["ctx_per_op"] > 0
     if rate == "20":  # 20 msg/s for 1 s, started on the beat: about 20
         assert 10 <= f["published"] <= 30
     assert not system.unexpected_errors()
