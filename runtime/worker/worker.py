@@ -19,6 +19,7 @@ import zmq
 from zchannels.api import routing
 from zchannels.wire import frames as wire
 from zchannels.worker import wsgi
+from zchannels.worker import reloading
 from zchannels.core.config import Config
 from zchannels.core.exceptions import ZChannelsError
 from zchannels.worker.dispatch import Dispatcher
@@ -72,6 +73,7 @@ class Worker(Service):
         # A gauge makes the worker write its stats every stats_interval, like the other
         # roles, so a reader can tell "nothing changed" from "not written yet".
         counters.gauges["handled"] = lambda: self.handled
+        reloading.attach(self)  # under --reload only: see there
         self.serve(identity=self.layer.identity.decode(), routes=len(self.registry.routes))
 
     def stop(self) -> None:
