@@ -5,7 +5,9 @@
   fallback, 404, isolation, the done), shared with `zchannels.testing`;
 - `link`: its link to the broker (`WorkerLink`: events in; replies, done, credit out);
 - `wsgi`: a WSGI application (Django, Flask) behind HTTP requests no consumer claims;
-- `reloader`: restarts the workers when consumer code changes (development).
+- `reloader`: restarts the workers when the project's code changes (development), with
+  `watching` (what the files look like, inotify), `reloading` (a worker's side: what it
+  imported) and `standby` (the check and the stand-in worker started ahead).
 
 May import: `zchannels.core`, `zchannels.wire`, `zchannels.api`.
 """
