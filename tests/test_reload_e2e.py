@@ -823,3 +823,38 @@ def test_inotify_wakes_the_watcher_at_a_save_and_a_stop_wakes_it_too(tmp_path):
         assert not polling.wait(0.01)
     finally:
         polling.close()
+
+
+def test_template_directories_count_every_file_but_hidden_ones_and_backups(tmp_path):
+    templates = tmp_path / "templates"
+    (templates / "pages").mkdir(parents=True)
+    (templates / "pages" / "page.html").write_text("")
+    (templates / "base.txt").write_text("")
+    (templates / ".page.html.swp").write_text("")
+    (templates / "base.txt~").write_text("")
+    found = watching.scan([], [], [str(templates)])
+    assert set(found) == {str(templates / "pages" / "page.html"), str(templates / "base.txt")}
+
+
+def test_a_standby_imports_ahead_what_the_wsgi_module_imports_but_no_project_code(tmp_path):
+    package = tmp_path / "mysite"
+    package.mkdir()
+    marker = tmp_path / "project-code-ran"
+    (package / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (package / "wsgi.py").write_text(
+        "import os\nfrom django.core.wsgi import get_wsgi_application\n"
+        "from mysite import settings\nfrom . import urls\nimport no_such_module\n"
+        "application = get_wsgi_application()\n")
+    (tmp_path / "consumers").mkdir()
+    script = ("import sys; from zchannels.core import config; from zchannels.worker import "
+              "standby; print(standby.preload(config.load()), 'django.core.wsgi' in "
+              "sys.modules, 'django.core.handlers.wsgi' in sys.modules)")
+    env = dict(os.environ, ZCHANNELS_CONSUMERS=str(tmp_path / "consumers"),
+               ZCHANNELS_RUN_DIR=str(tmp_path / "run"))
+    env.pop("ZCHANNELS_CONFIG", None)
+    (tmp_path / "z.toml").write_text('[server]\nwsgi_app = "mysite.wsgi:application"\n')
+    env["ZCHANNELS_CONFIG"] = str(tmp_path / "z.toml")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.stdout == "['django.core.wsgi'] True True\n", result.stderr
+    assert not marker.exists(), "the project's package ran"

@@ -32,7 +32,8 @@ def scan(directories: Iterable[str], files: Iterable[str],
          any_file_under: Iterable[str] = ()) -> Snapshot:
     """Stat every ``*.py`` under `directories` (recursively: helper modules and packages
     too), every path in `files` and every file under `any_file_under` (templates); a
-    missing file is simply absent. Hidden names and ``__pycache__`` are skipped."""
+    missing file is simply absent. Hidden names (editors' swap files), backups (``x~``)
+    and ``__pycache__`` are skipped."""
     found: Snapshot = {}
     for directory in directories:
         for path in _walk(directory):
@@ -50,7 +51,7 @@ def _walk(directory: str) -> Iterable[str]:
     for parent, subdirs, names in os.walk(directory):
         subdirs[:] = [d for d in subdirs if not d.startswith(".") and d != "__pycache__"]
         for name in names:
-            if not name.startswith("."):
+            if not name.startswith(".") and not name.endswith("~"):  # editors' backups
                 yield os.path.join(parent, name)
 
 
