@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the consumers")
     roles.add_parser("broker", help="the relay: pool queues, replies, group messages")
     reloader = roles.add_parser("reloader", help="development (scripts/run --reload): "
-                                "restart the workers when consumer code changes")
+                                "restart the workers when the project's code changes")
     reloader.add_argument("--check", action="store_true", help="import the consumers and "
                           "the WSGI application as a worker does, report, and exit")
     reloader.add_argument("--standby", action="store_true", help="with --check: import "
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     start = roles.add_parser("run", help="start every process under supervisord, in the "
                              "foreground, for the project in the current directory")
     start.add_argument("--reload", action="store_true", help="development: restart the "
-                       "workers when consumer code changes")
+                       "workers when the project's code changes")
     stats = roles.add_parser("stats", help="print the counters of every running process")
     stats.add_argument("--json", action="store_true")
     status = roles.add_parser("status", help="one screen: every process with its CPU and "
