@@ -32,11 +32,17 @@ def build_parser() -> argparse.ArgumentParser:
     interface.add_argument("--port", type=int, help="override the configured port (0: any)")
     worker = roles.add_parser("worker", help="run consumers for one pool")
     worker.add_argument("--pool", default="default")
+    worker.add_argument("--standby", action="store_true", help="(the reloader's stand-in) "
+                        "import zchannels, then wait for a line on stdin before loading "
+                        "the consumers")
     roles.add_parser("broker", help="the relay: pool queues, replies, group messages")
     reloader = roles.add_parser("reloader", help="development (scripts/run --reload): "
-                                "restart the workers when consumer code changes")
+                                "restart the workers when the project's code changes")
     reloader.add_argument("--check", action="store_true", help="import the consumers and "
                           "the WSGI application as a worker does, report, and exit")
+    reloader.add_argument("--standby", action="store_true", help="with --check: import "
+                          "zchannels, then wait for a line on stdin before checking (the "
+                          "reloader keeps one such check started ahead)")
     roles.add_parser("check-config", help="validate the config and print it")
     keys = roles.add_parser("keys", help="make the CURVE keys of a deployment on several "
                             "hosts: the layer host's pair and one per app host")
@@ -53,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     start = roles.add_parser("run", help="start every process under supervisord, in the "
                              "foreground, for the project in the current directory")
     start.add_argument("--reload", action="store_true", help="development: restart the "
-                       "workers when consumer code changes")
+                       "workers when the project's code changes")
     stats = roles.add_parser("stats", help="print the counters of every running process")
     stats.add_argument("--json", action="store_true")
     status = roles.add_parser("status", help="one screen: every process with its CPU and "
@@ -117,6 +123,8 @@ def run_role(args: argparse.Namespace) -> int:
         return status_main(config, args.watch, args.count)
     if args.role in ("send", "group-send"):
         return send_command(config, args, sys.stdin.buffer)
+    if args.role in ("worker", "reloader"):  # they import the project's code
+        project_on_path()
     prepare_run_dir(config.run_dir)
     if args.role == "interface":
         from zchannels.interface import main as interface_main
@@ -124,14 +132,30 @@ def run_role(args: argparse.Namespace) -> int:
     elif args.role == "worker":
         from zchannels.worker.worker import Worker
         config.pool(args.pool)  # an unknown pool name is a configuration error
-        Worker(config, args.pool).run()  # it imports the application (worker/app.py)
+        if args.standby:  # the reloader's stand-in: imported ahead, told when to load
+            from zchannels.worker import standby
+            if not standby.wait_for_cue(config):
+                return 0  # the reloader went away before it needed it
+        worker = Worker(config, args.pool)  # it imports the application (worker/app.py)
+        if args.standby and not standby.wait_to_serve():
+            return 0  # the reloader went away before it needed it
+        worker.run()
     elif args.role == "broker":
         from zchannels.broker.broker import run as broker_run
         broker_run(config)
     elif args.role == "reloader":
         from zchannels.worker.reloader import main as reloader_main
-        return reloader_main(config, args.config, args.check)
+        return reloader_main(config, args.config, args.check, args.standby)
     return 0
+
+
+def project_on_path() -> None:
+    """Make the project in the current directory importable, as ``python -m`` and
+    ``manage.py`` do: the ``zchannels`` console script starts with its own directory
+    (``.venv/bin``) on ``sys.path`` instead, where ``mysite.wsgi`` is not."""
+    here = os.getcwd()
+    if not {"", ".", here} & set(sys.path):
+        sys.path.insert(0, here)
 
 
 def _describe(config: config_module.Config) -> dict[str, object]:

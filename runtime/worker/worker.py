@@ -24,7 +24,7 @@ import time
 import zmq
 
 from zchannels.wire import frames as wire
-from zchannels.worker import app
+from zchannels.worker import app, reloading
 from zchannels.core.config import Config
 from zchannels.core.exceptions import ZChannelsError
 from zchannels.worker.link import WorkerLink
@@ -93,6 +93,7 @@ class Worker(Service):
         counters.gauges["handled"] = lambda: self.handled
         application = {"application": "failed to import"} \
             if self.application.failure is not None else {}
+        reloading.attach(self)  # under --reload only: see there
         self.serve(identity=self.layer.identity.decode(), routes=len(self.registry.routes),
                    **application)
 
